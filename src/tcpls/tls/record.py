@@ -1,0 +1,358 @@
+"""TLS 1.3 record layer (RFC 8446 §5) with the TCPLS per-connection nonce.
+
+This module owns record framing and record protection, nothing else: it knows
+no handshake state and no streams.
+
+* :class:`TrafficKeys` is what one traffic secret yields (AEAD key and IV). All
+  TCP connections of a TCPLS session share the same keys.
+* :class:`RecordProtection` seals or opens records for one direction of one TCP
+  connection. It owns the implicit record sequence number and builds the nonce
+  ``iv XOR (connection_id << 64) XOR sequence`` (draft-04 §4.3, DECISIONS W6).
+  With connection ID 0 this is exactly RFC 8446 §5.3.
+* :class:`RecordReader` cuts a byte stream into records. It owns one receive
+  buffer that an ``asyncio.BufferedProtocol`` can fill in place
+  (:meth:`RecordReader.get_buffer`), and returns ``memoryview`` slices of it.
+* :class:`RecordWriter` accumulates sealed records in one preallocated buffer so
+  that many records leave in one ``write``.
+
+Sealing and opening use ``encrypt_into``/``decrypt_into`` on preallocated
+buffers: one copy of the plaintext into the staging buffer, no allocation per
+record on the hot path.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from tcpls.errors import BadRecordMac, DecodeError, RecordOverflow, UnexpectedMessage
+
+__all__ = [
+    "HEADER_SIZE",
+    "MAX_CIPHERTEXT",
+    "MAX_PLAINTEXT",
+    "TAG_SIZE",
+    "CipherSuite",
+    "ContentType",
+    "RecordProtection",
+    "RecordReader",
+    "RecordWriter",
+    "TrafficKeys",
+    "hkdf_expand_label",
+]
+
+HEADER_SIZE: Final = 5
+TAG_SIZE: Final = 16
+#: Largest TLSInnerPlaintext content (RFC 8446 §5.1).
+MAX_PLAINTEXT: Final = 1 << 14
+#: Largest TLSCiphertext.length (RFC 8446 §5.2): 2^14 + 256.
+MAX_CIPHERTEXT: Final = MAX_PLAINTEXT + 256
+LEGACY_VERSION: Final = 0x0303
+
+_HEADER = struct.Struct(">BHH")
+
+
+class ContentType(IntEnum):
+    """TLS record content types."""
+
+    change_cipher_spec = 20
+    alert = 21
+    handshake = 22
+    application_data = 23
+
+
+class CipherSuite(IntEnum):
+    """The TLS 1.3 cipher suites tcpls supports."""
+
+    AES_128_GCM_SHA256 = 0x1301
+    AES_256_GCM_SHA384 = 0x1302
+    CHACHA20_POLY1305_SHA256 = 0x1303
+
+
+# suite -> (key length, hash algorithm class, AEAD class)
+_SUITES: dict[int, tuple[int, type[hashes.HashAlgorithm], type[AESGCM | ChaCha20Poly1305]]] = {
+    CipherSuite.AES_128_GCM_SHA256: (16, hashes.SHA256, AESGCM),
+    CipherSuite.AES_256_GCM_SHA384: (32, hashes.SHA384, AESGCM),
+    CipherSuite.CHACHA20_POLY1305_SHA256: (32, hashes.SHA256, ChaCha20Poly1305),
+}
+
+IV_SIZE: Final = 12
+
+
+def suite_hash(suite: int) -> hashes.HashAlgorithm:
+    """The hash algorithm of a TLS 1.3 cipher suite."""
+    return _SUITES[suite][1]()
+
+
+def hkdf_expand_label(
+    algorithm: hashes.HashAlgorithm, secret: bytes, label: bytes, context: bytes, length: int
+) -> bytes:
+    """HKDF-Expand-Label of RFC 8446 §7.1."""
+    full_label = b"tls13 " + label
+    info = (
+        struct.pack(">HB", length, len(full_label)) + full_label + bytes((len(context),)) + context
+    )
+    return HKDFExpand(algorithm=algorithm, length=length, info=info).derive(secret)
+
+
+class TrafficKeys:
+    """AEAD key and IV derived from one traffic secret (RFC 8446 §7.3).
+
+    Immutable once built; shared by every connection of a session for one
+    direction. :meth:`next_generation` gives the keys after a KeyUpdate.
+    """
+
+    __slots__ = ("aead", "cipher_suite", "iv", "iv_int", "key", "secret")
+
+    def __init__(self, cipher_suite: int, secret: bytes) -> None:
+        try:
+            key_len, hash_cls, aead_cls = _SUITES[cipher_suite]
+        except KeyError:
+            raise ValueError(f"unsupported cipher suite 0x{cipher_suite:04x}") from None
+        algorithm = hash_cls()
+        self.cipher_suite = CipherSuite(cipher_suite)
+        self.secret = secret
+        self.key = hkdf_expand_label(algorithm, secret, b"key", b"", key_len)
+        self.iv = hkdf_expand_label(algorithm, secret, b"iv", b"", IV_SIZE)
+        self.iv_int = int.from_bytes(self.iv, "big")
+        self.aead = aead_cls(self.key)
+
+    def next_generation(self) -> TrafficKeys:
+        """The keys after a KeyUpdate: ``secret' = HKDF-Expand-Label(secret, "traffic upd")``."""
+        algorithm = suite_hash(self.cipher_suite)
+        secret = hkdf_expand_label(
+            algorithm, self.secret, b"traffic upd", b"", algorithm.digest_size
+        )
+        return TrafficKeys(self.cipher_suite, secret)
+
+
+class RecordProtection:
+    """Protection of the records of one direction of one TCP connection.
+
+    ``sequence`` is the implicit record sequence number: it starts at 0 and is
+    incremented by every record sealed or opened. The nonce is
+    ``iv XOR (connection_id << 64) XOR sequence`` (DECISIONS W6).
+    """
+
+    __slots__ = ("_aead", "_base", "connection_id", "keys", "sequence")
+
+    def __init__(self, keys: TrafficKeys, connection_id: int = 0) -> None:
+        if not 0 <= connection_id < 1 << 32:
+            raise ValueError("connection IDs are 32-bit unsigned integers")
+        self.keys = keys
+        self.connection_id = connection_id
+        self.sequence = 0
+        self._aead = keys.aead
+        self._base = keys.iv_int ^ (connection_id << 64)
+
+    def nonce(self, sequence: int) -> bytes:
+        """The 12-byte nonce of record ``sequence`` on this connection."""
+        return (self._base ^ sequence).to_bytes(IV_SIZE, "big")
+
+    def seal_into(
+        self, plaintext: memoryview, length: int, content_type: int, out: memoryview
+    ) -> int:
+        """Seal ``plaintext[:length]`` as one record written at the start of ``out``.
+
+        ``plaintext`` must have room for one more byte after ``length``: the inner
+        content type is written there. ``out`` must hold ``length + 22`` bytes.
+        Returns the number of bytes written to ``out``.
+        """
+        plaintext[length] = content_type
+        inner = length + 1
+        clen = inner + TAG_SIZE
+        _HEADER.pack_into(out, 0, ContentType.application_data, LEGACY_VERSION, clen)
+        seq = self.sequence
+        if seq >= 0xFFFFFFFFFFFFFFFF:
+            raise RecordOverflow("record sequence number exhausted")
+        self.sequence = seq + 1
+        self._aead.encrypt_into(
+            (self._base ^ seq).to_bytes(IV_SIZE, "big"),
+            plaintext[:inner],
+            out[:HEADER_SIZE],
+            out[HEADER_SIZE : HEADER_SIZE + clen],
+        )
+        return HEADER_SIZE + clen
+
+    def seal(self, content: bytes, content_type: int = ContentType.application_data) -> bytes:
+        """Seal ``content`` as one record and return the record (convenience, allocates)."""
+        if len(content) > MAX_PLAINTEXT:
+            raise ValueError("record content larger than 2^14 bytes")
+        staging = bytearray(len(content) + 1)
+        staging[: len(content)] = content
+        out = bytearray(HEADER_SIZE + len(content) + 1 + TAG_SIZE)
+        self.seal_into(memoryview(staging), len(content), content_type, memoryview(out))
+        return bytes(out)
+
+    def open_into(self, header: memoryview, body: memoryview, out: memoryview) -> tuple[int, int]:
+        """Open one protected record into ``out``.
+
+        Returns ``(content_type, length)``: the inner content type and the length
+        of the content at the start of ``out`` (padding removed). Raises
+        :class:`BadRecordMac` when authentication fails and
+        :class:`UnexpectedMessage` when the inner plaintext holds no content type.
+        """
+        n = len(body) - TAG_SIZE
+        if n < 1:
+            raise BadRecordMac("record too short to be protected")
+        seq = self.sequence
+        try:
+            self._aead.decrypt_into(
+                (self._base ^ seq).to_bytes(IV_SIZE, "big"), body, header, out[:n]
+            )
+        except InvalidTag:
+            raise BadRecordMac("record failed authentication") from None
+        self.sequence = seq + 1
+        # strip zero padding: the content type is the last non-zero byte
+        n -= 1
+        while n >= 0 and out[n] == 0:
+            n -= 1
+        if n < 0:
+            raise UnexpectedMessage("protected record without a content type")
+        return out[n], n
+
+    def open(self, record: bytes) -> tuple[int, bytes]:
+        """Open one whole record (header included); convenience form that allocates."""
+        if len(record) < HEADER_SIZE:
+            raise DecodeError("truncated record")
+        mv = memoryview(record)
+        out = bytearray(max(len(record) - HEADER_SIZE - TAG_SIZE, 0))
+        content_type, length = self.open_into(mv[:HEADER_SIZE], mv[HEADER_SIZE:], memoryview(out))
+        return content_type, bytes(out[:length])
+
+
+class RecordReader:
+    """Cuts incoming bytes into TLS records, in one reusable buffer.
+
+    Fill it either with :meth:`feed` or, without a copy, by writing into
+    :meth:`get_buffer` and calling :meth:`buffer_updated` (the shape of
+    ``asyncio.BufferedProtocol``). Then call :meth:`next_record` until it
+    returns ``None``. Returned views are valid until the next call that
+    changes the buffer.
+    """
+
+    __slots__ = ("_buf", "_end", "_start", "_view", "capacity")
+
+    def __init__(self, capacity: int = 256 * 1024) -> None:
+        self.capacity = max(capacity, 4 * (HEADER_SIZE + MAX_CIPHERTEXT))
+        self._buf = bytearray(self.capacity)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet returned as records."""
+        return self._end - self._start
+
+    def _compact(self) -> None:
+        start, end = self._start, self._end
+        if start:
+            n = end - start
+            self._buf[:n] = self._view[start:end]
+            self._start = 0
+            self._end = n
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """A writable view of the free space at the end of the buffer."""
+        if self.capacity - self._end < HEADER_SIZE + MAX_CIPHERTEXT:
+            self._compact()
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Record that ``nbytes`` were written into the last :meth:`get_buffer` view."""
+        self._end += nbytes
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` into the buffer (for callers that have bytes already)."""
+        mv = memoryview(data)
+        while mv:
+            target = self.get_buffer()
+            n = min(len(target), len(mv))
+            if n == 0:
+                raise RuntimeError("record reader buffer full; drain records first")
+            target[:n] = mv[:n]
+            self.buffer_updated(n)
+            mv = mv[n:]
+
+    def next_record(self) -> tuple[int, memoryview, memoryview] | None:
+        """The next complete record as ``(content_type, header, body)``, or ``None``.
+
+        Raises :class:`RecordOverflow` for a record longer than 2^14 + 256 bytes
+        and :class:`DecodeError` for a header that is not TLS.
+        """
+        start = self._start
+        if self._end - start < HEADER_SIZE:
+            if start == self._end:
+                self._start = self._end = 0
+            return None
+        content_type, version, length = _HEADER.unpack_from(self._buf, start)
+        if length > MAX_CIPHERTEXT:
+            raise RecordOverflow(f"record of {length} bytes exceeds 2^14 + 256")
+        if version >> 8 != 0x03:
+            raise DecodeError(f"not a TLS record (version 0x{version:04x})")
+        end = start + HEADER_SIZE + length
+        if end > self._end:
+            return None
+        self._start = end
+        view = self._view
+        return content_type, view[start : start + HEADER_SIZE], view[start + HEADER_SIZE : end]
+
+
+class RecordWriter:
+    """Accumulates outgoing records in one preallocated buffer.
+
+    :meth:`reserve` returns a view with room for one sealed record; after
+    writing, :meth:`commit` the bytes used. :meth:`take` returns everything
+    accumulated as ``bytes`` and empties the buffer.
+    """
+
+    __slots__ = ("_buf", "_end", "_view")
+
+    def __init__(self, capacity: int = 256 * 1024) -> None:
+        self._buf = bytearray(max(capacity, HEADER_SIZE + MAX_CIPHERTEXT))
+        self._view = memoryview(self._buf)
+        self._end = 0
+
+    def __len__(self) -> int:
+        return self._end
+
+    def reserve(self, size: int) -> memoryview:
+        """A writable view of at least ``size`` bytes at the end of the pending data."""
+        if self._end + size > len(self._buf):
+            # grow: release views first, then extend
+            self._view.release()
+            self._buf.extend(bytes(max(size, len(self._buf))))
+            self._view = memoryview(self._buf)
+        return self._view[self._end :]
+
+    def commit(self, size: int) -> None:
+        """Mark ``size`` bytes of the last :meth:`reserve` view as written."""
+        self._end += size
+
+    def append(self, data: bytes) -> None:
+        """Append raw bytes (plaintext records such as the ClientHello)."""
+        n = len(data)
+        self.reserve(n)[:n] = data
+        self._end += n
+
+    def take(self) -> bytes:
+        """Everything accumulated, as bytes; the buffer is emptied."""
+        data = bytes(self._view[: self._end])
+        self._end = 0
+        return data
+
+
+def plaintext_record(content_type: int, payload: bytes, version: int = LEGACY_VERSION) -> bytes:
+    """One or more unprotected records holding ``payload`` (split at 2^14 bytes)."""
+    out = bytearray()
+    for i in range(0, max(len(payload), 1), MAX_PLAINTEXT):
+        chunk = payload[i : i + MAX_PLAINTEXT]
+        out += _HEADER.pack(content_type, version, len(chunk)) + chunk
+    return bytes(out)

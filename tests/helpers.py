@@ -1,0 +1,147 @@
+"""Shared test helpers: a blocking driver for the sans-I/O TLSConnection, ports, OpenSSL."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tcpls.tls.connection import TLSConnection
+from tcpls.tls.events import ConnectionFailed, Event, HandshakeCompleted
+
+OPENSSL = shutil.which("openssl")
+
+
+def need_openssl() -> str:
+    """The openssl CLI, or skip the test with a clear reason."""
+    if OPENSSL is None:
+        pytest.skip("the openssl command is not installed (make test installs it as root)")
+    return OPENSSL
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else b""
+            raise RuntimeError(f"peer exited early ({proc.returncode}): {out[-2000:]!r}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+class SyncTLS:
+    """Drives a TLSConnection over a blocking socket (tests only)."""
+
+    def __init__(self, conn: TLSConnection, sock: socket.socket, timeout: float = 10.0) -> None:
+        self.conn = conn
+        self.sock = sock
+        self.events: list[Event] = []
+        self.received = bytearray()
+        self.eof = False
+        conn.on_data = lambda mv: self.received.extend(mv)
+        sock.settimeout(timeout)
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def pump(self) -> None:
+        """Receive once (blocking), process, flush."""
+        self.flush()
+        try:
+            data = self.sock.recv(262144)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+            self.conn.receive_eof()
+        else:
+            self.conn.receive_data(data)
+        self._drain_events()
+        self.flush()
+
+    def _drain_events(self) -> None:
+        while (ev := self.conn.next_event()) is not None:
+            self.events.append(ev)
+
+    def failed(self) -> ConnectionFailed | None:
+        for ev in self.events:
+            if isinstance(ev, ConnectionFailed):
+                return ev
+        return None
+
+    def handshake(self) -> HandshakeCompleted:
+        if self.conn.is_client:
+            self.conn.start()
+        while True:
+            self._drain_events()
+            for ev in self.events:
+                if isinstance(ev, HandshakeCompleted):
+                    self.flush()
+                    return ev
+                if isinstance(ev, ConnectionFailed):
+                    self.flush()
+                    raise ev.error
+            if self.eof:
+                raise ConnectionError("EOF during handshake")
+            self.pump()
+
+    def send(self, data: bytes) -> None:
+        self.conn.send_data(data)
+        self.flush()
+
+    def recv_until(self, predicate: object, timeout: float = 10.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        assert callable(predicate)
+        while not predicate(bytes(self.received)):
+            if self.eof or self.failed() or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"condition not met; received {bytes(self.received)[-200:]!r}, "
+                    f"events {self.events}"
+                )
+            self.pump()
+        return bytes(self.received)
+
+
+@contextlib.contextmanager
+def openssl_server(
+    args: Sequence[str], *, port: int | None = None, cwd: str | os.PathLike[str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Run ``openssl s_server`` with ``args``; yield (process, port)."""
+    exe = need_openssl()
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [exe, "s_server", "-accept", str(port), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+    )
+    try:
+        wait_port(port, proc=proc)
+        yield proc, port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def path_str(p: Path) -> str:
+    return os.fspath(p)
