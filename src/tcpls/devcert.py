@@ -19,13 +19,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["TestPKI", "make_test_pki"]
+__all__ = ["DevPKI", "make_test_pki"]
 
 KeyType = Literal["ecdsa", "rsa", "ecdsa-p384"]
 
 
 @dataclass(frozen=True)
-class TestPKI:
+class DevPKI:
     """Paths of a generated CA certificate, server certificate chain and server key."""
 
     ca_file: Path
@@ -62,13 +62,11 @@ def make_test_pki(
     valid_days: int = 30,
     not_valid_before: datetime.datetime | None = None,
     prefix: str = "",
-) -> TestPKI:
+) -> DevPKI:
     """Create a CA and a server certificate signed by it, valid for the given names."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    start = not_valid_before or (
-        datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
-    )
+    start = not_valid_before or (datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1))
     end = start + datetime.timedelta(days=valid_days)
 
     ca_key = _new_key(key_type)
@@ -127,7 +125,7 @@ def make_test_pki(
         .sign(ca_key, hashes.SHA256())
     )
 
-    pki = TestPKI(
+    pki = DevPKI(
         ca_file=out / f"{prefix}ca.pem",
         cert_file=out / f"{prefix}server.pem",
         key_file=out / f"{prefix}server.key",

@@ -239,6 +239,11 @@ class TLSConnection:
         return self.state is ConnectionState.ESTABLISHED and not self.close_notify_sent
 
     @property
+    def pending_output(self) -> int:
+        """Bytes sealed and waiting in :meth:`data_to_send`."""
+        return len(self._writer)
+
+    @property
     def write_protection(self) -> RecordProtection | None:
         """The protection application records are sealed with (its ``sequence`` is next)."""
         return self._write.get(Epoch.ONE_RTT)

@@ -1,0 +1,252 @@
+"""The public asyncio entry points: :func:`connect` and :func:`serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+from tcpls.aio.session import ConnectionProtocol, Session
+from tcpls.config import ClientConfig, ServerConfig
+from tcpls.core.endpoint import ServerEndpoint, client_session
+from tcpls.core.scheduler import SchedulerName
+from tcpls.core.session import Session as CoreSession
+from tcpls.errors import ConnectionClosedError
+
+__all__ = ["Server", "connect", "serve"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Session], Awaitable[Any]]
+
+
+class _Connect:
+    """What :func:`connect` returns: awaitable, and an async context manager."""
+
+    def __init__(self, coro_factory: Callable[[], Awaitable[Session]]) -> None:
+        self._factory = coro_factory
+        self._session: Session | None = None
+
+    def __await__(self) -> Generator[Any, None, Session]:
+        return self._factory().__await__()
+
+    async def __aenter__(self) -> Session:
+        self._session = await self._factory()
+        return self._session
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._session is not None
+        await self._session.__aexit__(*exc_info)
+
+
+def connect(
+    host: str,
+    port: int,
+    *,
+    config: ClientConfig | None = None,
+    local_addr: tuple[str, int] | None = None,
+    scheduler: SchedulerName = "aggregate",
+    reliable: bool = True,
+) -> _Connect:
+    """Open a session to ``host:port``: ``async with tcpls.connect(...) as session``.
+
+    Also usable as ``session = await tcpls.connect(...)``. The TLS handshake
+    offers TCPLS; against an ordinary TLS 1.3 server the session is plain TLS
+    (``session.tcpls_negotiated`` is false). Raises ``OSError`` when the host
+    cannot be reached, :class:`tcpls.errors.ProtocolError` or
+    :class:`tcpls.errors.PeerAlert` when the handshake fails,
+    :class:`tcpls.errors.CertificateVerificationError` for a bad certificate,
+    and ``TimeoutError`` when connecting or the handshake takes too long.
+    """
+    config = config or ClientConfig()
+    return _Connect(lambda: _connect(host, port, config, local_addr, scheduler, reliable))
+
+
+async def _connect(
+    host: str,
+    port: int,
+    config: ClientConfig,
+    local_addr: tuple[str, int] | None,
+    scheduler: SchedulerName,
+    reliable: bool,
+) -> Session:
+    if config.user_timeout is not None and config.tuning.user_timeout != config.user_timeout:
+        from dataclasses import replace
+
+        config = replace(config, tuning=replace(config.tuning, user_timeout=config.user_timeout))
+    core = client_session(config, host, scheduler=scheduler, reliable=reliable)
+    loop = asyncio.get_running_loop()
+    session = Session(core)
+    protocol = ConnectionProtocol(session, 0)
+    try:
+        await asyncio.wait_for(
+            loop.create_connection(lambda: protocol, host, port, local_addr=local_addr),
+            config.connect_timeout,
+        )
+    except TimeoutError:
+        raise TimeoutError(f"timed out connecting to {host}:{port}") from None
+    core.connections[0].tls.start()
+    session._process()
+    try:
+        await asyncio.wait_for(session.wait_established(), config.tuning.handshake_timeout)
+    except TimeoutError:
+        session.abort()
+        raise TimeoutError(f"the TLS handshake with {host}:{port} timed out") from None
+    return session
+
+
+class Server:
+    """A listening tcpls server, shaped like :class:`asyncio.Server`."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        endpoint: ServerEndpoint,
+    ) -> None:
+        self._handler = handler
+        self._endpoint = endpoint
+        self._servers: list[asyncio.AbstractServer] = []
+        self._sessions: dict[CoreSession, Session] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets."""
+        out: list[socket.socket] = []
+        for server in self._servers:
+            if isinstance(server, asyncio.Server):
+                out.extend(server.sockets)
+        return out
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (handy with port 0)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    @property
+    def sessions(self) -> list[Session]:
+        """The sessions currently open."""
+        return list(self._sessions.values())
+
+    def _protocol_factory(self) -> ConnectionProtocol:
+        core = self._endpoint.new_session()
+        session = Session(core, server=self)
+        self._sessions[core] = session
+        return ConnectionProtocol(session, 0)
+
+    async def _listen(self, host: str | None, port: int, **kwargs: Any) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._protocol_factory, host, port, **kwargs)
+        self._servers.append(server)
+
+    # -- callbacks from sessions -------------------------------------------------
+
+    def _session_established(self, session: Session) -> None:
+        if self._closing:
+            session.abort()
+            return
+        task = asyncio.get_running_loop().create_task(self._run_handler(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, session: Session) -> None:
+        try:
+            await self._handler(session)
+        except ConnectionClosedError as exc:
+            logger.debug("session handler ended: %s", exc)
+        except Exception as exc:
+            logger.warning("session handler failed: %s: %s", exc.__class__.__name__, exc)
+            logger.debug("handler traceback", exc_info=True)
+            session.abort()
+        finally:
+            if not session.closed:
+                await session.aclose()
+
+    def _session_closed(self, session: Session) -> None:
+        self._sessions.pop(session._core, None)
+
+    def _route_join(self, pending: Session, token: bytes) -> None:
+        protocol = pending._protocols.get(0)
+        routed = self._endpoint.route_join(pending._core, token)
+        self._sessions.pop(pending._core, None)
+        if routed is None or protocol is None:
+            # the alert is queued on the pending session's connection: send it and close
+            pending._core.abort()
+            pending._process()
+            return
+        target_core, connection_id = routed
+        target = self._sessions.get(target_core)
+        if target is None:
+            protocol.transport.close() if protocol.transport else None
+            return
+        pending._protocols.clear()
+        protocol.session = target
+        protocol.connection_id = connection_id
+        target._attach(protocol)
+        target._process()
+
+    # -- asyncio.Server shape ----------------------------------------------------
+
+    def close(self) -> None:
+        """Stop listening and close every session gracefully."""
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        for session in list(self._sessions.values()):
+            session.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the listeners and the sessions are closed."""
+        for server in self._servers:
+            await server.wait_closed()
+        sessions = list(self._sessions.values())
+        if sessions:
+            await asyncio.wait([asyncio.ensure_future(s.aclose()) for s in sessions], timeout=10)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=10)
+
+    def is_serving(self) -> bool:
+        """Whether the server accepts connections."""
+        return any(server.is_serving() for server in self._servers)
+
+    async def serve_forever(self) -> None:
+        """Accept sessions until cancelled."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.close()
+            await self.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def serve(
+    handler: Handler,
+    host: str | None = None,
+    port: int = 0,
+    *,
+    config: ServerConfig,
+    scheduler: SchedulerName = "aggregate",
+    reliable: bool = True,
+    **listen_kwargs: Any,
+) -> Server:
+    """Listen on ``host:port`` and run ``await handler(session)`` for every session.
+
+    Shaped like :func:`asyncio.start_server`. The certificate and key of
+    ``config`` are read now: a missing or bad file raises
+    :class:`tcpls.errors.ConfigurationError` before anything listens. When the
+    handler returns, the session is closed gracefully; an exception in one
+    handler never stops the server.
+    """
+    endpoint = ServerEndpoint(config, scheduler=scheduler, reliable=reliable)
+    server = Server(handler, endpoint)
+    await server._listen(host, port, **listen_kwargs)
+    return server

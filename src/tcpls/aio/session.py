@@ -1,0 +1,510 @@
+"""The asyncio session: one :class:`tcpls.core.session.Session` and its TCP connections.
+
+I/O lives here only. Each TCP connection has a :class:`ConnectionProtocol`
+(an ``asyncio.BufferedProtocol``) that lets the core's record reader receive
+straight into its buffer. After every input, timer or application call the
+session runs :meth:`Session._process`: it handles core events, wakes the
+stream readers and writers that have something new, and lets every connection
+whose transport is not paused pull records (the pull model of ARCHITECTURE).
+Application writes are batched: a flush is scheduled once per event-loop turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from tcpls.aio.sockets import configure_socket, tcp_info
+from tcpls.aio.streams import StreamReader, StreamWriter
+from tcpls.core.connection import ConnectionStatus
+from tcpls.core.events import (
+    ConnectionAdded,
+    ConnectionRemoved,
+    HandshakeDone,
+    JoinRequest,
+    PeerClosed,
+    SessionClosed,
+    StreamOpened,
+)
+from tcpls.core.session import Session as CoreSession
+from tcpls.errors import ConnectionClosedError, TCPLSError
+
+__all__ = ["ConnectionInfo", "ConnectionProtocol", "Session"]
+
+logger = logging.getLogger(__name__)
+
+_TRANSPORT_HIGH_WATER = 1024 * 1024
+_FLUSH_BUDGET = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """One TCP connection of a session, as reported by ``session.connections``."""
+
+    #: Connection ID (0 for the connection that ran the handshake; W6).
+    id: int
+    #: ``(host, port)`` of our end.
+    local_address: tuple[str, int] | None
+    #: ``(host, port)`` of the peer's end.
+    remote_address: tuple[str, int] | None
+    #: Status in the session: ``active``, ``draining``, ``closing``...
+    status: str
+    bytes_sent: int
+    bytes_received: int
+    records_sent: int
+    records_received: int
+    #: Smoothed RTT from ``TCP_INFO``, seconds (``None`` where unavailable).
+    rtt: float | None
+    #: Congestion window from ``TCP_INFO``, segments.
+    cwnd: int | None
+    #: Records sent on this connection and not yet acknowledged by the peer.
+    unacknowledged: int
+
+
+class ConnectionProtocol(asyncio.BufferedProtocol):
+    """Feeds one TCP connection's bytes to its session, without copying."""
+
+    def __init__(self, session: Session | None, connection_id: int = 0) -> None:
+        self.session = session
+        self.connection_id = connection_id
+        self.transport: asyncio.Transport | None = None
+        self.eof_written = False
+        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=_TRANSPORT_HIGH_WATER)
+        if self.session is not None:
+            self.session._attach(self)
+        if not self.connected.done():
+            self.connected.set_result(None)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        assert self.session is not None
+        return self.session._core.get_buffer(self.connection_id)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        session = self.session
+        assert session is not None
+        session._core.buffer_updated(self.connection_id, nbytes, session._loop.time())
+        session._process()
+
+    def eof_received(self) -> bool:
+        session = self.session
+        if session is None:
+            return False
+        session._core.receive_eof(self.connection_id, session._loop.time())
+        session._process()
+        # keep our direction open until we sent close_notify (TLS half-close)
+        conn = session._core.connections.get(self.connection_id)
+        return conn is not None and not conn.tls.close_notify_sent
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(exc or ConnectionClosedError("connection lost"))
+        session = self.session
+        if session is None:
+            return
+        session._detach(self)
+        error = None
+        if exc is not None:
+            error = ConnectionClosedError(f"connection {self.connection_id} lost: {exc}")
+        session._core.connection_lost(self.connection_id, error, session._loop.time())
+        session._process()
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session._paused.add(self.connection_id)
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session._paused.discard(self.connection_id)
+            self.session._process()
+
+
+class Session:
+    """A TCPLS session (or a plain TLS one after fallback) in asyncio.
+
+    Get one from :func:`tcpls.connect` or in the handler of :func:`tcpls.serve`.
+    Streams are ``(StreamReader, StreamWriter)`` pairs: open them with
+    :meth:`open_stream`, take the peer's with :meth:`accept_stream` or
+    ``async for reader, writer in session``.
+    """
+
+    def __init__(self, core: CoreSession, *, server: Any = None) -> None:
+        self._core = core
+        self._loop = asyncio.get_running_loop()
+        self._server = server
+        self._protocols: dict[int, ConnectionProtocol] = {}
+        self._paused: set[int] = set()
+        self._reading_paused = False
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._readers: dict[int, StreamReader] = {}
+        self._writers: dict[int, StreamWriter] = {}
+        self._incoming: asyncio.Queue[tuple[StreamReader, StreamWriter] | None] = asyncio.Queue()
+        self._established: asyncio.Future[None] = self._loop.create_future()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._fallback_stream_taken = False
+        self._processing = False
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def tcpls_negotiated(self) -> bool:
+        """Whether TCPLS is in use; false means plain TLS 1.3 fallback (W17)."""
+        return bool(self._core.tcpls)
+
+    @property
+    def is_client(self) -> bool:
+        """Whether this end opened the session."""
+        return self._core.is_client
+
+    @property
+    def cipher_suite(self) -> str | None:
+        """The negotiated TLS 1.3 cipher suite, e.g. ``TLS_AES_128_GCM_SHA256``."""
+        conn = self._core.connections.get(0) or next(iter(self._core.connections.values()), None)
+        suite = conn.tls.cipher_suite if conn is not None else None
+        return f"TLS_{suite.name}" if suite is not None else None
+
+    @property
+    def session_resumed(self) -> bool:
+        """Whether the handshake resumed an earlier session (PSK)."""
+        conn = self._core.connections.get(0)
+        engine = conn.tls.engine if conn is not None else None
+        return bool(engine and engine.session_resumed)
+
+    @property
+    def session_ticket(self) -> Any:
+        """Client: the latest ticket for resuming this session later, if the server sent one."""
+        tickets = self._core.session_tickets
+        return tickets[-1] if tickets else None
+
+    @property
+    def connections(self) -> list[ConnectionInfo]:
+        """The TCP connections of the session, with counters and ``TCP_INFO``."""
+        infos = []
+        for conn in self._core.connections.values():
+            protocol = self._protocols.get(conn.id)
+            sock = None
+            local = remote = None
+            if protocol is not None and protocol.transport is not None:
+                sock = protocol.transport.get_extra_info("socket")
+                local = _address(protocol.transport.get_extra_info("sockname"))
+                remote = _address(protocol.transport.get_extra_info("peername"))
+            info = tcp_info(sock)
+            infos.append(
+                ConnectionInfo(
+                    id=conn.id,
+                    local_address=local or conn.local_address,
+                    remote_address=remote or conn.remote_address,
+                    status=conn.status.value,
+                    bytes_sent=conn.bytes_sent,
+                    bytes_received=conn.bytes_received,
+                    records_sent=conn.records_sent,
+                    records_received=conn.records_received,
+                    rtt=info.rtt if info else None,
+                    cwnd=info.cwnd if info else None,
+                    unacknowledged=len(conn.sent_log),
+                )
+            )
+        return infos
+
+    @property
+    def peer_addresses(self) -> dict[int, tuple[str, int]]:
+        """Addresses the peer advertised with New Address, by address ID (W18)."""
+        return dict(self._core.peer_addresses)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session ended."""
+        return self._core.closed
+
+    @property
+    def error(self) -> TCPLSError | None:
+        """The error that ended the session, if any."""
+        return self._core.error
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``tcpls``, ``cipher_suite``, ``peername``, ``sockname``, ``session_resumed``."""
+        if name == "tcpls":
+            return self.tcpls_negotiated
+        if name == "cipher_suite":
+            return self.cipher_suite
+        if name == "session_resumed":
+            return self.session_resumed
+        if name in ("peername", "sockname", "socket"):
+            for protocol in self._protocols.values():
+                if protocol.transport is not None:
+                    return protocol.transport.get_extra_info(name, default)
+        return default
+
+    async def open_stream(self) -> tuple[StreamReader, StreamWriter]:
+        """Open a new stream. In plain TLS fallback, the one stream of the session."""
+        await self.wait_established()
+        if not self._core.tcpls:
+            if self._fallback_stream_taken:
+                raise TCPLSError("plain TLS fallback carries exactly one stream (W17)")
+            self._fallback_stream_taken = True
+            return self._pair(0)
+        return self._pair(self._core.open_stream())
+
+    async def accept_stream(self) -> tuple[StreamReader, StreamWriter]:
+        """The next stream the peer opened; :class:`ConnectionClosedError` when none will come."""
+        item = await self._incoming.get()
+        if item is None:
+            self._incoming.put_nowait(None)  # keep waking other waiters
+            raise ConnectionClosedError("the session is closed")
+        return item
+
+    def __aiter__(self) -> AsyncIterator[tuple[StreamReader, StreamWriter]]:
+        return self._iterate_streams()
+
+    async def _iterate_streams(self) -> AsyncIterator[tuple[StreamReader, StreamWriter]]:
+        while True:
+            try:
+                yield await self.accept_stream()
+            except ConnectionClosedError:
+                return
+
+    async def wait_established(self) -> None:
+        """Wait for the handshake; raise its error if it failed."""
+        await asyncio.shield(self._established)
+
+    def close(self) -> None:
+        """Start a graceful close: flush, wait for ACKs, ``close_notify``, FIN (W20)."""
+        self._core.close()
+        self._process()
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent data."""
+        self._core.abort()
+        self._process()
+
+    async def wait_closed(self) -> None:
+        """Wait until the session ended (both sides closed, or an error)."""
+        await asyncio.shield(self._closed)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Close gracefully and wait; abort if the peer does not finish within ``timeout``."""
+        self.close()
+        try:
+            await asyncio.wait_for(self.wait_closed(), timeout)
+        except TimeoutError:
+            self.abort()
+            await self.wait_closed()
+
+    async def __aenter__(self) -> Session:
+        await self.wait_established()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if exc_info[0] is not None:
+            self.abort()
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        mode = {None: "handshake", True: "tcpls", False: "tls"}[self._core.tcpls]
+        state = self._core.state.value
+        return f"<tcpls.Session {mode} {state} connections={len(self._core.connections)}>"
+
+    # ------------------------------------------------------------ internals
+
+    def _pair(self, stream_id: int) -> tuple[StreamReader, StreamWriter]:
+        reader = StreamReader(self, stream_id)
+        writer = StreamWriter(self, stream_id, reader)
+        self._readers[stream_id] = reader
+        self._writers[stream_id] = writer
+        return reader, writer
+
+    def _attach(self, protocol: ConnectionProtocol) -> None:
+        self._protocols[protocol.connection_id] = protocol
+        transport = protocol.transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            configure_socket(sock, self._user_timeout())
+        conn = self._core.connections.get(protocol.connection_id)
+        if conn is not None:
+            conn.local_address = _address(transport.get_extra_info("sockname"))
+            conn.remote_address = _address(transport.get_extra_info("peername"))
+
+    def _user_timeout(self) -> float | None:
+        return self._core.tuning.user_timeout
+
+    def _detach(self, protocol: ConnectionProtocol) -> None:
+        if self._protocols.get(protocol.connection_id) is protocol:
+            del self._protocols[protocol.connection_id]
+        self._paused.discard(protocol.connection_id)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._process()
+
+    def _data_consumed(self) -> None:
+        if self._reading_paused and not self._core.reading_paused:
+            self._reading_paused = False
+            for protocol in self._protocols.values():
+                if protocol.transport is not None and not protocol.transport.is_closing():
+                    protocol.transport.resume_reading()
+
+    def _reader_waiting(self, stream_id: int) -> None:
+        """A reader is about to wait: make sure reading is not paused for nothing."""
+        self._data_consumed()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._core.handle_timer(self._loop.time())
+        self._process()
+
+    def _process(self) -> None:
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            self._process_once()
+        finally:
+            self._processing = False
+
+    def _process_once(self) -> None:
+        core = self._core
+        loop_time = self._loop.time
+        for _ in range(64):
+            self._handle_events()
+            if core.readable:
+                readers = self._readers
+                for sid in core.readable:
+                    reader = readers.get(sid)
+                    if reader is not None:
+                        reader._wakeup()
+                core.readable.clear()
+            if core.writable:
+                writers = self._writers
+                for sid in core.writable:
+                    writer = writers.get(sid)
+                    if writer is not None:
+                        writer._wakeup()
+                core.writable.clear()
+            wrote = False
+            for cid, protocol in list(self._protocols.items()):
+                transport = protocol.transport
+                if transport is None or transport.is_closing() or cid in self._paused:
+                    continue
+                while cid not in self._paused:
+                    data = core.transmit(cid, loop_time(), _FLUSH_BUDGET)
+                    if not data:
+                        break
+                    transport.write(data)
+                    wrote = True
+                conn = core.connections.get(cid)
+                if (
+                    conn is not None
+                    and conn.tls.close_notify_sent
+                    and not protocol.eof_written
+                    and transport.can_write_eof()
+                ):
+                    protocol.eof_written = True
+                    transport.write_eof()
+                if conn is None or conn.status in (ConnectionStatus.FAILED,):
+                    transport.close()
+                elif core.connection_drained(cid):
+                    transport.write_eof()
+                    core.finish_removal(cid)
+            if not wrote and not core.readable and not core.writable:
+                break
+        if core.closed:
+            self._finish()
+            return
+        if core.reading_paused and not self._reading_paused:
+            self._reading_paused = True
+            for protocol in self._protocols.values():
+                if protocol.transport is not None and not protocol.transport.is_closing():
+                    protocol.transport.pause_reading()
+        self._reschedule_timer()
+
+    def _reschedule_timer(self) -> None:
+        deadline = self._core.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _handle_events(self) -> None:
+        core = self._core
+        while (event := core.next_event()) is not None:
+            if isinstance(event, StreamOpened):
+                self._incoming.put_nowait(self._pair(event.stream_id))
+            elif isinstance(event, HandshakeDone):
+                if not event.tcpls and not core.is_client:
+                    self._fallback_stream_taken = True
+                    self._incoming.put_nowait(self._pair(0))
+                if not self._established.done():
+                    self._established.set_result(None)
+                if self._server is not None:
+                    self._server._session_established(self)
+            elif isinstance(event, JoinRequest):
+                if self._server is not None:
+                    self._server._route_join(self, event.token)
+            elif isinstance(event, SessionClosed):
+                self._finish()
+            elif isinstance(event, ConnectionRemoved):
+                protocol = self._protocols.get(event.connection_id)
+                if protocol is not None and protocol.transport is not None:
+                    if event.error is None:
+                        protocol.transport.close()
+                    else:
+                        protocol.transport.abort()
+            elif isinstance(event, ConnectionAdded | PeerClosed):
+                pass
+
+    def _finish(self) -> None:
+        core = self._core
+        if self._closed.done():
+            return
+        error = core.error
+        if not self._established.done():
+            self._established.set_exception(
+                error or ConnectionClosedError("the session closed during the handshake")
+            )
+            self._established.exception()  # mark retrieved: connect() reports it
+        for reader in self._readers.values():
+            reader._wakeup()
+        for writer in self._writers.values():
+            writer._wakeup()
+        self._incoming.put_nowait(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for cid, protocol in list(self._protocols.items()):
+            transport = protocol.transport
+            if transport is None:
+                continue
+            data = core.transmit(cid, self._loop.time())  # the alert, if any
+            if data and not transport.is_closing():
+                transport.write(data)
+            transport.close()
+        self._closed.set_result(None)
+        if self._server is not None:
+            self._server._session_closed(self)
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None

@@ -1,0 +1,271 @@
+"""Stream reader/writer pairs, shaped like ``asyncio.open_connection``'s.
+
+A :class:`StreamReader` reads the bytes the peer sent on one stream, in order;
+a :class:`StreamWriter` queues bytes on it. Backpressure is real: ``drain()``
+waits while the stream holds more than its send buffer (bytes not yet sent,
+plus bytes sent but not yet acknowledged by the peer), and that buffer empties
+only as fast as the TCP connections take records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from tcpls.errors import ConnectionClosedError
+
+if TYPE_CHECKING:
+    from tcpls.aio.session import Session
+
+__all__ = ["StreamReader", "StreamWriter"]
+
+_DEFAULT_LIMIT = 64 * 1024
+
+
+class StreamReader:
+    """Reads one stream (like :class:`asyncio.StreamReader`)."""
+
+    def __init__(self, session: Session, stream_id: int, limit: int = _DEFAULT_LIMIT) -> None:
+        self._session = session
+        self._core = session._core
+        self.stream_id = stream_id
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<tcpls.StreamReader stream={self.stream_id}>"
+
+    # -- called by the session ---------------------------------------------------
+
+    def _wakeup(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        if self._waiter is not None:
+            raise RuntimeError("another coroutine is already reading this stream")
+        self._waiter = self._session._loop.create_future()
+        self._session._reader_waiting(self.stream_id)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    # -- state -----------------------------------------------------------------
+
+    def _buffered(self) -> int:
+        stream = self._core.streams.get(self.stream_id)
+        return stream.recv.readable if stream is not None else 0
+
+    def at_eof(self) -> bool:
+        """Whether the peer ended the stream and every byte was read."""
+        stream = self._core.streams.get(self.stream_id)
+        if stream is None:
+            return True
+        return stream.recv.at_eof
+
+    def exception(self) -> BaseException | None:
+        """The error that ended the session before this stream was complete, if any."""
+        stream = self._core.streams.get(self.stream_id)
+        if self._core.closed and (stream is None or not stream.recv.complete):
+            return self._core.error or None
+        return None
+
+    def _raise_if_broken(self) -> None:
+        stream = self._core.streams.get(self.stream_id)
+        if stream is None:
+            return
+        if self._core.closed and not stream.recv.complete:
+            error = self._core.error
+            raise (
+                error
+                if error is not None
+                else ConnectionClosedError("the session closed before the stream ended")
+            )
+
+    # -- reading ---------------------------------------------------------------
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (``-1``: until EOF). ``b""`` at EOF."""
+        if n == 0:
+            return b""
+        if n < 0:
+            parts: list[bytes] = []
+            while True:
+                chunk = await self.read(1 << 20)
+                if not chunk:
+                    return b"".join(parts)
+                parts.append(chunk)
+        while True:
+            data = self._core.read(self.stream_id, n)
+            if data:
+                self._session._data_consumed()
+                return data
+            if self.at_eof():
+                return b""
+            self._raise_if_broken()
+            await self._wait()
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; :class:`asyncio.IncompleteReadError` if EOF comes first."""
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        parts: list[bytes] = []
+        need = n
+        while need:
+            chunk = await self.read(need)
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"".join(parts), n)
+            parts.append(chunk)
+            need -= len(chunk)
+        return b"".join(parts)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """Bytes up to and including ``separator`` (like ``asyncio.StreamReader.readuntil``)."""
+        if not separator:
+            raise ValueError("separator should be at least one-byte string")
+        start = 0
+        while True:
+            stream = self._core.streams.get(self.stream_id)
+            if stream is not None:
+                index = stream.recv.find(separator, start)
+                if index >= 0:
+                    if index + len(separator) > self._limit:
+                        raise asyncio.LimitOverrunError(
+                            "separator found, but chunk is longer than the limit", index
+                        )
+                    data = self._core.read(self.stream_id, index + len(separator))
+                    self._session._data_consumed()
+                    return data
+                buffered = stream.recv.readable
+                if buffered > self._limit:
+                    raise asyncio.LimitOverrunError(
+                        "separator not found, limit exceeded", buffered
+                    )
+                start = max(0, buffered - len(separator) + 1)
+            if self.at_eof() or stream is None or stream.recv.complete:
+                partial = self._core.read(self.stream_id)
+                self._session._data_consumed()
+                raise asyncio.IncompleteReadError(partial, None)
+            self._raise_if_broken()
+            await self._wait()
+
+    async def readline(self) -> bytes:
+        """A line ending with ``\\n``, or what is left at EOF."""
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+
+    def __aiter__(self) -> StreamReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+
+class StreamWriter:
+    """Writes one stream (like :class:`asyncio.StreamWriter`)."""
+
+    def __init__(self, session: Session, stream_id: int, reader: StreamReader) -> None:
+        self._session = session
+        self._core = session._core
+        self.stream_id = stream_id
+        self._reader = reader
+        self._closing = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<tcpls.StreamWriter stream={self.stream_id}>"
+
+    @property
+    def session(self) -> Session:
+        """The session this stream belongs to."""
+        return self._session
+
+    def _wakeup(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; it is sent as the connections can take it."""
+        self._core.send(self.stream_id, data)
+        self._session._schedule_flush()
+
+    def writelines(self, data: Any) -> None:
+        """Queue each buffer of an iterable."""
+        for chunk in data:
+            self.write(chunk)
+
+    def can_write_eof(self) -> bool:
+        """Always true: every stream can end its direction."""
+        return True
+
+    def write_eof(self) -> None:
+        """End our direction of the stream (FIN) after what was queued."""
+        self._core.send_eof(self.stream_id)
+        self._session._schedule_flush()
+
+    def _buffered(self) -> int:
+        stream = self._core.streams.get(self.stream_id)
+        return stream.send_buffered if stream is not None else 0
+
+    async def drain(self) -> None:
+        """Wait until the stream's send buffer is below its high-water mark."""
+        limit = self._core.tuning.stream_send_buffer
+        while True:
+            if self._core.closed:
+                error = self._core.error
+                if error is not None:
+                    raise error
+                raise ConnectionClosedError("the session is closed")
+            if self._buffered() <= limit:
+                return
+            self._drain_waiter = self._session._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def close(self) -> None:
+        """End our direction (FIN) if not done yet; use :meth:`wait_closed` to wait."""
+        if not self._closing:
+            self._closing = True
+            stream = self._core.streams.get(self.stream_id)
+            if stream is not None and not stream.fin_queued and not self._core.closed:
+                self.write_eof()
+
+    def is_closing(self) -> bool:
+        """Whether :meth:`close` or :meth:`write_eof` was called."""
+        stream = self._core.streams.get(self.stream_id)
+        return self._closing or stream is None or stream.fin_queued
+
+    async def wait_closed(self) -> None:
+        """Wait until the peer acknowledged everything we sent, FIN included."""
+        while True:
+            stream = self._core.streams.get(self.stream_id)
+            if stream is None or stream.fin_acked or self._core.closed:
+                return
+            self._drain_waiter = self._session._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def pin(self, connection_id: int | None) -> None:
+        """Keep this stream's data on one TCP connection (``None``: let the scheduler choose)."""
+        self._core.pin_stream(self.stream_id, connection_id)
+        self._session._schedule_flush()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``stream_id``, ``session``, ``tcpls``, ``cipher_suite``, ``peername``, ``sockname``."""
+        if name == "stream_id":
+            return self.stream_id
+        if name == "session":
+            return self._session
+        return self._session.get_extra_info(name, default)

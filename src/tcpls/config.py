@@ -1,0 +1,259 @@
+"""Configuration of tcpls clients and servers: frozen dataclasses with sensible defaults.
+
+:class:`ClientConfig` and :class:`ServerConfig` hold what a user chooses;
+:class:`SessionTuning` holds the protocol constants of DECISIONS W8–W13
+(ACK policy, buffers, timeouts) that both sides share. Files named in a config
+are read when a connection or server starts, and a missing or unreadable file
+raises :class:`tcpls.errors.ConfigurationError` with one clear sentence.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+from tcpls.errors import ConfigurationError
+from tcpls.tls.record import CipherSuite
+from tcpls.wire.extensions import DEFAULT_CODEPOINTS, ExtensionCodepoints
+
+__all__ = [
+    "CIPHER_SUITE_NAMES",
+    "ClientConfig",
+    "ServerConfig",
+    "SessionTuning",
+    "load_certificate_chain",
+    "load_private_key",
+    "parse_cipher_suites",
+]
+
+#: Accepted names for the TLS 1.3 cipher suites (IANA and OpenSSL spellings).
+CIPHER_SUITE_NAMES: dict[str, CipherSuite] = {
+    "TLS_AES_128_GCM_SHA256": CipherSuite.AES_128_GCM_SHA256,
+    "TLS_AES_256_GCM_SHA384": CipherSuite.AES_256_GCM_SHA384,
+    "TLS_CHACHA20_POLY1305_SHA256": CipherSuite.CHACHA20_POLY1305_SHA256,
+    "AES_128_GCM_SHA256": CipherSuite.AES_128_GCM_SHA256,
+    "AES_256_GCM_SHA384": CipherSuite.AES_256_GCM_SHA384,
+    "CHACHA20_POLY1305_SHA256": CipherSuite.CHACHA20_POLY1305_SHA256,
+}
+
+
+def parse_cipher_suites(
+    names: Sequence[str | CipherSuite] | None,
+) -> tuple[CipherSuite, ...] | None:
+    """Cipher suites from names such as ``TLS_AES_128_GCM_SHA256``; ``None`` keeps the default."""
+    if names is None:
+        return None
+    suites: list[CipherSuite] = []
+    for name in names:
+        if isinstance(name, CipherSuite):
+            suites.append(name)
+            continue
+        try:
+            suites.append(CIPHER_SUITE_NAMES[name.strip().upper()])
+        except KeyError:
+            known = ", ".join(k for k in CIPHER_SUITE_NAMES if k.startswith("TLS_"))
+            raise ConfigurationError(f"unknown cipher suite {name!r} (known: {known})") from None
+    if not suites:
+        raise ConfigurationError("the list of cipher suites is empty")
+    return tuple(suites)
+
+
+def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigurationError(f"{what} file not found: {os.fspath(path)}") from None
+    except IsADirectoryError:
+        raise ConfigurationError(f"{what} file is a directory: {os.fspath(path)}") from None
+    except PermissionError:
+        raise ConfigurationError(f"{what} file is not readable: {os.fspath(path)}") from None
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read {what} file {os.fspath(path)}: {exc.strerror}"
+        ) from None
+
+
+def load_certificate_chain(path: str | os.PathLike[str]) -> list[x509.Certificate]:
+    """The PEM certificates of ``path``: the end-entity certificate first, then intermediates."""
+    data = _read_file(path, "certificate")
+    try:
+        chain = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        chain = []
+    if not chain:
+        raise ConfigurationError(f"no PEM certificate found in {os.fspath(path)}")
+    return chain
+
+
+def load_private_key(path: str | os.PathLike[str], password: bytes | None = None) -> Any:
+    """The PEM private key of ``path`` (ECDSA P-256/P-384, RSA, Ed25519 or Ed448)."""
+    data = _read_file(path, "private key")
+    try:
+        key = serialization.load_pem_private_key(data, password=password)
+    except TypeError:
+        raise ConfigurationError(
+            f"private key {os.fspath(path)} is encrypted; give its password"
+        ) from None
+    except ValueError:
+        raise ConfigurationError(f"no usable PEM private key in {os.fspath(path)}") from None
+    supported = (
+        isinstance(key, ec.EllipticCurvePrivateKey)
+        and isinstance(key.curve, ec.SECP256R1 | ec.SECP384R1)
+    ) or isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+    if not supported:
+        raise ConfigurationError(
+            f"unsupported private key type in {os.fspath(path)} "
+            "(use ECDSA P-256/P-384, RSA, Ed25519 or Ed448)"
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class SessionTuning:
+    """Protocol constants shared by clients and servers (DECISIONS W8, W9, W11, W13).
+
+    The defaults are the project's normative values; tests shorten the timers.
+    """
+
+    #: Send an ACK after this many ack-eliciting records on a connection (W9).
+    ack_records: int = 16
+    #: ... or after this many bytes of records (W9).
+    ack_bytes: int = 256 * 1024
+    #: ... or at the latest after this delay, in seconds (W9).
+    ack_delay: float = 0.025
+    #: Largest plaintext per record (16 KiB; smaller records help aggregation).
+    max_record_size: int = 16384
+    #: Per-stream receive buffer; when full, reading from TCP pauses (W13).
+    stream_receive_buffer: int = 1024 * 1024
+    #: Per-stream send buffer high-water mark: ``drain()`` waits above it.
+    stream_send_buffer: int = 1024 * 1024
+    #: Streams a peer may open beyond the highest it opened so far, in one frame.
+    max_peer_streams: int = 10000
+    #: Out-of-order bytes held for reassembly across the session (W13).
+    max_reassembly_bytes: int = 64 * 1024 * 1024
+    #: TCP_USER_TIMEOUT on every socket, seconds (W11); ``None`` leaves the kernel default.
+    user_timeout: float | None = 2.0
+    #: Send a Ping when data is outstanding and nothing arrived for this long (W11).
+    ping_after: float = 1.0
+    #: ... and declare the connection failed if the Ping is not answered within this.
+    ping_timeout: float = 1.0
+    #: Time allowed for the TLS handshake (or a join exchange), seconds.
+    handshake_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Configuration of a tcpls client.
+
+    Certificate verification is on by default: the server's chain is checked
+    against ``cafile``/``cadata`` or, when neither is given, the certifi CA
+    bundle, and its name against ``server_name`` (default: the host connected to).
+    """
+
+    #: PEM file of trusted CA certificates (default: certifi's bundle).
+    cafile: str | None = None
+    #: PEM data of trusted CA certificates, as an alternative to ``cafile``.
+    cadata: bytes | None = None
+    #: Verify the server's certificate (never turn off outside tests).
+    verify: bool = True
+    #: Name for SNI and certificate verification; default: the host passed to connect.
+    server_name: str | None = None
+    #: NSS key log file for Wireshark; default: ``$SSLKEYLOGFILE`` when set.
+    keylog_file: str | None = None
+    #: TCP_USER_TIMEOUT in seconds for every connection (W11); ``None``: tuning default.
+    user_timeout: float | None = None
+    #: Offer TCPLS; when false (or the server does not answer it) the session is plain TLS.
+    tcpls: bool = True
+    #: TLS 1.3 cipher suites in preference order (names or :class:`CipherSuite`).
+    cipher_suites: Sequence[str | CipherSuite] | None = None
+    #: ALPN protocols; when set, the server must select one (W21).
+    alpn_protocols: Sequence[str] | None = None
+    #: A ticket from an earlier session, for PSK resumption (no 0-RTT, W16).
+    session_ticket: Any = None
+    #: Seconds allowed for the TCP connect.
+    connect_timeout: float = 10.0
+    #: TLS extension codepoints for TCPLS (W1).
+    codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS
+    #: Protocol constants.
+    tuning: SessionTuning = field(default_factory=SessionTuning)
+
+    def check(self) -> None:
+        """Raise :class:`ConfigurationError` for unusable values (files are read here)."""
+        if self.cafile is not None:
+            _read_file(self.cafile, "CA")
+        parse_cipher_suites(self.cipher_suites)
+        if self.user_timeout is not None and self.user_timeout <= 0:
+            raise ConfigurationError("user_timeout must be positive")
+
+    @property
+    def effective_user_timeout(self) -> float | None:
+        """The TCP user timeout in force: ``user_timeout`` or the tuning default."""
+        return self.user_timeout if self.user_timeout is not None else self.tuning.user_timeout
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Configuration of a tcpls server."""
+
+    #: PEM file with the server certificate, then any intermediates.
+    certfile: str | None = None
+    #: PEM file with the private key of the certificate.
+    keyfile: str | None = None
+    #: Password of an encrypted private key.
+    key_password: bytes | None = None
+    #: NSS key log file; default: ``$SSLKEYLOGFILE`` when set.
+    keylog_file: str | None = None
+    #: Accept TCPLS; when false the server is a plain TLS 1.3 server.
+    tcpls: bool = True
+    #: Connections allowed per session, the initial one included (tokens issued; W8).
+    max_connections: int = 4
+    #: Extra addresses (``"ip:port"``) advertised to clients with New Address (W18).
+    advertise: Sequence[str] = ()
+    #: TLS 1.3 cipher suites in preference order.
+    cipher_suites: Sequence[str | CipherSuite] | None = None
+    #: ALPN protocols (W21).
+    alpn_protocols: Sequence[str] | None = None
+    #: Issue session tickets for PSK resumption.
+    session_tickets: bool = True
+    #: TCP_USER_TIMEOUT in seconds for accepted connections; ``None``: tuning default.
+    user_timeout: float | None = None
+    #: TLS extension codepoints for TCPLS (W1).
+    codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS
+    #: Protocol constants.
+    tuning: SessionTuning = field(default_factory=SessionTuning)
+
+    def load_credentials(self) -> tuple[list[x509.Certificate], Any]:
+        """Read and check the certificate chain and key; :class:`ConfigurationError` if bad."""
+        if not self.certfile or not self.keyfile:
+            raise ConfigurationError("a server needs a certificate file and a key file")
+        chain = load_certificate_chain(self.certfile)
+        key = load_private_key(self.keyfile, self.key_password)
+        pub = chain[0].public_key()
+        ours = key.public_key()
+        fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+        if pub.public_bytes(serialization.Encoding.DER, fmt) != ours.public_bytes(
+            serialization.Encoding.DER, fmt
+        ):
+            raise ConfigurationError(
+                f"the key {self.keyfile} does not match the certificate {self.certfile}"
+            )
+        return chain, key
+
+    def check(self) -> None:
+        """Raise :class:`ConfigurationError` for unusable values."""
+        self.load_credentials()
+        parse_cipher_suites(self.cipher_suites)
+        if not 1 <= self.max_connections <= 256:
+            raise ConfigurationError("max_connections must be between 1 and 256")
+
+    @property
+    def effective_user_timeout(self) -> float | None:
+        """The TCP user timeout in force: ``user_timeout`` or the tuning default."""
+        return self.user_timeout if self.user_timeout is not None else self.tuning.user_timeout

@@ -1,0 +1,113 @@
+"""Per-TCP-connection TCPLS state: ACK bookkeeping and the retransmission log.
+
+A :class:`Connection` wraps the :class:`~tcpls.tls.connection.TLSConnection`
+of one TCP connection of a session and adds what TCPLS keeps per connection:
+
+* receive side: how many records arrived and how many ack-eliciting records
+  wait for an ACK (DECISIONS W9);
+* send side: the log of retransmittable frames of every record not yet
+  acknowledged, keyed by record sequence number (W10);
+* liveness: when something last arrived and whether a Ping is outstanding (W11);
+* counters for ``session.connections``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+from typing import TypeAlias
+
+from tcpls.tls.connection import TLSConnection
+from tcpls.wire.frames import Frame
+
+__all__ = ["Connection", "ConnectionStatus", "LogEntry", "StreamRef"]
+
+#: A stream range carried by a record: ``(stream_id, offset, length, fin)``.
+StreamRef: TypeAlias = tuple[int, int, int, bool]
+#: What the log keeps per record: its sequence, stream ranges, retransmittable control frames.
+LogEntry: TypeAlias = tuple[int, list[StreamRef], list[Frame] | None]
+
+
+class ConnectionStatus(Enum):
+    """Life cycle of a connection inside a session."""
+
+    HANDSHAKE = "handshake"
+    ACTIVE = "active"
+    DRAINING = "draining"  # being removed: no new data, waiting for ACKs (W20)
+    CLOSING = "closing"  # close_notify sent
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class Connection:
+    """One TCP connection of a session (see the module docstring)."""
+
+    __slots__ = (
+        "ack_deadline",
+        "ack_now",
+        "ack_pending_bytes",
+        "ack_pending_records",
+        "bytes_received",
+        "bytes_sent",
+        "expected_stream_change",
+        "id",
+        "last_receive",
+        "local_address",
+        "peer_acked",
+        "ping_sent_at",
+        "records_received",
+        "records_sent",
+        "remote_address",
+        "sent_log",
+        "status",
+        "tls",
+    )
+
+    def __init__(self, connection_id: int, tls: TLSConnection) -> None:
+        self.id = connection_id
+        self.tls = tls
+        self.status = ConnectionStatus.HANDSHAKE
+        self.local_address: tuple[str, int] | None = None
+        self.remote_address: tuple[str, int] | None = None
+        # receive side
+        self.records_received = 0
+        self.bytes_received = 0
+        self.ack_pending_records = 0
+        self.ack_pending_bytes = 0
+        self.ack_deadline: float | None = None
+        self.ack_now = False
+        self.last_receive = 0.0
+        self.expected_stream_change: tuple[int, int] | None = None
+        # send side
+        self.records_sent = 0
+        self.bytes_sent = 0
+        self.sent_log: deque[LogEntry] = deque()
+        self.peer_acked = -1  # highest record sequence the peer acknowledged
+        self.ping_sent_at: float | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether new data may be scheduled on this connection."""
+        return self.status is ConnectionStatus.ACTIVE and self.tls.can_send
+
+    @property
+    def highest_received(self) -> int:
+        """Sequence number of the last record that decrypted on this connection (-1: none)."""
+        protection = self.tls.read_protection
+        return protection.sequence - 1 if protection is not None else -1
+
+    def ack_due(self, now: float) -> bool:
+        """Whether an ACK for this connection must go out now (W9)."""
+        if self.ack_pending_records == 0:
+            return False
+        if self.ack_now:
+            return True
+        deadline = self.ack_deadline
+        return deadline is not None and now >= deadline
+
+    def unacknowledged(self) -> int:
+        """Records sent on this connection and not yet acknowledged."""
+        return len(self.sent_log)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.status.value}>"

@@ -1,0 +1,173 @@
+"""Building sessions from configurations, and routing joins on a server. Sans-I/O.
+
+:func:`client_session` turns a :class:`~tcpls.config.ClientConfig` into a
+:class:`~tcpls.core.session.Session` whose connection 0 is ready to start the
+handshake. :class:`ServerEndpoint` does the same for each TCP connection a
+server accepts and owns what a server shares between sessions: the loaded
+certificate, the session-ticket store and the token registry. A connection
+whose ClientHello carries ``tcpls_join`` is handed to the session its token
+belongs to (:meth:`ServerEndpoint.route_join`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from tcpls.config import ClientConfig, ServerConfig, parse_cipher_suites
+from tcpls.core.scheduler import SchedulerName
+from tcpls.core.session import Session
+from tcpls.core.tokens import TokenRegistry
+from tcpls.errors import ConfigurationError
+from tcpls.tls.connection import TLSConnection
+from tcpls.tls.engine import HandshakeEngine, TicketStore
+from tcpls.tls.keylog import KeyLog, keylog_path
+
+__all__ = ["ServerEndpoint", "client_session", "parse_host_port"]
+
+
+def _noop_secret(*_: object) -> None:
+    return None
+
+
+def client_session(
+    config: ClientConfig,
+    host: str,
+    *,
+    scheduler: SchedulerName = "aggregate",
+    reliable: bool = True,
+) -> Session:
+    """A client session for ``host``; call ``session.connections[0].tls.start()`` to begin."""
+    config.check()
+    server_name = config.server_name or host
+    path = keylog_path(config.keylog_file)
+    engine = HandshakeEngine(
+        is_client=True,
+        on_secret=_noop_secret,
+        server_name=server_name,
+        verify=config.verify,
+        cafile=config.cafile,
+        cadata=config.cadata,
+        cipher_suites=parse_cipher_suites(config.cipher_suites),
+        alpn_protocols=config.alpn_protocols,
+        tcpls=config.tcpls,
+        codepoints=config.codepoints,
+        session_ticket=config.session_ticket,
+        keylog=KeyLog(path) if path else None,
+    )
+    tls = TLSConnection.client(
+        engine, codepoints=config.codepoints, max_record_size=config.tuning.max_record_size
+    )
+    session = Session(
+        is_client=True,
+        tuning=config.tuning,
+        scheduler=scheduler,
+        reliable=reliable,
+        server_name=server_name,
+    )
+    session.add_connection(tls, 0)
+    return session
+
+
+class ServerEndpoint:
+    """What a server shares across its sessions; makes a session per accepted connection."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        scheduler: SchedulerName = "aggregate",
+        reliable: bool = True,
+    ) -> None:
+        config.check()
+        self.config = config
+        self.scheduler: SchedulerName = scheduler
+        self.reliable = reliable
+        self._chain, self._key = config.load_credentials()
+        self._suites = parse_cipher_suites(config.cipher_suites)
+        self.tickets = TicketStore() if config.session_tickets else None
+        self.registry: TokenRegistry[Session] = TokenRegistry()
+        path = keylog_path(config.keylog_file)
+        self._keylog = KeyLog(path) if path else None
+        self.advertised = [parse_host_port(a) for a in config.advertise]
+
+    def new_session(self) -> Session:
+        """A session for a newly accepted TCP connection (connection 0, handshake pending).
+
+        If that connection turns out to be a join, the session emits
+        :class:`~tcpls.core.events.JoinRequest`; call :meth:`route_join`.
+        """
+        config = self.config
+        session = Session(
+            is_client=False,
+            tuning=config.tuning,
+            scheduler=self.scheduler,
+            max_connections=config.max_connections if config.tcpls else 1,
+            token_registry=self.registry if config.tcpls else None,
+            reliable=self.reliable,
+        )
+        tls = TLSConnection.server(
+            self._engine_factory(session),
+            accept_joins=config.tcpls,
+            codepoints=config.codepoints,
+            max_record_size=config.tuning.max_record_size,
+        )
+        session.add_connection(tls, 0)
+        for address_id, (host, port) in enumerate(self.advertised):
+            session.advertise_address(address_id, host, port)
+        return session
+
+    def _engine_factory(self, session: Session) -> Callable[[], HandshakeEngine]:
+        config = self.config
+
+        def make() -> HandshakeEngine:
+            return HandshakeEngine(
+                is_client=False,
+                on_secret=_noop_secret,
+                certificate_chain=self._chain,
+                private_key=self._key,
+                cipher_suites=self._suites,
+                alpn_protocols=config.alpn_protocols,
+                tcpls=config.tcpls,
+                codepoints=config.codepoints,
+                ticket_store=self.tickets,
+                token_provider=session.token_for_handshake,
+                keylog=self._keylog,
+            )
+
+        return make
+
+    def route_join(self, pending: Session, token: bytes) -> tuple[Session, int] | None:
+        """Hand the join on ``pending``'s connection to the session of ``token``.
+
+        Returns ``(session, connection_id)``; ``None`` if the token is invalid,
+        used or expired, in which case the join was rejected with
+        ``illegal_parameter`` (W7) and only ``pending`` is affected.
+        """
+        tls = pending.connections[0].tls
+        entry = self.registry.redeem(token)
+        if entry is not None:
+            session, sequence = entry
+            if session.redeem_join(tls, sequence) is not None:
+                pending.connections.clear()
+                return session, sequence
+        tls.reject_join()
+        return None
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``"10.0.0.1:443"`` or ``"[2001:db8::1]:443"`` as ``(host, port)``."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigurationError(f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigurationError(
+            f"expected IP:PORT with a numeric address, got {text!r}"
+        ) from None
+    if not 0 < port < 65536:
+        raise ConfigurationError(f"port out of range in {text!r}")
+    return host, port

@@ -1,0 +1,95 @@
+"""Events a :class:`tcpls.core.session.Session` reports to its I/O layer.
+
+Stream readiness is not an event: the session keeps sets of stream IDs that
+became readable or writable (``Session.readable``, ``Session.writable``), which
+costs nothing per record on the data path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcpls.errors import TCPLSError
+
+__all__ = [
+    "ConnectionAdded",
+    "ConnectionRemoved",
+    "HandshakeDone",
+    "JoinRequest",
+    "PeerClosed",
+    "SessionClosed",
+    "SessionEvent",
+    "StreamOpened",
+    "TokenReceived",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeDone:
+    """The session is established; ``tcpls`` is false in plain TLS fallback (W17)."""
+
+    tcpls: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """The peer opened stream ``stream_id``."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReceived:
+    """Client: the server gave a join token (``sequence`` becomes the Connection ID)."""
+
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionAdded:
+    """A TCP connection joined the session."""
+
+    connection_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRemoved:
+    """A TCP connection left the session: ``error`` is ``None`` for a graceful removal."""
+
+    connection_id: int
+    error: TCPLSError | None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """Server: the connection this (not yet established) session was made for is a join.
+
+    The server looks ``token`` up in its registry and hands the connection to
+    the session it belongs to, or rejects it; this session is then discarded.
+    """
+
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClosed:
+    """The peer sent ``close_notify``: it will send nothing more in this session."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """The session ended; ``error`` is ``None`` when it closed cleanly."""
+
+    error: TCPLSError | None
+
+
+SessionEvent = (
+    HandshakeDone
+    | StreamOpened
+    | TokenReceived
+    | ConnectionAdded
+    | ConnectionRemoved
+    | JoinRequest
+    | PeerClosed
+    | SessionClosed
+)

@@ -1,0 +1,1071 @@
+"""The TCPLS session: streams over one or more TCP connections. Sans-I/O.
+
+Theory of operation
+-------------------
+A :class:`Session` owns everything TCPLS keeps beyond a single TCP
+connection: the connections by Connection ID, the streams, the join tokens,
+the ACK state and retransmission log of each connection (kept in
+:class:`~tcpls.core.connection.Connection`), the scheduler, and the queue of
+control frames. It never touches a socket or a clock: the I/O layer passes
+bytes and the current time in, and takes bytes (per connection) and events
+out.
+
+Input. Bytes of connection *c* go to its :class:`TLSConnection`, which opens
+records one at a time and hands each application record to
+:meth:`Session._on_record`. Frames are dispatched there: Stream → the stream's
+reassembly buffer; ACK → trim the retransmission log; New Token → spare
+tokens; Ping → ACK at once; Connection Reset → treat the connection as failed.
+In plain TLS fallback (W17) there are no frames: the bytestream is stream 0.
+
+Output (the pull model). When the transport of connection *c* can take more
+bytes, the I/O layer calls :meth:`Session.transmit`. Records are built there:
+stream data first (chosen by the :class:`~tcpls.core.scheduler.Scheduler`,
+largest Stream frame at the start, W5), then control frames and any ACKs that
+are due (W9). The stream ranges and retransmittable frames of each record are
+logged under its sequence number until the peer acknowledges it (W10).
+
+Failure (W11). When a connection fails, the frames logged for it are put back
+at the front of the send queues and go out on another connection; the peer
+deduplicates by stream offset. The survivor tells the peer with ACK +
+Connection Reset. A client left without connections reports it so that the I/O
+layer can join a new one with a spare token (break-before-make).
+
+Time. :meth:`next_deadline` says when :meth:`handle_timer` must run next (ACK
+delay, Ping probes).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import deque
+from collections.abc import Iterable
+from enum import Enum
+
+from tcpls.config import SessionTuning
+from tcpls.core.connection import Connection, ConnectionStatus, StreamRef
+from tcpls.core.events import (
+    ConnectionAdded,
+    ConnectionRemoved,
+    HandshakeDone,
+    JoinRequest,
+    PeerClosed,
+    SessionClosed,
+    SessionEvent,
+    StreamOpened,
+    TokenReceived,
+)
+from tcpls.core.scheduler import Scheduler, SchedulerName
+from tcpls.core.streams import Stream
+from tcpls.core.tokens import MAX_TOKEN_SEQUENCE, TokenRegistry
+from tcpls.errors import (
+    ConnectionClosedError,
+    IllegalParameter,
+    InternalError,
+    ProtocolError,
+    TCPLSError,
+    UnexpectedMessage,
+)
+from tcpls.tls.connection import TLSConnection
+from tcpls.tls.events import (
+    CloseNotifyReceived,
+    ConnectionFailed,
+    HandshakeCompleted,
+    JoinRequested,
+    SessionTicketReceived,
+    TransportEnded,
+)
+from tcpls.tls.record import TrafficKeys
+from tcpls.wire.frames import (
+    STREAM_HEADER_SIZE,
+    Ack,
+    ConnectionReset,
+    Frame,
+    NewAddress,
+    NewToken,
+    Padding,
+    Ping,
+    RemoveAddress,
+    StreamChange,
+    StreamFrame,
+    encode_frame,
+    frame_size,
+    parse_frames,
+    write_stream_header_into,
+)
+
+__all__ = ["Session", "SessionState"]
+
+logger = logging.getLogger(__name__)
+
+_RETRANSMITTED_CONTROL = (NewToken, NewAddress, RemoveAddress, ConnectionReset)
+#: Stop adding Stream frames to a record when less room than this is left.
+_MIN_STREAM_CHUNK = 512
+
+
+class SessionState(Enum):
+    """Life cycle of a session."""
+
+    HANDSHAKE = "handshake"
+    ESTABLISHED = "established"
+    CLOSING = "closing"  # close() called: flushing, then close_notify
+    CLOSED = "closed"
+
+
+class Session:
+    """A TCPLS (or plain TLS) session, sans-I/O. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        tuning: SessionTuning | None = None,
+        scheduler: SchedulerName = "aggregate",
+        max_connections: int = 4,
+        token_registry: TokenRegistry[Session] | None = None,
+        reliable: bool = True,
+        server_name: str | None = None,
+    ) -> None:
+        self.is_client = is_client
+        self.tuning = tuning or SessionTuning()
+        self.scheduler = Scheduler(scheduler)
+        self.state = SessionState.HANDSHAKE
+        #: ``True`` for TCPLS, ``False`` for plain TLS fallback, ``None`` during the handshake.
+        self.tcpls: bool | None = None
+        #: Keep the retransmission log and send ACKs (off only to measure their cost).
+        self.reliable = reliable
+        self.server_name = server_name
+        self.connections: dict[int, Connection] = {}
+        self.streams: dict[int, Stream] = {}
+        #: Stream IDs whose readers may have something new (data, EOF or an error).
+        self.readable: set[int] = set()
+        #: Stream IDs whose send buffers fell below the high-water mark.
+        self.writable: set[int] = set()
+        self.error: TCPLSError | None = None
+        self.peer_closed = False
+        self.now = 0.0
+        self.max_connections = max_connections
+        self.session_tickets: list[object] = []
+        #: Client: spare join tokens by sequence number.
+        self.tokens: dict[int, bytes] = {}
+        #: Addresses the peer advertised (W18), by address ID.
+        self.peer_addresses: dict[int, tuple[str, int]] = {}
+        self._removed_addresses: set[int] = set()
+        self._events: deque[SessionEvent] = deque()
+        self._control: deque[Frame] = deque()
+        self._sendable: dict[int, None] = {}
+        self._full_streams: set[int] = set()
+        self._next_stream_id = 0 if is_client else 1
+        self._peer_next_stream_id = 1 if is_client else 0
+        self.reassembly_held = 0
+        self._app_keys: tuple[TrafficKeys, TrafficKeys] | None = None
+        self._registry = token_registry
+        self._next_token_sequence = 1
+        self._outstanding_tokens: set[int] = set()
+        self._used_connection_ids: set[int] = {0}
+        self._close_requested = False
+
+    # ------------------------------------------------------------------ events
+
+    def next_event(self) -> SessionEvent | None:
+        """The next session event, or ``None``."""
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------- connections
+
+    def add_connection(self, tls: TLSConnection, connection_id: int = 0) -> Connection:
+        """Register the TCP connection ``connection_id`` (0: the one that runs the handshake)."""
+        if connection_id in self.connections:
+            raise ValueError(f"connection {connection_id} already exists")
+        conn = Connection(connection_id, tls)
+        self.connections[connection_id] = conn
+        if tls.handshake_complete:
+            self._connection_ready(conn)
+        return conn
+
+    def token_for_handshake(self) -> bytes | None:
+        """Server: the token to send in ``tcpls_token`` (sequence 1), if joins are allowed."""
+        if self._registry is None or self.max_connections < 2:
+            return None
+        return self._issue_token()
+
+    def _issue_token(self) -> bytes:
+        assert self._registry is not None
+        seq = self._next_token_sequence
+        self._next_token_sequence += 1
+        self._outstanding_tokens.add(seq)
+        return self._registry.issue(self, seq)
+
+    def _replenish_tokens(self) -> None:
+        """Server: hand out New Tokens up to the connection limit (W8)."""
+        if (
+            self._registry is None
+            or not self.tcpls
+            or self.state is not (SessionState.ESTABLISHED)
+        ):
+            return
+        live = sum(1 for c in self.connections.values() if c.status is not ConnectionStatus.FAILED)
+        while (
+            live + len(self._outstanding_tokens) < self.max_connections
+            and self._next_token_sequence <= MAX_TOKEN_SEQUENCE
+        ):
+            seq = self._next_token_sequence
+            token = self._issue_token()
+            self._control.append(NewToken(seq, token))
+
+    def redeem_join(self, tls: TLSConnection, sequence: int) -> Connection | None:
+        """Server: a join with this session's token ``sequence`` arrived on ``tls``.
+
+        Returns the new connection, or ``None`` if the session cannot take it
+        (closing or closed); the caller then rejects the join. A join that
+        arrives while the session is still handshaking is held and answered
+        once the client Finished is verified (W8, draft-04 §4.2.2).
+        """
+        self._outstanding_tokens.discard(sequence)
+        if self.state not in (SessionState.HANDSHAKE, SessionState.ESTABLISHED):
+            return None
+        conn = self.add_connection(tls, sequence)
+        self._used_connection_ids.add(sequence)
+        if self.state is SessionState.ESTABLISHED:
+            self._accept_join(conn)
+        return conn
+
+    def _accept_join(self, conn: Connection) -> None:
+        assert self._app_keys is not None
+        read_keys, write_keys = self._app_keys
+        conn.tls.accept_join(read_keys=read_keys, write_keys=write_keys, connection_id=conn.id)
+        self._drain_tls_events(conn)
+
+    def take_token(self) -> tuple[int, bytes] | None:
+        """Client: a spare token ``(sequence, token)`` for a join, removed from the store."""
+        if not self.tokens:
+            return None
+        seq = min(self.tokens)
+        return seq, self.tokens.pop(seq)
+
+    def make_join_connection(self, **tls_kwargs: object) -> tuple[TLSConnection, int] | None:
+        """Client: a :class:`TLSConnection` that joins this session with a spare token.
+
+        Returns ``(tls, connection_id)``, or ``None`` when no token is left.
+        Add it with :meth:`add_connection` and call ``tls.start()``.
+        """
+        if self._app_keys is None or not self.tcpls:
+            raise ConnectionClosedError("joins need an established TCPLS session")
+        entry = self.take_token()
+        if entry is None:
+            return None
+        seq, token = entry
+        read_keys, write_keys = self._app_keys
+        tls = TLSConnection.join_client(
+            token,
+            read_keys=read_keys,
+            write_keys=write_keys,
+            connection_id=seq,
+            server_name=self.server_name,
+            **tls_kwargs,  # type: ignore[arg-type]
+        )
+        return tls, seq
+
+    # ------------------------------------------------------------------ input
+
+    def get_buffer(self, connection_id: int) -> memoryview:
+        """Writable space for bytes of this connection (``BufferedProtocol.get_buffer``)."""
+        return self.connections[connection_id].tls.get_buffer()
+
+    def buffer_updated(self, connection_id: int, nbytes: int, now: float) -> None:
+        """``nbytes`` arrived in the buffer of :meth:`get_buffer`."""
+        self.now = now
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return
+        conn.last_receive = now
+        conn.bytes_received += nbytes
+        conn.tls.buffer_updated(nbytes)
+        self._drain_tls_events(conn)
+
+    def receive_data(self, connection_id: int, data: bytes, now: float) -> None:
+        """Bytes arrived on a connection (copying variant of :meth:`buffer_updated`)."""
+        self.now = now
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return
+        conn.last_receive = now
+        conn.bytes_received += len(data)
+        conn.tls.receive_data(data)
+        self._drain_tls_events(conn)
+
+    def receive_eof(self, connection_id: int, now: float) -> None:
+        """A connection delivered EOF."""
+        self.now = now
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return
+        conn.tls.receive_eof()
+        self._drain_tls_events(conn)
+
+    def connection_lost(self, connection_id: int, error: TCPLSError | None, now: float) -> None:
+        """The TCP connection is gone (reset, timeout, or closed after EOF)."""
+        self.now = now
+        conn = self.connections.get(connection_id)
+        if conn is None or conn.status in (ConnectionStatus.FAILED, ConnectionStatus.CLOSED):
+            return
+        if conn.status is ConnectionStatus.CLOSING and (
+            conn.tls.close_notify_received or self.peer_closed
+        ):
+            self._connection_closed(conn, None)
+            return
+        self._connection_failed(
+            conn, error or ConnectionClosedError(f"connection {connection_id} was lost")
+        )
+
+    def _drain_tls_events(self, conn: Connection) -> None:
+        tls = conn.tls
+        while (event := tls.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self._on_handshake_completed(conn, event)
+            elif isinstance(event, SessionTicketReceived):
+                self.session_tickets.append(event.ticket)
+            elif isinstance(event, CloseNotifyReceived):
+                self._on_close_notify(conn)
+            elif isinstance(event, TransportEnded):
+                self._on_transport_ended(conn, event.close_notify_received)
+            elif isinstance(event, ConnectionFailed):
+                self._on_tls_failed(conn, event.error)
+            elif isinstance(event, JoinRequested):
+                self._events.append(JoinRequest(event.token))
+
+    def _on_handshake_completed(self, conn: Connection, event: HandshakeCompleted) -> None:
+        if event.joined:
+            self._connection_ready(conn)
+            self._events.append(ConnectionAdded(conn.id))
+            return
+        self.tcpls = event.tcpls
+        self.state = SessionState.ESTABLISHED
+        self._app_keys = conn.tls.traffic_keys()
+        if event.token is not None and self.is_client:
+            self.tokens[1] = event.token
+            self._events.append(TokenReceived(1))
+        self._connection_ready(conn)
+        if not event.tcpls:
+            self.streams[0] = Stream(0, local=True)
+            self._next_stream_id = self._peer_next_stream_id = 2
+            self._outstanding_tokens.clear()
+            if self._registry is not None:
+                self._registry.revoke(self)
+        self._events.append(HandshakeDone(event.tcpls))
+        self._replenish_tokens()
+        for held in list(self.connections.values()):
+            if held is not conn and held.status is ConnectionStatus.HANDSHAKE:
+                if event.tcpls:
+                    self._accept_join(held)
+                else:
+                    held.tls.reject_join()
+                    self.connections.pop(held.id, None)
+
+    def _connection_ready(self, conn: Connection) -> None:
+        conn.status = ConnectionStatus.ACTIVE
+        conn.last_receive = self.now
+        if self.tcpls:
+            conn.tls.on_data = lambda content: self._on_record(conn, content)
+        else:
+            conn.tls.on_data = self._on_plain_data
+
+    # ------------------------------------------------------------ plain TLS
+
+    def _on_plain_data(self, data: memoryview) -> None:
+        stream = self.streams[0]
+        stream.recv.receive(stream.recv.delivered, data, False)
+        self._after_receive(stream)
+
+    # ---------------------------------------------------------------- frames
+
+    def _on_record(self, conn: Connection, content: memoryview) -> None:
+        conn.records_received += 1
+        expected = conn.expected_stream_change
+        eliciting = False
+        for frame in parse_frames(content):
+            kind = type(frame)
+            if kind is StreamFrame:
+                if expected is not None:
+                    self._check_stream_change(frame, expected)  # type: ignore[arg-type]
+                    expected = None
+                self._on_stream_frame(frame)  # type: ignore[arg-type]
+                eliciting = True
+            elif kind is Ack:
+                self._on_ack(frame)  # type: ignore[arg-type]
+            elif kind is Padding:
+                pass
+            elif kind is Ping:
+                eliciting = True
+                conn.ack_now = True
+            elif kind is NewToken:
+                self._on_new_token(frame)  # type: ignore[arg-type]
+                eliciting = True
+            elif kind is ConnectionReset:
+                eliciting = True
+                self._on_connection_reset(frame.connection_id)  # type: ignore[union-attr]
+            elif kind is NewAddress:
+                eliciting = True
+                self._on_new_address(frame)  # type: ignore[arg-type]
+            elif kind is RemoveAddress:
+                eliciting = True
+                self._on_remove_address(frame.address_id)  # type: ignore[union-attr]
+            elif kind is StreamChange:
+                eliciting = True
+                if expected is not None:
+                    raise UnexpectedMessage("a Stream Change does not match the next record")
+                conn.expected_stream_change = (frame.stream_id, frame.offset)  # type: ignore[union-attr]
+                continue
+        if expected is not None and conn.expected_stream_change == expected:
+            raise UnexpectedMessage("the record after a Stream Change carries no Stream frame")
+        if eliciting and self.reliable:
+            conn.ack_pending_records += 1
+            conn.ack_pending_bytes += len(content)
+            if (
+                conn.ack_pending_records >= self.tuning.ack_records
+                or conn.ack_pending_bytes >= self.tuning.ack_bytes
+            ):
+                conn.ack_now = True
+            elif conn.ack_deadline is None:
+                conn.ack_deadline = self.now + self.tuning.ack_delay
+
+    @staticmethod
+    def _check_stream_change(frame: StreamFrame, expected: tuple[int, int]) -> None:
+        if (frame.stream_id, frame.offset) != expected:
+            raise UnexpectedMessage("a Stream Change does not match the next record")
+
+    def _on_stream_frame(self, frame: StreamFrame) -> None:
+        sid = frame.stream_id
+        stream = self.streams.get(sid)
+        if stream is None:
+            stream = self._stream_for_frame(sid)
+            if stream is None:
+                return  # a stream already closed: a duplicate after reinjection
+        delta = stream.recv.receive(frame.offset, frame.data, frame.fin)
+        if delta:
+            self.reassembly_held += delta
+            if self.reassembly_held > self.tuning.max_reassembly_bytes:
+                raise InternalError(
+                    "too much out-of-order stream data held for reassembly "
+                    f"({self.reassembly_held} bytes)"
+                )
+        self._after_receive(stream)
+
+    def _after_receive(self, stream: Stream) -> None:
+        recv = stream.recv
+        if recv.readable or recv.complete:
+            self.readable.add(stream.id)
+            if recv.readable > self.tuning.stream_receive_buffer:
+                self._full_streams.add(stream.id)
+
+    def _stream_for_frame(self, sid: int) -> Stream | None:
+        local_parity = 0 if self.is_client else 1
+        if sid & 1 == local_parity:
+            if sid >= self._next_stream_id:
+                raise IllegalParameter(f"Stream frame for stream {sid}, which we never opened")
+            return None
+        if sid < self._peer_next_stream_id:
+            return None
+        if (sid - self._peer_next_stream_id) // 2 >= self.tuning.max_peer_streams:
+            raise IllegalParameter(f"stream {sid} would open too many streams at once")
+        stream = None
+        for new_id in range(self._peer_next_stream_id, sid + 1, 2):
+            stream = Stream(new_id, local=False)
+            self.streams[new_id] = stream
+            self._events.append(StreamOpened(new_id))
+        self._peer_next_stream_id = sid + 2
+        return stream
+
+    def _on_ack(self, ack: Ack) -> None:
+        conn = self.connections.get(ack.connection_id)
+        if conn is None:
+            return  # a connection already removed
+        sent = conn.tls.write_protection
+        if sent is None or ack.highest_sequence >= sent.sequence:
+            raise IllegalParameter(
+                f"ACK for record {ack.highest_sequence} of connection {ack.connection_id}, "
+                "which was never sent"
+            )
+        self._acknowledge(conn, ack.highest_sequence)
+
+    def _acknowledge(self, conn: Connection, highest: int) -> None:
+        if highest <= conn.peer_acked:
+            return
+        conn.peer_acked = highest
+        log = conn.sent_log
+        streams = self.streams
+        while log and log[0][0] <= highest:
+            _, refs, _ = log.popleft()
+            for sid, offset, length, fin in refs:
+                stream = streams.get(sid)
+                if stream is not None:
+                    self._stream_acked(stream, offset, length, fin)
+
+    def _stream_acked(self, stream: Stream, offset: int, length: int, fin: bool) -> None:
+        before = stream.send_buffered
+        stream.on_acked(offset, length, fin)
+        after = stream.send_buffered
+        limit = self.tuning.stream_send_buffer
+        if before > limit // 2 >= after or (fin and stream.fin_acked):
+            self.writable.add(stream.id)
+        if stream.closed:
+            self._forget_stream(stream)
+
+    def _forget_stream(self, stream: Stream) -> None:
+        self.streams.pop(stream.id, None)
+        self._sendable.pop(stream.id, None)
+
+    def _on_new_token(self, frame: NewToken) -> None:
+        if not self.is_client:
+            raise UnexpectedMessage("a client sent a New Token frame")
+        if frame.sequence == 0:
+            raise IllegalParameter("token sequence 0 is the initial connection")
+        if frame.sequence not in self._used_connection_ids:
+            if frame.sequence not in self.tokens:
+                self._events.append(TokenReceived(frame.sequence))
+            self.tokens[frame.sequence] = bytes(frame.token)
+
+    def _on_connection_reset(self, connection_id: int) -> None:
+        conn = self.connections.get(connection_id)
+        if conn is not None and conn.status not in (
+            ConnectionStatus.FAILED,
+            ConnectionStatus.CLOSED,
+        ):
+            self._connection_failed(
+                conn,
+                ConnectionClosedError(f"the peer reset connection {connection_id}"),
+                tell_peer=False,
+            )
+
+    def _on_new_address(self, frame: NewAddress) -> None:
+        aid = frame.address_id
+        if aid in self._removed_addresses or aid in self.peer_addresses:
+            return  # MUST ignore (draft-04 §5.2.7)
+        self.peer_addresses[aid] = (str(frame.address), frame.port)
+
+    def _on_remove_address(self, address_id: int) -> None:
+        entry = self.peer_addresses.pop(address_id, None)
+        if entry is None:
+            return
+        self._removed_addresses.add(address_id)
+        host, port = entry
+        for conn in list(self.connections.values()):
+            remote = conn.remote_address
+            if remote is not None and remote[0] == host and remote[1] == port:
+                self.remove_connection(conn.id)
+
+    def advertise_address(self, address_id: int, host: str, port: int) -> None:
+        """Announce an extra address of ours with New Address (W18)."""
+        self._control.append(NewAddress(address_id, ipaddress.ip_address(host), port))
+
+    def withdraw_address(self, address_id: int) -> None:
+        """Withdraw an advertised address with Remove Address (W18)."""
+        self._control.append(RemoveAddress(address_id))
+
+    # ------------------------------------------------------------- close_notify
+
+    def _on_close_notify(self, conn: Connection) -> None:
+        if not self.peer_closed:
+            self.peer_closed = True
+            for stream in self.streams.values():
+                recv = stream.recv
+                if recv.final_size is None:
+                    recv.final_size = recv.delivered
+                self.readable.add(stream.id)
+            self._events.append(PeerClosed())
+        self._maybe_closed()
+
+    def _on_transport_ended(self, conn: Connection, clean: bool) -> None:
+        if clean or self.peer_closed:
+            self._connection_closed(conn, None)
+            return
+        if self.tcpls and not conn.sent_log and self._others_alive(conn):
+            # FIN without close_notify and nothing unacknowledged: a removal (W20)
+            self._connection_closed(conn, None)
+            return
+        self._connection_failed(
+            conn, ConnectionClosedError("the peer closed the connection without close_notify")
+        )
+
+    def _on_tls_failed(self, conn: Connection, error: TCPLSError) -> None:
+        if isinstance(error, ProtocolError) or not self.tcpls:
+            self._fail(error)
+        else:
+            self._connection_failed(conn, error)
+
+    # --------------------------------------------------------- failure (W10/W11)
+
+    def _others_alive(self, conn: Connection) -> bool:
+        return any(
+            c is not conn and c.status is ConnectionStatus.ACTIVE
+            for c in self.connections.values()
+        )
+
+    def _connection_failed(
+        self, conn: Connection, error: TCPLSError, *, tell_peer: bool = True
+    ) -> None:
+        """Connection ``conn`` is dead: reinject what it carried unacknowledged."""
+        if conn.status in (ConnectionStatus.FAILED, ConnectionStatus.CLOSED):
+            return
+        was_handshake = conn.status is ConnectionStatus.HANDSHAKE
+        conn.status = ConnectionStatus.FAILED
+        if (
+            self.state is SessionState.HANDSHAKE
+            or not self.tcpls
+            or (was_handshake and conn.id == 0)
+        ):
+            self._fail(error)
+            return
+        self._reinject(conn)
+        if tell_peer and conn.records_received:
+            self._control.append(Ack(conn.id, conn.highest_received))
+        if tell_peer:
+            self._control.append(ConnectionReset(conn.id))
+        conn.ack_pending_records = 0
+        self._events.append(ConnectionRemoved(conn.id, error))
+        del self.connections[conn.id]
+        self._replenish_tokens()
+        if not self._any_alive() and not self.is_client:
+            # the client will join again (break-before-make) or the session times out
+            pass
+        self._maybe_closed()
+
+    def _reinject(self, conn: Connection) -> None:
+        log = conn.sent_log
+        streams = self.streams
+        control: list[Frame] = []
+        while log:
+            _, refs, frames = log.popleft()
+            for sid, offset, length, fin in refs:
+                stream = streams.get(sid)
+                if stream is not None and not stream.fin_acked:
+                    stream.send_retransmit.append((offset, length, fin))
+                    self._sendable[sid] = None
+            if frames:
+                control.extend(frames)
+        for stream in streams.values():
+            if stream.send_retransmit:
+                stream.send_retransmit.sort()
+        self._control.extendleft(reversed(control))
+
+    def _any_alive(self) -> bool:
+        return any(c.status is ConnectionStatus.ACTIVE for c in self.connections.values())
+
+    def _connection_closed(self, conn: Connection, error: TCPLSError | None) -> None:
+        if conn.status in (ConnectionStatus.FAILED, ConnectionStatus.CLOSED):
+            return
+        conn.status = ConnectionStatus.CLOSED
+        if conn.sent_log and self.tcpls and not self.peer_closed:
+            self._reinject(conn)
+        self.connections.pop(conn.id, None)
+        self._events.append(ConnectionRemoved(conn.id, error))
+        self._replenish_tokens()
+        self._maybe_closed()
+
+    def remove_connection(self, connection_id: int) -> None:
+        """Retire one connection gracefully (W20): no new data, then FIN once acknowledged."""
+        conn = self.connections.get(connection_id)
+        if conn is None or conn.status is not ConnectionStatus.ACTIVE:
+            return
+        conn.status = ConnectionStatus.DRAINING
+        for stream in self.streams.values():
+            if stream.pin == connection_id:
+                stream.pin = None
+
+    def connection_drained(self, connection_id: int) -> bool:
+        """Whether a draining connection has nothing unacknowledged left (time for FIN)."""
+        conn = self.connections.get(connection_id)
+        return conn is not None and conn.status is ConnectionStatus.DRAINING and not conn.sent_log
+
+    def finish_removal(self, connection_id: int) -> None:
+        """The I/O layer sent FIN on a drained connection: forget it."""
+        conn = self.connections.get(connection_id)
+        if conn is not None:
+            self._connection_closed(conn, None)
+
+    def fail_connection(self, connection_id: int, error: TCPLSError, now: float) -> None:
+        """The I/O layer detected a dead connection (timeout, unanswered Ping)."""
+        self.now = now
+        conn = self.connections.get(connection_id)
+        if conn is not None:
+            self._connection_failed(conn, error)
+
+    # --------------------------------------------------------------- streams
+
+    def open_stream(self) -> int:
+        """Open a new stream; returns its ID (even for a client, odd for a server; W12)."""
+        self._check_open()
+        if not self.tcpls:
+            raise TCPLSError("plain TLS fallback carries exactly one stream (W17)")
+        sid = self._next_stream_id
+        if sid >= 1 << 32:
+            raise TCPLSError("stream IDs exhausted")
+        self._next_stream_id += 2
+        self.streams[sid] = Stream(sid, local=True)
+        return sid
+
+    def _check_open(self) -> None:
+        if self.state is SessionState.CLOSED:
+            raise ConnectionClosedError(
+                f"session closed: {self.error}" if self.error else "session closed"
+            )
+        if self.state is SessionState.HANDSHAKE:
+            raise TCPLSError("the session is not established yet")
+
+    def _stream(self, stream_id: int) -> Stream:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            raise ConnectionClosedError(f"stream {stream_id} is closed")
+        return stream
+
+    def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes on a stream; they leave when a connection pulls records."""
+        self._check_open()
+        if self._close_requested:
+            raise ConnectionClosedError("the session is closing")
+        stream = self._stream(stream_id)
+        if stream.fin_queued:
+            raise ConnectionClosedError(f"stream {stream_id} was closed for writing")
+        if data:
+            stream.send.append(data)
+            self._sendable[stream_id] = None
+
+    def send_eof(self, stream_id: int) -> None:
+        """End our direction of the stream (FIN) after the queued bytes."""
+        self._check_open()
+        stream = self._stream(stream_id)
+        if not stream.fin_queued:
+            stream.fin_queued = True
+            self._sendable[stream_id] = None
+
+    def read(self, stream_id: int, n: int = -1) -> bytes:
+        """Up to ``n`` bytes that arrived in order on a stream (``-1``: all)."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return b""
+        data = stream.recv.read(n)
+        if stream_id in self._full_streams and (
+            stream.recv.readable <= self.tuning.stream_receive_buffer // 2
+        ):
+            self._full_streams.discard(stream_id)
+        if stream.closed:
+            self._forget_stream(stream)
+        return data
+
+    def pin_stream(self, stream_id: int, connection_id: int | None) -> None:
+        """Keep a stream on one connection (``None``: let the scheduler choose)."""
+        stream = self._stream(stream_id)
+        if connection_id is not None and connection_id not in self.connections:
+            raise ValueError(f"no connection {connection_id} in this session")
+        stream.pin = connection_id
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether a stream's receive buffer is full: stop reading the sockets (W13)."""
+        return bool(self._full_streams)
+
+    # ------------------------------------------------------------------ output
+
+    def wants_transmit(self, connection_id: int) -> bool:
+        """Whether :meth:`transmit` would produce bytes for this connection now."""
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return False
+        tls = conn.tls
+        if tls.pending_output:
+            return True
+        if not tls.can_send:
+            return False
+        if conn.status is ConnectionStatus.ACTIVE:
+            if self._control or self._sendable_for(conn):
+                return True
+        elif conn.status is not ConnectionStatus.DRAINING:
+            return False
+        if self._close_requested and self._flushed():
+            return True
+        return any(c.ack_due(self.now) for c in self.connections.values())
+
+    def _sendable_for(self, conn: Connection) -> bool:
+        if not self._sendable:
+            return False
+        if self.scheduler.name == "aggregate":
+            return True
+        conns = self.connections
+        allows = self.scheduler.allows
+        return any(allows(self.streams[sid], conn, conns) for sid in self._sendable)
+
+    def transmit(self, connection_id: int, now: float, budget: int = 256 * 1024) -> bytes:
+        """Records for this connection, up to about ``budget`` bytes; ``b""`` if none."""
+        self.now = now
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return b""
+        tls = conn.tls
+        if tls.can_send and self.state is not SessionState.CLOSED:
+            try:
+                if self.tcpls:
+                    self._fill_tcpls(conn, budget)
+                else:
+                    self._fill_plain(conn, budget)
+                if self._close_requested and self._flushed():
+                    self._send_close_notify()
+            except TCPLSError as exc:
+                self._fail(exc)
+        data = tls.data_to_send()
+        if data:
+            conn.bytes_sent += len(data)
+        return data
+
+    def _fill_plain(self, conn: Connection, budget: int) -> None:
+        stream = self.streams[0]
+        tls = conn.tls
+        pending = stream.send.end - stream.send_next
+        if pending:
+            n = min(pending, budget)
+            view = tls.staging_buffer()
+            size = self.tuning.max_record_size
+            offset = stream.send_next
+            end = offset + n
+            while offset < end:
+                chunk = min(size, end - offset)
+                stream.send.copy_into(offset, chunk, view)
+                tls.seal_staged(chunk)
+                conn.records_sent += 1
+                offset += chunk
+            stream.on_acked(stream.send_next, n, False)
+            stream.send_next = end
+            if stream.send_buffered <= self.tuning.stream_send_buffer // 2:
+                self.writable.add(0)
+        if stream.fin_queued and not stream.fin_sent and stream.send_next == stream.send.end:
+            stream.fin_sent = True
+            stream.fin_acked = True
+            tls.close()  # TLS 1.3 close_notify is a half-close
+            self.writable.add(0)
+        if stream.send_next == stream.send.end:
+            self._sendable.pop(0, None)
+
+    def _fill_tcpls(self, conn: Connection, budget: int) -> None:
+        tls = conn.tls
+        limit = min(self.tuning.max_record_size, 16384)
+        usable = conn.status is ConnectionStatus.ACTIVE
+        reliable = self.reliable
+        now = self.now
+        while tls.pending_output < budget:
+            control = self._control_frames_for(conn, now, usable)
+            space = limit - sum(frame_size(f) for f in control)
+            view = tls.staging_buffer()
+            pos = 0
+            refs: list[StreamRef] = []
+            logged: list[Frame] | None = None
+            if usable and self._sendable:
+                plan = self._plan_stream_frames(conn, space)
+                if len(plan) > 1:
+                    plan.sort(key=lambda p: -p[2])  # largest Stream frame first (W5)
+                for stream, offset, length, fin in plan:
+                    stream.send.copy_into(offset, length, view[pos:])
+                    pos = write_stream_header_into(
+                        view, pos + length, stream.id, offset, length, fin
+                    )
+                    refs.append((stream.id, offset, length, fin))
+            for frame in control:
+                encoded = encode_frame(frame)
+                view[pos : pos + len(encoded)] = encoded
+                pos += len(encoded)
+                if reliable and type(frame) in _RETRANSMITTED_CONTROL:
+                    if logged is None:
+                        logged = []
+                    logged.append(frame)
+            if pos == 0:
+                return
+            seq = tls.seal_staged(pos)
+            conn.records_sent += 1
+            if reliable:
+                if refs or logged:
+                    conn.sent_log.append((seq, refs, logged))
+            else:
+                for stream_id, offset, length, fin in refs:
+                    acked = self.streams.get(stream_id)
+                    if acked is not None:
+                        self._stream_acked(acked, offset, length, fin)
+
+    def _control_frames_for(self, conn: Connection, now: float, usable: bool) -> list[Frame]:
+        frames: list[Frame] = []
+        if self.reliable:
+            for c in self.connections.values():
+                # due ACKs go out at once; a pending ACK for this connection rides along
+                if c.ack_pending_records and (c.ack_due(now) or (c is conn and self._sendable)):
+                    frames.append(Ack(c.id, c.highest_received))
+                    c.ack_pending_records = 0
+                    c.ack_pending_bytes = 0
+                    c.ack_deadline = None
+                    c.ack_now = False
+        if usable or conn.status is ConnectionStatus.DRAINING:
+            control = self._control
+            size = sum(frame_size(f) for f in frames)
+            while control and size + frame_size(control[0]) <= 4096:
+                frame = control.popleft()
+                frames.append(frame)
+                size += frame_size(frame)
+        return frames
+
+    def _plan_stream_frames(
+        self, conn: Connection, space: int
+    ) -> list[tuple[Stream, int, int, bool]]:
+        plan: list[tuple[Stream, int, int, bool]] = []
+        sendable = self._sendable
+        streams = self.streams
+        conns = self.connections
+        allows = self.scheduler.allows
+        aggregate = self.scheduler.name == "aggregate"
+        for sid in list(sendable):
+            if space < STREAM_HEADER_SIZE + (_MIN_STREAM_CHUNK if plan else 0):
+                break
+            stream = streams.get(sid)
+            if stream is None:
+                del sendable[sid]
+                continue
+            if not (aggregate and stream.pin is None) and not allows(stream, conn, conns):
+                continue
+            room = space - STREAM_HEADER_SIZE
+            retransmit = stream.send_retransmit
+            if retransmit:
+                offset, length, fin = retransmit[0]
+                if offset + length <= stream.send.base and not fin:
+                    retransmit.pop(0)  # acknowledged meanwhile on another connection
+                    continue
+                if offset < stream.send.base:
+                    length -= stream.send.base - offset
+                    offset = stream.send.base
+                n = min(length, room)
+                if n < length:
+                    retransmit[0] = (offset + n, length - n, fin)
+                    fin = False
+                else:
+                    retransmit.pop(0)
+            else:
+                offset = stream.send_next
+                n = min(stream.send.end - offset, room)
+                fin = stream.fin_queued and not stream.fin_sent and offset + n == stream.send.end
+                if n == 0 and not fin:
+                    del sendable[sid]
+                    continue
+                stream.send_next = offset + n
+                if fin:
+                    stream.fin_sent = True
+            plan.append((stream, offset, n, fin))
+            space -= STREAM_HEADER_SIZE + n
+            # round robin: move the stream to the end, or drop it when it has nothing left
+            del sendable[sid]
+            if stream.has_data_to_send:
+                sendable[sid] = None
+        return plan
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must run next (``None``: no timer)."""
+        deadlines = [
+            c.ack_deadline
+            for c in self.connections.values()
+            if c.ack_deadline is not None and c.ack_pending_records
+        ]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run the timers that expired (the I/O layer then transmits)."""
+        self.now = now
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Close gracefully: flush and wait for ACKs, then ``close_notify`` everywhere (W20)."""
+        if self.state is SessionState.CLOSED or self._close_requested:
+            return
+        self._close_requested = True
+        if self.state is SessionState.HANDSHAKE:
+            for conn in self.connections.values():
+                conn.tls.close()
+            self._set_closed(None)
+            return
+        self.state = SessionState.CLOSING
+        if self._flushed():
+            self._send_close_notify()
+
+    def _flushed(self) -> bool:
+        if self._control:
+            return False
+        for stream in self.streams.values():
+            if stream.has_data_to_send:
+                return False
+            if self.reliable and self.tcpls and stream.send_buffered:
+                return False
+        return not (self.reliable and any(c.sent_log for c in self.connections.values()))
+
+    def _send_close_notify(self) -> None:
+        for conn in self.connections.values():
+            if conn.status in (ConnectionStatus.ACTIVE, ConnectionStatus.DRAINING):
+                conn.tls.close()
+                conn.status = ConnectionStatus.CLOSING
+        self._maybe_closed()
+
+    @property
+    def close_notify_sent(self) -> bool:
+        """Whether we sent ``close_notify`` (the I/O layer then writes EOF)."""
+        return self._close_requested and all(
+            c.tls.close_notify_sent for c in self.connections.values()
+        )
+
+    def _maybe_closed(self) -> None:
+        if self.state is SessionState.CLOSED:
+            return
+        local_done = self._close_requested and all(
+            c.tls.close_notify_sent for c in self.connections.values()
+        )
+        if self.tcpls is False:
+            stream = self.streams.get(0)
+            local_done = local_done or bool(stream and stream.fin_sent)
+        if local_done and self.peer_closed:
+            self._set_closed(None)
+        elif not self.connections and self.state is not SessionState.HANDSHAKE:
+            if self.peer_closed and (local_done or not self.is_client):
+                self._set_closed(None)
+            elif not self.is_client or not self.tokens:
+                self._set_closed(
+                    self.error or ConnectionClosedError("every connection of the session closed")
+                )
+
+    def _set_closed(self, error: TCPLSError | None) -> None:
+        if self.state is SessionState.CLOSED:
+            return
+        self.state = SessionState.CLOSED
+        self.error = error
+        if self._registry is not None:
+            self._registry.revoke(self)
+        for stream in self.streams.values():
+            self.readable.add(stream.id)
+            self.writable.add(stream.id)
+        self._events.append(SessionClosed(error))
+
+    def _fail(self, error: TCPLSError) -> None:
+        """A fatal error: alert on every connection, the session is closed (W14)."""
+        if self.state is SessionState.CLOSED:
+            return
+        for conn in self.connections.values():
+            conn.tls.abort(error)
+            conn.status = ConnectionStatus.FAILED
+            while conn.tls.next_event() is not None:
+                pass
+        self._set_closed(error)
+
+    def abort(self, error: TCPLSError | None = None) -> None:
+        """Close at once, without flushing (sends an alert when ``error`` is a ProtocolError)."""
+        self._fail(error or ConnectionClosedError("session aborted"))
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session ended."""
+        return self.state is SessionState.CLOSED
+
+    def stats(self) -> Iterable[Connection]:
+        """The connections, for reporting."""
+        return list(self.connections.values())

@@ -1,0 +1,54 @@
+"""Join tokens (draft-04 §4.2, §5.2.5; DECISIONS W7, W8).
+
+Only the server issues tokens: 32 bytes from a CSPRNG, single use, not
+correlatable with each other. A token's sequence number becomes the Connection
+ID of the TCP connection it joins. The server keeps one :class:`TokenRegistry`
+for all its sessions, so that a join arriving on any listening socket finds its
+session; a client keeps its spare tokens in its session.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Generic, TypeVar
+
+__all__ = ["MAX_TOKEN_SEQUENCE", "TokenRegistry"]
+
+#: Token sequence numbers are 8 bits and 0 is the initial connection: at most 255 joins.
+MAX_TOKEN_SEQUENCE = 255
+
+S = TypeVar("S")
+
+
+class TokenRegistry(Generic[S]):
+    """Server side: every unused token of every session, by value."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[bytes, tuple[S, int]] = {}
+        self._by_owner: dict[int, set[bytes]] = {}
+
+    def issue(self, owner: S, sequence: int) -> bytes:
+        """A fresh token for ``owner`` (a session) with this sequence number."""
+        if not 1 <= sequence <= MAX_TOKEN_SEQUENCE:
+            raise ValueError("token sequence numbers run from 1 to 255")
+        token = secrets.token_bytes(32)
+        self._tokens[token] = (owner, sequence)
+        self._by_owner.setdefault(id(owner), set()).add(token)
+        return token
+
+    def redeem(self, token: bytes) -> tuple[S, int] | None:
+        """The ``(owner, sequence)`` of a valid token, which is used up; ``None`` if invalid."""
+        entry = self._tokens.pop(token, None)
+        if entry is not None:
+            owned = self._by_owner.get(id(entry[0]))
+            if owned is not None:
+                owned.discard(token)
+        return entry
+
+    def revoke(self, owner: S) -> None:
+        """Invalidate every token of ``owner`` (its session ended)."""
+        for token in self._by_owner.pop(id(owner), ()):
+            self._tokens.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
