@@ -3,22 +3,36 @@
 TLS 1.3 over one or more TCP connections, with multiplexed streams. Against an
 ordinary TLS 1.3 peer a session falls back to plain TLS (``tcpls_negotiated``
 is false). Start with :func:`connect` and :func:`serve`.
+
+The public names are imported lazily, so ``import tcpls.lab`` (and the
+command line's lab commands) do not pay for the TLS stack.
 """
 
-from tcpls.aio.api import Server, connect, serve
-from tcpls.aio.session import ConnectionInfo, Session
-from tcpls.aio.streams import StreamReader, StreamWriter
-from tcpls.config import ClientConfig, ServerConfig, SessionTuning
-from tcpls.errors import (
-    CertificateVerificationError,
-    ConfigurationError,
-    ConnectionClosedError,
-    PeerAlert,
-    ProtocolError,
-    TCPLSError,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Server": "tcpls.aio.api",
+    "connect": "tcpls.aio.api",
+    "serve": "tcpls.aio.api",
+    "ConnectionInfo": "tcpls.aio.session",
+    "Session": "tcpls.aio.session",
+    "StreamReader": "tcpls.aio.streams",
+    "StreamWriter": "tcpls.aio.streams",
+    "ClientConfig": "tcpls.config",
+    "ServerConfig": "tcpls.config",
+    "SessionTuning": "tcpls.config",
+    "CertificateVerificationError": "tcpls.errors",
+    "ConfigurationError": "tcpls.errors",
+    "ConnectionClosedError": "tcpls.errors",
+    "PeerAlert": "tcpls.errors",
+    "ProtocolError": "tcpls.errors",
+    "TCPLSError": "tcpls.errors",
+}
 
 __all__ = [
     "CertificateVerificationError",
@@ -39,3 +53,30 @@ __all__ = [
     "connect",
     "serve",
 ]
+
+if TYPE_CHECKING:
+    from tcpls.aio.api import Server, connect, serve
+    from tcpls.aio.session import ConnectionInfo, Session
+    from tcpls.aio.streams import StreamReader, StreamWriter
+    from tcpls.config import ClientConfig, ServerConfig, SessionTuning
+    from tcpls.errors import (
+        CertificateVerificationError,
+        ConfigurationError,
+        ConnectionClosedError,
+        PeerAlert,
+        ProtocolError,
+        TCPLSError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tcpls' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

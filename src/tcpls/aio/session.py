@@ -470,7 +470,9 @@ class Session:
                         protocol.transport.close()
                     else:
                         protocol.transport.abort()
-            elif isinstance(event, ConnectionAdded | PeerClosed):
+            elif isinstance(event, PeerClosed):
+                self._incoming.put_nowait(None)  # the peer opens no more streams
+            elif isinstance(event, ConnectionAdded):
                 pass
 
     def _finish(self) -> None:

@@ -249,7 +249,7 @@ class StreamWriter:
         """Wait until the peer acknowledged everything we sent, FIN included."""
         while True:
             stream = self._core.streams.get(self.stream_id)
-            if stream is None or stream.fin_acked or self._core.closed:
+            if stream is None or stream.fin_acked or self._core.closed or self._core.peer_closed:
                 return
             self._drain_waiter = self._session._loop.create_future()
             try:

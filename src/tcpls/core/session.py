@@ -164,6 +164,9 @@ class Session:
         self._outstanding_tokens: set[int] = set()
         self._used_connection_ids: set[int] = {0}
         self._close_requested = False
+        #: Client: the I/O layer joins a new connection when the last one fails
+        #: (break-before-make); without it the session ends with the last connection.
+        self.rejoin = False
 
     # ------------------------------------------------------------------ events
 
@@ -572,12 +575,17 @@ class Session:
                 if recv.final_size is None:
                     recv.final_size = recv.delivered
                 self.readable.add(stream.id)
+                self.writable.add(stream.id)
             self._events.append(PeerClosed())
         self._maybe_closed()
 
     def _on_transport_ended(self, conn: Connection, clean: bool) -> None:
         if clean or self.peer_closed:
-            self._connection_closed(conn, None)
+            # The peer is done; TLS closure is a half-close, so the connection stays
+            # until our own close_notify has gone out on it.
+            if conn.tls.close_notify_sent:
+                self._connection_closed(conn, None)
+            self._maybe_closed()
             return
         if self.tcpls and not conn.sent_log and self._others_alive(conn):
             # FIN without close_notify and nothing unacknowledged: a removal (W20)
@@ -808,6 +816,12 @@ class Session:
                 else:
                     self._fill_plain(conn, budget)
                 if self._close_requested and self._flushed():
+                    if self.tcpls and self.reliable:
+                        # acknowledge everything received before the last record we may send
+                        for c in self.connections.values():
+                            if c.ack_pending_records:
+                                c.ack_now = True
+                        self._fill_tcpls(conn, budget)
                     self._send_close_notify()
             except TCPLSError as exc:
                 self._fail(exc)
@@ -992,14 +1006,16 @@ class Session:
             self._send_close_notify()
 
     def _flushed(self) -> bool:
+        """Whether everything was sent and, unless the peer closed, acknowledged."""
         if self._control:
             return False
+        wait_acks = self.reliable and self.tcpls and not self.peer_closed
         for stream in self.streams.values():
             if stream.has_data_to_send:
                 return False
-            if self.reliable and self.tcpls and stream.send_buffered:
+            if wait_acks and stream.send_buffered:
                 return False
-        return not (self.reliable and any(c.sent_log for c in self.connections.values()))
+        return not (wait_acks and any(c.sent_log for c in self.connections.values()))
 
     def _send_close_notify(self) -> None:
         for conn in self.connections.values():
@@ -1029,7 +1045,7 @@ class Session:
         elif not self.connections and self.state is not SessionState.HANDSHAKE:
             if self.peer_closed and (local_done or not self.is_client):
                 self._set_closed(None)
-            elif not self.is_client or not self.tokens:
+            elif not (self.is_client and self.tokens and self.rejoin) or self._close_requested:
                 self._set_closed(
                     self.error or ConnectionClosedError("every connection of the session closed")
                 )

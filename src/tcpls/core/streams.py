@@ -108,6 +108,8 @@ class SendBuffer:
         """Copy bytes ``[offset, offset + length)`` of the stream into ``out[:length]``."""
         if offset < self.base or offset + length > self.end:
             raise ValueError("range not held by the send buffer")
+        if not length:
+            return
         chunks = self._chunks
         index, chunk_offset = self._cursor
         if index < self._head or chunk_offset > offset:

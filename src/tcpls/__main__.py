@@ -1,0 +1,7 @@
+"""``python -m tcpls``: the command line."""
+
+import sys
+
+from tcpls.cli import main
+
+sys.exit(main())

@@ -1,0 +1,406 @@
+"""The ``tcpls`` command line (also ``python -m tcpls``).
+
+Every command prints one clear line to standard error and exits non-zero on
+errors (unreachable host, refused connection, bad certificate, handshake
+alert, missing files); ``--debug`` shows tracebacks and protocol logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tcpls.errors import (
+    CertificateVerificationError,
+    ConfigurationError,
+    ConnectionClosedError,
+    PeerAlert,
+    ProtocolError,
+    TCPLSError,
+)
+
+if TYPE_CHECKING:
+    from tcpls.aio.session import Session
+    from tcpls.aio.streams import StreamReader, StreamWriter
+    from tcpls.config import ClientConfig, ServerConfig
+
+__all__ = ["main"]
+
+# Accepted --ciphers names (kept here so that --help needs no TLS import)
+_CIPHER_NAMES = (
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+)
+
+log = logging.getLogger("tcpls.cli")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """An error to print as one line, with an exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --------------------------------------------------------------------- errors
+
+
+def describe_error(exc: BaseException, target: str = "") -> str:
+    """One line explaining ``exc`` to a person."""
+    where = f" {target}" if target else ""
+    if isinstance(exc, CertificateVerificationError):
+        return f"certificate verification failed for{where or ' the peer'}: {_strip(exc)}"
+    if isinstance(exc, PeerAlert):
+        return f"the peer{where} rejected the connection: {exc}"
+    if isinstance(exc, ProtocolError):
+        return f"TLS/TCPLS protocol error with{where or ' the peer'}: {exc}"
+    if isinstance(exc, ConfigurationError):
+        return str(exc)
+    if isinstance(exc, ConnectionClosedError):
+        return f"connection{where} closed: {exc}"
+    if isinstance(exc, TCPLSError):
+        return str(exc)
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve{where}: {exc.strerror or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"cannot connect to{where}: connection refused"
+    if isinstance(exc, TimeoutError):
+        return str(exc) or f"timed out{where}"
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        return f"cannot connect to{where}: {reason}" if target else reason
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def _strip(exc: BaseException) -> str:
+    text = str(exc)
+    prefix = "certificate verification failed: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def run(coro_factory: Callable[[], Coroutine[Any, Any, int]], debug: bool = False) -> int:
+    """Run a command coroutine: errors become one line on stderr and an exit status."""
+    try:
+        return asyncio.run(coro_factory(), debug=False)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except CommandError as exc:
+        print(f"tcpls: {exc}", file=sys.stderr)
+        return exc.status
+    except (TCPLSError, OSError) as exc:
+        if debug:
+            log.exception("command failed")
+        print(f"tcpls: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+# ------------------------------------------------------------------- options
+
+
+def add_tls_client_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by the client commands."""
+    verify = p.add_mutually_exclusive_group()
+    verify.add_argument(
+        "--cafile",
+        metavar="FILE",
+        help="PEM file of CA certificates to verify the server with "
+        "(default: the certifi bundle of public CAs)",
+    )
+    verify.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's certificate (testing only: anyone can impersonate it)",
+    )
+    p.add_argument(
+        "--server-name",
+        metavar="NAME",
+        help="name sent in SNI and checked against the certificate (default: HOST)",
+    )
+    p.add_argument(
+        "--keylog",
+        metavar="FILE",
+        help="append TLS secrets to FILE in NSS key log format, for Wireshark "
+        "(default: $SSLKEYLOGFILE when set)",
+    )
+    add_common_tls_options(p)
+
+
+def add_common_tls_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by clients and servers."""
+    p.add_argument(
+        "--ciphers",
+        metavar="LIST",
+        help="colon-separated TLS 1.3 cipher suites in preference order, e.g. "
+        "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256 "
+        f"(known: {', '.join(_CIPHER_NAMES)})",
+    )
+    p.add_argument(
+        "--no-tcpls",
+        action="store_true",
+        help="speak plain TLS 1.3 only (do not offer or accept TCPLS)",
+    )
+    p.add_argument(
+        "--user-timeout",
+        metavar="MS",
+        type=_positive_int,
+        help="TCP_USER_TIMEOUT for every connection, in milliseconds (default: 2000)",
+    )
+    p.add_argument("--debug", action="store_true", help="log protocol details and tracebacks")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError("port must be between 0 and 65535")
+    return value
+
+
+def _ciphers(args: argparse.Namespace) -> list[str] | None:
+    return args.ciphers.split(":") if args.ciphers else None
+
+
+def client_config(args: argparse.Namespace) -> ClientConfig:
+    """A :class:`ClientConfig` from the client options."""
+    from tcpls.config import ClientConfig
+
+    return ClientConfig(
+        cafile=args.cafile,
+        verify=not args.insecure,
+        server_name=args.server_name,
+        keylog_file=args.keylog,
+        tcpls=not args.no_tcpls,
+        cipher_suites=_ciphers(args),
+        user_timeout=args.user_timeout / 1000 if args.user_timeout else None,
+    )
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """A :class:`ServerConfig` from the server options."""
+    from tcpls.config import ServerConfig
+
+    return ServerConfig(
+        certfile=args.cert,
+        keyfile=args.key,
+        keylog_file=args.keylog,
+        tcpls=not args.no_tcpls,
+        cipher_suites=_ciphers(args),
+        user_timeout=args.user_timeout / 1000 if args.user_timeout else None,
+        max_connections=getattr(args, "max_connections", 4),
+        advertise=tuple(getattr(args, "advertise", None) or ()),
+    )
+
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by the server commands."""
+    p.add_argument("--cert", required=True, metavar="FILE", help="PEM certificate (chain) file")
+    p.add_argument("--key", required=True, metavar="FILE", help="PEM private key file")
+    p.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, all IPv4)"
+    )
+    p.add_argument("--port", "-p", type=_port, default=8443, help="TCP port (default: 8443)")
+    p.add_argument("--keylog", metavar="FILE", help="append TLS secrets to FILE (NSS format)")
+    add_common_tls_options(p)
+
+
+# ----------------------------------------------------------------- serve
+
+
+async def echo_stream(reader: StreamReader, writer: StreamWriter) -> None:
+    """Send back every byte of a stream on itself; end our direction after the peer's FIN."""
+    try:
+        while data := await reader.read(256 * 1024):
+            writer.write(data)
+            await writer.drain()
+        writer.write_eof()
+        await writer.wait_closed()
+    except (TCPLSError, OSError) as exc:
+        log.info("stream %d ended: %s", reader.stream_id, exc)
+
+
+async def echo_handler(session: Session) -> None:
+    """Echo every stream of a session."""
+    async with asyncio.TaskGroup() as group:
+        async for reader, writer in session:
+            group.create_task(echo_stream(reader, writer))
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    """``tcpls serve``."""
+    from tcpls.aio.api import serve
+
+    config = server_config(args)
+    if not args.echo:
+        raise CommandError("choose what to serve: --echo", EXIT_USAGE)
+    handler = echo_handler
+    server = await serve(handler, args.host, args.port, config=config)
+    mode = "plain TLS" if args.no_tcpls else "TCPLS (plain TLS fallback)"
+    addresses = ", ".join(_format_address(s.getsockname()) for s in server.sockets)
+    print(f"tcpls: serving {mode} on {addresses}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("tcpls: shutting down", file=sys.stderr, flush=True)
+    server.close()
+    await server.wait_closed()
+    return EXIT_OK
+
+
+def _format_address(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --------------------------------------------------------------- connect
+
+
+async def _stdin_chunks(chunk_size: int = 65536) -> Any:
+    loop = asyncio.get_running_loop()
+    stdin = sys.stdin.buffer
+    read = getattr(stdin, "read1", stdin.read)
+    while True:
+        data = await loop.run_in_executor(None, read, chunk_size)
+        if not data:
+            return
+        yield data
+
+
+async def cmd_connect(args: argparse.Namespace) -> int:
+    """``tcpls connect``: standard input to the server, the server's bytes to standard output."""
+    from tcpls.aio.api import connect
+
+    config = client_config(args)
+    target = f"{args.host}:{args.port}"
+    try:
+        session = await connect(args.host, args.port, config=config)
+    except (TCPLSError, OSError) as exc:
+        raise CommandError(describe_error(exc, target)) from None
+    mode = "TCPLS" if session.tcpls_negotiated else "plain TLS 1.3 (peer has no TCPLS)"
+    log.info("connected to %s: %s, %s", target, mode, session.cipher_suite)
+    reader, writer = await session.open_stream()
+
+    async def upload() -> None:
+        async for chunk in _stdin_chunks():
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+
+    out = sys.stdout.buffer
+    upload_task = asyncio.create_task(upload())
+    try:
+        while data := await reader.read(256 * 1024):
+            out.write(data)
+            out.flush()
+    except (TCPLSError, OSError) as exc:
+        upload_task.cancel()
+        session.abort()
+        raise CommandError(describe_error(exc, target)) from None
+    failure = upload_task.exception() if upload_task.done() else None
+    if failure is not None:
+        raise CommandError(describe_error(failure, target))
+    upload_task.cancel()
+    await session.aclose(timeout=5)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tcpls`` command."""
+    parser = argparse.ArgumentParser(
+        prog="tcpls",
+        description="TCPLS (draft-piraux-tcpls-04): TLS 1.3 over one or more TCP connections, "
+        "with streams, joins and failover. Falls back to plain TLS 1.3 with ordinary peers.",
+    )
+    parser.add_argument("--version", action="version", version=f"tcpls {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "serve",
+        help="run a server (echo)",
+        description="Accept TCPLS and TLS 1.3 sessions. With --echo, every byte received on a "
+        "stream is sent back on it, and our direction ends after the peer's. Runs until "
+        "interrupted; a failing session never stops the server.",
+    )
+    add_server_options(p)
+    p.add_argument("--echo", action="store_true", help="echo every stream back to its sender")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "connect",
+        help="connect and relay standard input/output",
+        description="Connect to HOST PORT (TCPLS, or plain TLS 1.3 if the server has no TCPLS), "
+        "like `openssl s_client -quiet`: standard input goes to the server, what the server "
+        "sends goes to standard output. EOF on standard input ends our direction; the command "
+        "exits 0 when the server's direction ends cleanly.",
+    )
+    p.add_argument("host", metavar="HOST", help="server name or address")
+    p.add_argument("port", metavar="PORT", type=_port, help="server TCP port")
+    add_tls_client_options(p)
+    p.set_defaults(func=cmd_connect)
+
+    from tcpls.lab.cli import add_subparser as add_lab
+
+    add_lab(sub)
+    return parser
+
+
+def _version() -> str:
+    from tcpls import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tcpls`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    debug = bool(getattr(args, "debug", False)) or bool(os.environ.get("TCPLS_DEBUG"))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="tcpls: %(levelname)s %(name)s: %(message)s",
+    )
+    if not debug:
+        # asyncio logs unretrieved exceptions with tracebacks; the commands report errors
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    func: Callable[[argparse.Namespace], Any] = args.func
+    if not asyncio.iscoroutinefunction(func):
+        status: int = func(args)  # synchronous commands (lab) report their own errors
+        return status
+    return run(lambda: func(args), debug=debug)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
