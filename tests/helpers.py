@@ -32,7 +32,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -79,8 +81,10 @@ class SyncTLS:
         self.flush()
 
     def _drain_events(self) -> None:
+        self.conn.process_pending()  # input is held after the handshake until we look
         while (ev := self.conn.next_event()) is not None:
             self.events.append(ev)
+            self.conn.process_pending()
 
     def failed(self) -> ConnectionFailed | None:
         for ev in self.events:
@@ -145,3 +149,89 @@ def openssl_server(
 
 def path_str(p: Path) -> str:
     return os.fspath(p)
+
+
+class ThreadServer:
+    """A tcpls server running in a background thread with its own event loop."""
+
+    def __init__(self, config: object, handler: object = None, **serve_kwargs: object) -> None:
+        import asyncio
+        import threading
+
+        from tcpls.cli import echo_handler
+
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._handler = handler or echo_handler
+        self._config = config
+        self._kwargs = serve_kwargs
+        self.server: object = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("server did not start")
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        import asyncio
+
+        import tcpls
+
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            try:
+                self.server = await tcpls.serve(
+                    self._handler, "127.0.0.1", 0, config=self._config, **self._kwargs
+                )
+            except BaseException as exc:  # reported to the test thread
+                self.error = exc
+            finally:
+                self._ready.set()
+
+        self._loop.run_until_complete(start())
+        if self.error is None:
+            self._loop.run_forever()
+
+    @property
+    def port(self) -> int:
+        return self.server.port  # type: ignore[attr-defined,no-any-return]
+
+    def call(self, fn: object) -> object:
+        """Run ``fn()`` (a coroutine function) on the server loop and return its result."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result(30)  # type: ignore[operator]
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self.server.close()  # type: ignore[attr-defined]
+            await self.server.wait_closed()  # type: ignore[attr-defined]
+
+        if self.server is not None:
+            self.call(shutdown)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> ThreadServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def read_until_eof(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the peer sends until it closes (fails the test on a hang)."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)

@@ -72,7 +72,10 @@ class Harness:
             scheduler=scheduler,  # type: ignore[arg-type]
         )
         self.client = client_session(
-            self.client_config, "localhost", reliable=reliable, scheduler=scheduler  # type: ignore[arg-type]
+            self.client_config,
+            "localhost",
+            reliable=reliable,
+            scheduler=scheduler,  # type: ignore[arg-type]
         )
         self.server = self.endpoint.new_session()
         self.links: list[Link] = [Link(0, self.server, 0)]
@@ -98,12 +101,20 @@ class Harness:
         moved = False
         client, server = self.client, link.server
         if link.state in ("up", "blackhole", "stall"):
-            data = client.transmit(link.client_id, self.now) if link.client_id in client.connections else b""
+            data = (
+                client.transmit(link.client_id, self.now)
+                if link.client_id in client.connections
+                else b""
+            )
             if data:
                 link.to_server.append(data)
                 link.bytes_to_server += len(data)
                 moved = True
-            data = server.transmit(link.server_id, self.now) if link.server_id in server.connections else b""
+            data = (
+                server.transmit(link.server_id, self.now)
+                if link.server_id in server.connections
+                else b""
+            )
             if data:
                 link.to_client.append(data)
                 link.bytes_to_client += len(data)
@@ -156,7 +167,9 @@ class Harness:
             session.handle_timer(self.now)
         self.pump()
 
-    def run_until(self, predicate: Callable[[], bool], step: float = 0.005, limit: float = 30.0) -> None:
+    def run_until(
+        self, predicate: Callable[[], bool], step: float = 0.005, limit: float = 30.0
+    ) -> None:
         """Advance time in steps until ``predicate()`` holds."""
         self.pump()
         waited = 0.0

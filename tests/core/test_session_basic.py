@@ -4,7 +4,6 @@ import os
 
 from tcpls.core.events import HandshakeDone, StreamOpened
 from tcpls.devcert import DevPKI
-
 from tests.core.harness import Harness
 
 

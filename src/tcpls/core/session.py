@@ -348,7 +348,6 @@ class Session:
         if event.token is not None and self.is_client:
             self.tokens[1] = event.token
             self._events.append(TokenReceived(1))
-        self._connection_ready(conn)
         if not event.tcpls:
             self.streams[0] = Stream(0, local=True)
             self._next_stream_id = self._peer_next_stream_id = 2
@@ -356,6 +355,7 @@ class Session:
             if self._registry is not None:
                 self._registry.revoke(self)
         self._events.append(HandshakeDone(event.tcpls))
+        self._connection_ready(conn)
         self._replenish_tokens()
         for held in list(self.connections.values()):
             if held is not conn and held.status is ConnectionStatus.HANDSHAKE:
@@ -372,6 +372,8 @@ class Session:
             conn.tls.on_data = lambda content: self._on_record(conn, content)
         else:
             conn.tls.on_data = self._on_plain_data
+        if self.tcpls is not None:
+            conn.tls.process_pending()  # records that came with the handshake
 
     # ------------------------------------------------------------ plain TLS
 

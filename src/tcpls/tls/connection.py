@@ -168,6 +168,9 @@ class TLSConnection:
         self._join_keys: tuple[TrafficKeys, TrafficKeys, int] | None = None
         self._join_client_hello: ClientHelloInfo | None = None
         self._pending_hello: bytes | None = None
+        # Set when the handshake completes: stop reading records until the owner
+        # has seen HandshakeCompleted and installed its data handler.
+        self._hold_input = False
 
     # -- construction ----------------------------------------------------------
 
@@ -382,6 +385,16 @@ class TLSConnection:
             self._send_alert(AlertDescription.close_notify, _ALERT_WARNING)
             self.state = ConnectionState.CLOSED
 
+    def process_pending(self) -> None:
+        """Resume reading records after :class:`HandshakeCompleted` (input is held until then).
+
+        Records that arrived with the last handshake message wait in the buffer so
+        that the owner can install ``on_data`` before application data is delivered.
+        """
+        if self._hold_input:
+            self._hold_input = False
+            self._process()
+
     def abort(self, error: TCPLSError) -> None:
         """Close the connection because of ``error`` (sends its alert if it is a ProtocolError)."""
         self._fail(error)
@@ -441,6 +454,7 @@ class TLSConnection:
         self.tcpls = True
         self.joined = True
         self.state = ConnectionState.ESTABLISHED
+        self._hold_input = True
         self._events.append(
             HandshakeCompleted(tcpls=True, cipher_suite=write_keys.cipher_suite, joined=True)
         )
@@ -536,8 +550,10 @@ class TLSConnection:
     def _process_records(self) -> None:
         reader = self._reader
         plain = self._plain_view
-        while self.state is not ConnectionState.CLOSED and self.state is not (
-            ConnectionState.JOIN_WAIT
+        while (
+            self.state is not ConnectionState.CLOSED
+            and self.state is not ConnectionState.JOIN_WAIT
+            and not self._hold_input
         ):
             record = reader.next_record()
             if record is None:
@@ -616,8 +632,13 @@ class TLSConnection:
             message = bytes(buf[: 4 + length])
             del buf[: 4 + length]
             read_before = self._read
+            output_mark, epoch_mark = len(self._writer), self._write_epoch
             self._handle_handshake_message(message)
             if self._read is not read_before and buf:
+                # Do not send the flight this message produced: the alert must be
+                # readable by the peer in the epoch it is still in.
+                self._writer.truncate(output_mark)
+                self._write_epoch = epoch_mark
                 raise UnexpectedMessage("a handshake message spans a key change")
             if self.state in (ConnectionState.CLOSED, ConnectionState.JOIN_WAIT):
                 if buf and self.state is ConnectionState.JOIN_WAIT:
@@ -672,6 +693,7 @@ class TLSConnection:
 
     def _complete_handshake(self, engine: HandshakeEngine) -> None:
         self.state = ConnectionState.ESTABLISHED
+        self._hold_input = True
         self._ccs_allowed = False
         self.tcpls = engine.tcpls_negotiated
         assert engine.cipher_suite is not None

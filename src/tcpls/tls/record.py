@@ -342,6 +342,10 @@ class RecordWriter:
         self.reserve(n)[:n] = data
         self._end += n
 
+    def truncate(self, size: int) -> None:
+        """Forget what was accumulated after the first ``size`` bytes."""
+        self._end = min(self._end, size)
+
     def take(self) -> bytes:
         """Everything accumulated, as bytes; the buffer is emptied."""
         data = bytes(self._view[: self._end])

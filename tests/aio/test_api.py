@@ -1,0 +1,107 @@
+"""The asyncio API between our own client and server: TCPLS is negotiated."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+import tcpls
+from tcpls.cli import echo_handler
+from tcpls.devcert import DevPKI
+
+
+def _configs(pki: DevPKI, **client: object) -> tuple[tcpls.ServerConfig, tcpls.ClientConfig]:
+    server = tcpls.ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.key_file))
+    return server, tcpls.ClientConfig(cafile=str(pki.ca_file), **client)  # type: ignore[arg-type]
+
+
+def test_our_client_and_server_negotiate_tcpls(pki: DevPKI) -> None:
+    server_config, client_config = _configs(pki)
+
+    async def run() -> None:
+        async with await tcpls.serve(echo_handler, "127.0.0.1", 0, config=server_config) as server:
+            async with tcpls.connect("127.0.0.1", server.port, config=client_config) as session:
+                assert session.tcpls_negotiated
+                reader, writer = await session.open_stream()
+                payload = os.urandom(1_000_000)
+                writer.write(payload)
+                writer.write_eof()
+                await writer.drain()
+                assert await asyncio.wait_for(reader.read(), 20) == payload
+                (conn,) = session.connections
+                assert conn.id == 0 and conn.bytes_sent > len(payload)
+                assert conn.rtt is not None and conn.cwnd
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"])
+def test_cipher_suite_choice(pki: DevPKI, suite: str) -> None:
+    server_config, client_config = _configs(pki, cipher_suites=[suite])
+
+    async def run() -> None:
+        async with await tcpls.serve(echo_handler, "127.0.0.1", 0, config=server_config) as server:
+            async with tcpls.connect("127.0.0.1", server.port, config=client_config) as session:
+                assert session.cipher_suite == suite
+
+    asyncio.run(run())
+
+
+def test_plain_tls_when_client_does_not_offer_tcpls(pki: DevPKI) -> None:
+    server_config, client_config = _configs(pki, tcpls=False)
+
+    async def run() -> None:
+        async with await tcpls.serve(echo_handler, "127.0.0.1", 0, config=server_config) as server:
+            async with tcpls.connect("127.0.0.1", server.port, config=client_config) as session:
+                assert not session.tcpls_negotiated
+                reader, writer = await session.open_stream()
+                writer.write(b"plain\n")
+                assert await asyncio.wait_for(reader.readline(), 10) == b"plain\n"
+                with pytest.raises(tcpls.TCPLSError):
+                    await session.open_stream()
+
+    asyncio.run(run())
+
+
+def test_plain_tls_when_server_does_not_offer_tcpls(pki: DevPKI) -> None:
+    server_config, client_config = _configs(pki)
+    server_config = tcpls.ServerConfig(
+        certfile=server_config.certfile, keyfile=server_config.keyfile, tcpls=False
+    )
+
+    async def run() -> None:
+        async with await tcpls.serve(echo_handler, "127.0.0.1", 0, config=server_config) as server:
+            async with tcpls.connect("127.0.0.1", server.port, config=client_config) as session:
+                assert not session.tcpls_negotiated
+                reader, writer = await session.open_stream()
+                writer.write(b"x" * 100_000)
+                writer.write_eof()
+                assert len(await asyncio.wait_for(reader.read(), 10)) == 100_000
+
+    asyncio.run(run())
+
+
+def test_bad_server_files_fail_before_listening(pki: DevPKI, tmp_path: object) -> None:
+    async def run(config: tcpls.ServerConfig) -> None:
+        await tcpls.serve(echo_handler, "127.0.0.1", 0, config=config)
+
+    with pytest.raises(tcpls.ConfigurationError, match="not found"):
+        asyncio.run(
+            run(tcpls.ServerConfig(certfile="/nonexistent.pem", keyfile=str(pki.key_file)))
+        )
+    with pytest.raises(tcpls.ConfigurationError, match="does not match"):
+        other = tcpls.ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.ca_key_file))
+        asyncio.run(run(other))
+
+
+def test_wrong_server_name_is_rejected(pki: DevPKI) -> None:
+    server_config, client_config = _configs(pki, server_name="wrong.example")
+
+    async def run() -> None:
+        async with await tcpls.serve(echo_handler, "127.0.0.1", 0, config=server_config) as server:
+            with pytest.raises(tcpls.CertificateVerificationError, match=r"wrong\.example"):
+                await tcpls.connect("127.0.0.1", server.port, config=client_config)
+
+    asyncio.run(run())
