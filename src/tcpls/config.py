@@ -132,8 +132,11 @@ class SessionTuning:
     max_record_size: int = 16384
     #: Per-stream receive buffer; when full, reading from TCP pauses (W13).
     stream_receive_buffer: int = 1024 * 1024
-    #: Per-stream send buffer high-water mark: ``drain()`` waits above it.
+    #: Per-stream high-water mark of bytes written and not yet sent: ``drain()`` waits above it.
     stream_send_buffer: int = 1024 * 1024
+    #: Stream bytes sent and not yet acknowledged, per session, above which no new data is
+    #: sent (they are kept for reinjection, W10; TCP flow control normally bounds them).
+    max_unacked_bytes: int = 64 * 1024 * 1024
     #: Streams a peer may open beyond the highest it opened so far, in one frame.
     max_peer_streams: int = 10000
     #: Out-of-order bytes held for reassembly across the session (W13).

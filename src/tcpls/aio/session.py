@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from tcpls.aio.sockets import configure_socket, tcp_info
+from tcpls.aio.sockets import configure_socket, set_user_timeout, tcp_info
 from tcpls.aio.streams import StreamReader, StreamWriter
 from tcpls.core.connection import ConnectionStatus
 from tcpls.core.events import (
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 _TRANSPORT_HIGH_WATER = 1024 * 1024
 _FLUSH_BUDGET = 256 * 1024
+#: TCP_USER_TIMEOUT while the peer advertises a zero window (see Session._flow_guard).
+ZERO_WINDOW_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         self.connection_id = connection_id
         self.transport: asyncio.Transport | None = None
         self.eof_written = False
+        self.user_timeout_relaxed = False
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -153,6 +156,7 @@ class Session:
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._fallback_stream_taken = False
         self._processing = False
+        self._guard: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ public API
 
@@ -422,6 +426,8 @@ class Session:
                 elif core.connection_drained(cid):
                     transport.write_eof()
                     core.finish_removal(cid)
+            if wrote and self._guard is None:
+                self._start_flow_guard()
             if not wrote and not core.readable and not core.writable:
                 break
         if core.closed:
@@ -433,6 +439,44 @@ class Session:
                 if protocol.transport is not None and not protocol.transport.is_closing():
                     protocol.transport.pause_reading()
         self._reschedule_timer()
+
+    def _start_flow_guard(self) -> None:
+        timeout = self._user_timeout()
+        if timeout and not self._core.closed:
+            self._guard = self._loop.call_later(max(timeout / 3, 0.05), self._flow_guard)
+
+    def _flow_guard(self) -> None:
+        """Keep TCP_USER_TIMEOUT from killing a connection whose peer is merely slow.
+
+        Linux applies TCP_USER_TIMEOUT to zero-window probes too: a peer that stops
+        reading for longer than the timeout (a slow application; W13 backpressure)
+        would have its connection aborted like a dead path. While the peer
+        advertises a zero window the timeout is relaxed to ZERO_WINDOW_TIMEOUT,
+        and restored when the window opens.
+        """
+        self._guard = None
+        timeout = self._user_timeout()
+        if not timeout or self._core.closed:
+            return
+        active = False
+        for cid, protocol in self._protocols.items():
+            transport = protocol.transport
+            if transport is None or transport.is_closing():
+                continue
+            sock = transport.get_extra_info("socket")
+            info = tcp_info(sock)
+            blocked = info is not None and info.snd_wnd == 0
+            if blocked and not protocol.user_timeout_relaxed:
+                set_user_timeout(sock, max(ZERO_WINDOW_TIMEOUT, timeout))
+                protocol.user_timeout_relaxed = True
+            elif not blocked and protocol.user_timeout_relaxed:
+                set_user_timeout(sock, timeout)
+                protocol.user_timeout_relaxed = False
+            conn = self._core.connections.get(cid)
+            if protocol.user_timeout_relaxed or cid in self._paused or (conn and conn.sent_log):
+                active = True
+        if active:
+            self._start_flow_guard()
 
     def _reschedule_timer(self) -> None:
         deadline = self._core.next_deadline()
@@ -493,6 +537,9 @@ class Session:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._guard is not None:
+            self._guard.cancel()
+            self._guard = None
         for cid, protocol in list(self._protocols.items()):
             transport = protocol.transport
             if transport is None:

@@ -7,14 +7,17 @@ import socket
 import struct
 from dataclasses import dataclass
 
-__all__ = ["TcpInfo", "configure_socket", "tcp_info"]
+__all__ = ["TcpInfo", "configure_socket", "set_user_timeout", "tcp_info"]
 
 # Linux values; the socket module lacks some of them on older Pythons.
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 TCP_INFO = getattr(socket, "TCP_INFO", 11)
 
-# struct tcp_info: 8 bytes of u8 fields, then u32 fields; we read up to snd_cwnd.
-_TCP_INFO = struct.Struct("=8B19I")
+# struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, 24 u32 (rto .. total_retrans),
+# then counters; tcpi_snd_wnd (kernel >= 5.4) is the u32 at offset 228.
+_TCP_INFO = struct.Struct("=8B24I")
+_SND_WND = struct.Struct("=I")
+_SND_WND_OFFSET = 228
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +34,12 @@ class TcpInfo:
     mss: int
     #: Segments sent and not yet acknowledged.
     unacked: int
-    #: Total retransmitted segments.
+    #: Segments retransmitted and not yet acknowledged.
     retransmits: int
+    #: Unanswered zero-window (or keepalive) probes.
+    probes: int
+    #: The peer's receive window in bytes (``None`` on kernels that do not report it).
+    snd_wnd: int | None
 
 
 def configure_socket(sock: socket.socket, user_timeout: float | None) -> None:
@@ -49,12 +56,13 @@ def tcp_info(sock: socket.socket | None) -> TcpInfo | None:
     if sock is None:
         return None
     try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, _TCP_INFO.size)
+        raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, _SND_WND_OFFSET + 4)
     except (OSError, AttributeError):
         return None
     if len(raw) < _TCP_INFO.size:
         return None
-    fields = _TCP_INFO.unpack(raw)
+    fields = _TCP_INFO.unpack_from(raw)
+    snd_wnd = _SND_WND.unpack_from(raw, _SND_WND_OFFSET)[0] if len(raw) >= 232 else None
     u32 = fields[8:]
     # u32 order: rto ato snd_mss rcv_mss unacked sacked lost retrans fackets
     # last_data_sent last_ack_sent last_data_recv last_ack_recv pmtu rcv_ssthresh
@@ -66,4 +74,14 @@ def tcp_info(sock: socket.socket | None) -> TcpInfo | None:
         mss=u32[2],
         unacked=u32[4],
         retransmits=u32[7],
+        probes=fields[3],
+        snd_wnd=snd_wnd,
     )
+
+
+def set_user_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """Set TCP_USER_TIMEOUT (``None`` or 0: the kernel default)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(
+            socket.IPPROTO_TCP, TCP_USER_TIMEOUT, max(1, int(seconds * 1000)) if seconds else 0
+        )

@@ -2,9 +2,8 @@
 
 A :class:`StreamReader` reads the bytes the peer sent on one stream, in order;
 a :class:`StreamWriter` queues bytes on it. Backpressure is real: ``drain()``
-waits while the stream holds more than its send buffer (bytes not yet sent,
-plus bytes sent but not yet acknowledged by the peer), and that buffer empties
-only as fast as the TCP connections take records.
+waits while the stream holds more unsent bytes than its high-water mark, and
+those leave only as fast as the TCP connections take records.
 """
 
 from __future__ import annotations
@@ -213,10 +212,16 @@ class StreamWriter:
 
     def _buffered(self) -> int:
         stream = self._core.streams.get(self.stream_id)
-        return stream.send_buffered if stream is not None else 0
+        return stream.send_pending if stream is not None else 0
 
     async def drain(self) -> None:
-        """Wait until the stream's send buffer is below its high-water mark."""
+        """Wait until the bytes written and not yet sent are below the high-water mark.
+
+        Bytes sent but not yet acknowledged by the peer are kept for reinjection
+        (W10) but do not count here: TCP flow control bounds them, and counting
+        them would deadlock a peer that has paused reading (W13) and therefore
+        cannot see our ACKs.
+        """
         limit = self._core.tuning.stream_send_buffer
         while True:
             if self._core.closed:

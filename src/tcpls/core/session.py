@@ -158,6 +158,8 @@ class Session:
         self._next_stream_id = 0 if is_client else 1
         self._peer_next_stream_id = 1 if is_client else 0
         self.reassembly_held = 0
+        #: Stream bytes sent and not yet acknowledged, over all connections.
+        self.unacked_bytes = 0
         self._app_keys: tuple[TrafficKeys, TrafficKeys] | None = None
         self._registry = token_registry
         self._next_token_sequence = 1
@@ -378,6 +380,7 @@ class Session:
     # ------------------------------------------------------------ plain TLS
 
     def _on_plain_data(self, data: memoryview) -> None:
+        self.connections[0].records_received += 1
         stream = self.streams[0]
         stream.recv.receive(stream.recv.delivered, data, False)
         self._after_receive(stream)
@@ -502,17 +505,15 @@ class Session:
         while log and log[0][0] <= highest:
             _, refs, _ = log.popleft()
             for sid, offset, length, fin in refs:
+                self.unacked_bytes -= length
                 stream = streams.get(sid)
                 if stream is not None:
                     self._stream_acked(stream, offset, length, fin)
 
     def _stream_acked(self, stream: Stream, offset: int, length: int, fin: bool) -> None:
-        before = stream.send_buffered
         stream.on_acked(offset, length, fin)
-        after = stream.send_buffered
-        limit = self.tuning.stream_send_buffer
-        if before > limit // 2 >= after or (fin and stream.fin_acked):
-            self.writable.add(stream.id)
+        if fin and stream.fin_acked:
+            self.writable.add(stream.id)  # wait_closed() returns
         if stream.closed:
             self._forget_stream(stream)
 
@@ -647,6 +648,7 @@ class Session:
         while log:
             _, refs, frames = log.popleft()
             for sid, offset, length, fin in refs:
+                self.unacked_bytes -= length
                 stream = streams.get(sid)
                 if stream is not None and not stream.fin_acked:
                     stream.send_retransmit.append((offset, length, fin))
@@ -850,8 +852,7 @@ class Session:
                 offset += chunk
             stream.on_acked(stream.send_next, n, False)
             stream.send_next = end
-            if stream.send_buffered <= self.tuning.stream_send_buffer // 2:
-                self.writable.add(0)
+            self.writable.add(0)
         if stream.fin_queued and not stream.fin_sent and stream.send_next == stream.send.end:
             stream.fin_sent = True
             stream.fin_acked = True
@@ -898,6 +899,8 @@ class Session:
             if reliable:
                 if refs or logged:
                     conn.sent_log.append((seq, refs, logged))
+                    for ref in refs:
+                        self.unacked_bytes += ref[2]
             else:
                 for stream_id, offset, length, fin in refs:
                     acked = self.streams.get(stream_id)
@@ -933,6 +936,8 @@ class Session:
         conns = self.connections
         allows = self.scheduler.allows
         aggregate = self.scheduler.name == "aggregate"
+        unacked_cap = self.tuning.max_unacked_bytes if self.reliable else 1 << 62
+        half_buffer = self.tuning.stream_send_buffer // 2
         for sid in list(sendable):
             if space < STREAM_HEADER_SIZE + (_MIN_STREAM_CHUNK if plan else 0):
                 break
@@ -959,13 +964,18 @@ class Session:
                 else:
                     retransmit.pop(0)
             else:
+                if self.unacked_bytes >= unacked_cap:
+                    break  # the peer is not acknowledging: send nothing new (memory bound)
                 offset = stream.send_next
-                n = min(stream.send.end - offset, room)
-                fin = stream.fin_queued and not stream.fin_sent and offset + n == stream.send.end
+                pending = stream.send.end - offset
+                n = min(pending, room)
+                fin = stream.fin_queued and not stream.fin_sent and n == pending
                 if n == 0 and not fin:
                     del sendable[sid]
                     continue
                 stream.send_next = offset + n
+                if pending > half_buffer >= pending - n:
+                    self.writable.add(sid)  # drain() may return
                 if fin:
                     stream.fin_sent = True
             plan.append((stream, offset, n, fin))
