@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-SRC    := src tests benchmarks
+SRC    := $(wildcard src tests benchmarks)
 
 .PHONY: demo test lint typecheck unit system-deps bench clean
 
