@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import struct
 from collections import deque
 from collections.abc import Iterable
 from enum import Enum
@@ -77,10 +78,12 @@ from tcpls.tls.events import (
 )
 from tcpls.tls.record import TrafficKeys
 from tcpls.wire.frames import (
+    ACK_SIZE,
     STREAM_HEADER_SIZE,
     Ack,
     ConnectionReset,
     Frame,
+    FrameType,
     NewAddress,
     NewToken,
     Padding,
@@ -99,6 +102,8 @@ __all__ = ["Session", "SessionState"]
 logger = logging.getLogger(__name__)
 
 _RETRANSMITTED_CONTROL = (NewToken, NewAddress, RemoveAddress, ConnectionReset)
+_STREAM_HEADER = struct.Struct(">HQIB")  # Length, Offset, Stream ID, Type (W3)
+_ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type
 #: Stop adding Stream frames to a record when less room than this is left.
 _MIN_STREAM_CHUNK = 512
 
@@ -379,25 +384,55 @@ class Session:
 
     # ------------------------------------------------------------ plain TLS
 
-    def _on_plain_data(self, data: memoryview) -> None:
+    def _on_plain_data(self, data: memoryview) -> bool:
         self.connections[0].records_received += 1
         stream = self.streams[0]
-        stream.recv.receive(stream.recv.delivered, data, False)
-        self._after_receive(stream)
+        return self._on_stream_data(0, stream.recv.delivered, data, False)
 
     # ---------------------------------------------------------------- frames
 
-    def _on_record(self, conn: Connection, content: memoryview) -> None:
+    def _on_record(self, conn: Connection, content: memoryview) -> bool:
+        """Process one decrypted record; return whether a view of ``content`` was kept."""
         conn.records_received += 1
+        size = len(content)
+        if conn.expected_stream_change is None and size >= STREAM_HEADER_SIZE:
+            # Fast path for the data path's records: [Stream] or [Stream][ACK] (W5).
+            end = size
+            kind = content[end - 1]
+            ack: tuple[int, int] | None = None
+            if kind == FrameType.ACK and size >= STREAM_HEADER_SIZE + ACK_SIZE:
+                highest, ack_conn, _ = _ACK.unpack_from(content, end - ACK_SIZE)
+                ack = (ack_conn, highest)
+                end -= ACK_SIZE
+                kind = content[end - 1]
+            if kind == FrameType.STREAM or kind == FrameType.STREAM_FIN:
+                length, offset, sid, _ = _STREAM_HEADER.unpack_from(
+                    content, end - STREAM_HEADER_SIZE
+                )
+                if length == end - STREAM_HEADER_SIZE:
+                    kept = self._on_stream_data(
+                        sid, offset, content[:length], kind == FrameType.STREAM_FIN
+                    )
+                    if ack is not None:
+                        self._on_ack(Ack(*ack))
+                    self._ack_eliciting(conn, size)
+                    return kept
+        return self._on_frames(conn, content)
+
+    def _on_frames(self, conn: Connection, content: memoryview) -> bool:
         expected = conn.expected_stream_change
+        conn.expected_stream_change = None
         eliciting = False
+        kept = False
         for frame in parse_frames(content):
             kind = type(frame)
             if kind is StreamFrame:
+                sid, offset, data, fin = frame  # type: ignore[misc]
                 if expected is not None:
-                    self._check_stream_change(frame, expected)  # type: ignore[arg-type]
+                    if (sid, offset) != expected:
+                        raise UnexpectedMessage("a Stream Change does not match the next record")
                     expected = None
-                self._on_stream_frame(frame)  # type: ignore[arg-type]
+                kept |= self._on_stream_data(sid, offset, data, fin)
                 eliciting = True
             elif kind is Ack:
                 self._on_ack(frame)  # type: ignore[arg-type]
@@ -420,51 +455,54 @@ class Session:
                 self._on_remove_address(frame.address_id)  # type: ignore[union-attr]
             elif kind is StreamChange:
                 eliciting = True
-                if expected is not None:
-                    raise UnexpectedMessage("a Stream Change does not match the next record")
+                # W19: announces the first Stream frame of the next record on this connection
                 conn.expected_stream_change = (frame.stream_id, frame.offset)  # type: ignore[union-attr]
-                continue
-        if expected is not None and conn.expected_stream_change == expected:
-            raise UnexpectedMessage("the record after a Stream Change carries no Stream frame")
-        if eliciting and self.reliable:
-            conn.ack_pending_records += 1
-            conn.ack_pending_bytes += len(content)
-            if (
-                conn.ack_pending_records >= self.tuning.ack_records
-                or conn.ack_pending_bytes >= self.tuning.ack_bytes
-            ):
-                conn.ack_now = True
-            elif conn.ack_deadline is None:
-                conn.ack_deadline = self.now + self.tuning.ack_delay
+        if expected is not None:
+            raise UnexpectedMessage(
+                "the record after a Stream Change carries no such Stream frame"
+            )
+        if eliciting:
+            self._ack_eliciting(conn, len(content))
+        return kept
 
-    @staticmethod
-    def _check_stream_change(frame: StreamFrame, expected: tuple[int, int]) -> None:
-        if (frame.stream_id, frame.offset) != expected:
-            raise UnexpectedMessage("a Stream Change does not match the next record")
+    def _ack_eliciting(self, conn: Connection, size: int) -> None:
+        """An ack-eliciting record arrived on ``conn``: schedule its ACK (W9)."""
+        if not self.reliable:
+            return
+        conn.ack_pending_records += 1
+        conn.ack_pending_bytes += size
+        tuning = self.tuning
+        if (
+            conn.ack_pending_records >= tuning.ack_records
+            or conn.ack_pending_bytes >= tuning.ack_bytes
+        ):
+            conn.ack_now = True
+        elif conn.ack_deadline is None:
+            conn.ack_deadline = self.now + tuning.ack_delay
 
-    def _on_stream_frame(self, frame: StreamFrame) -> None:
-        sid = frame.stream_id
+    def _on_stream_data(
+        self, sid: int, offset: int, data: bytes | bytearray | memoryview, fin: bool
+    ) -> bool:
         stream = self.streams.get(sid)
         if stream is None:
             stream = self._stream_for_frame(sid)
             if stream is None:
-                return  # a stream already closed: a duplicate after reinjection
-        delta = stream.recv.receive(frame.offset, frame.data, frame.fin)
-        if delta:
-            self.reassembly_held += delta
+                return False  # a stream already closed: a duplicate after reinjection
+        recv = stream.recv
+        held = recv.held
+        kept = recv.receive(offset, data, fin)
+        if recv.held != held:
+            self.reassembly_held += recv.held - held
             if self.reassembly_held > self.tuning.max_reassembly_bytes:
                 raise InternalError(
                     "too much out-of-order stream data held for reassembly "
                     f"({self.reassembly_held} bytes)"
                 )
-        self._after_receive(stream)
-
-    def _after_receive(self, stream: Stream) -> None:
-        recv = stream.recv
         if recv.readable or recv.complete:
-            self.readable.add(stream.id)
+            self.readable.add(sid)
             if recv.readable > self.tuning.stream_receive_buffer:
-                self._full_streams.add(stream.id)
+                self._full_streams.add(sid)
+        return kept
 
     def _stream_for_frame(self, sid: int) -> Stream | None:
         local_parity = 0 if self.is_client else 1
@@ -501,14 +539,30 @@ class Session:
             return
         conn.peer_acked = highest
         log = conn.sent_log
-        streams = self.streams
+        # coalesce contiguous ranges per stream: one on_acked call per run
+        runs: dict[int, list[int]] = {}
+        acked_bytes = 0
         while log and log[0][0] <= highest:
             _, refs, _ = log.popleft()
             for sid, offset, length, fin in refs:
-                self.unacked_bytes -= length
-                stream = streams.get(sid)
-                if stream is not None:
-                    self._stream_acked(stream, offset, length, fin)
+                acked_bytes += length
+                run = runs.get(sid)
+                if run is not None and run[1] == offset:
+                    run[1] = offset + length
+                    run[2] |= fin
+                    continue
+                if run is not None:
+                    self._range_acked(sid, run)
+                runs[sid] = [offset, offset + length, fin]
+        self.unacked_bytes -= acked_bytes
+        for sid, run in runs.items():
+            self._range_acked(sid, run)
+
+    def _range_acked(self, sid: int, run: list[int]) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None:
+            start, end, fin = run
+            self._stream_acked(stream, start, end - start, bool(fin))
 
     def _stream_acked(self, stream: Stream, offset: int, length: int, fin: bool) -> None:
         stream.on_acked(offset, length, fin)
@@ -861,12 +915,61 @@ class Session:
         if stream.send_next == stream.send.end:
             self._sendable.pop(0, None)
 
+    def _fill_bulk(self, conn: Connection, stream: Stream, budget: int, limit: int) -> None:
+        """The data path of a single busy stream: records of one Stream frame, nothing else."""
+        tls = conn.tls
+        view = tls.staging_buffer()
+        send = stream.send
+        sid = stream.id
+        room = limit - STREAM_HEADER_SIZE
+        log = conn.sent_log if self.reliable else None
+        cap = self.tuning.max_unacked_bytes
+        half_buffer = self.tuning.stream_send_buffer // 2
+        sent = 0
+        while tls.pending_output < budget and self.unacked_bytes < cap:
+            offset = stream.send_next
+            pending = send.end - offset
+            if pending <= 0:
+                break
+            n = pending if pending < room else room
+            fin = stream.fin_queued and n == pending
+            send.copy_into(offset, n, view)
+            seq = tls.seal_staged(write_stream_header_into(view, n, sid, offset, n, fin), False)
+            stream.send_next = offset + n
+            sent += 1
+            if pending > half_buffer >= pending - n:
+                self.writable.add(sid)
+            if fin:
+                stream.fin_sent = True
+            if log is not None:
+                log.append((seq, [(sid, offset, n, fin)], None))
+                self.unacked_bytes += n
+            else:
+                self._stream_acked(stream, offset, n, fin)
+        conn.records_sent += sent
+        if not stream.has_data_to_send:
+            self._sendable.pop(sid, None)
+
+    def _bulk_stream(self, conn: Connection) -> Stream | None:
+        """The one stream to send with :meth:`_fill_bulk`, when nothing else is pending."""
+        if len(self._sendable) != 1 or self._control or self.scheduler.name != "aggregate":
+            return None
+        for c in self.connections.values():
+            if c.ack_pending_records:
+                return None
+        stream = self.streams.get(next(iter(self._sendable)))
+        if stream is None or stream.send_retransmit or stream.pin is not None or stream.fin_sent:
+            return None
+        return stream
+
     def _fill_tcpls(self, conn: Connection, budget: int) -> None:
         tls = conn.tls
         limit = min(self.tuning.max_record_size, 16384)
         usable = conn.status is ConnectionStatus.ACTIVE
         reliable = self.reliable
         now = self.now
+        if usable and (bulk := self._bulk_stream(conn)) is not None:
+            self._fill_bulk(conn, bulk, budget, limit)
         while tls.pending_output < budget:
             control = self._control_frames_for(conn, now, usable)
             space = limit - sum(frame_size(f) for f in control)

@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections import deque
 from collections.abc import Iterator
 
 from tcpls.errors import IllegalParameter
 
-__all__ = ["RangeSet", "ReceiveBuffer", "SendBuffer", "Stream"]
+__all__ = ["RETAIN_MIN", "RangeSet", "ReceiveBuffer", "SendBuffer", "Stream"]
+
+#: Stream data of at least this many bytes is kept as a view of the decrypted record.
+RETAIN_MIN = 4096
 
 
 class RangeSet:
@@ -86,7 +90,7 @@ class SendBuffer:
     __slots__ = ("_chunks", "_cursor", "_head", "base", "end")
 
     def __init__(self) -> None:
-        self._chunks: list[bytes | memoryview] = []
+        self._chunks: list[memoryview] = []
         self._head = 0  # index of the first live chunk in _chunks
         self.base = 0  # stream offset of _chunks[_head][0]
         self.end = 0  # stream offset after the last written byte
@@ -100,7 +104,7 @@ class SendBuffer:
         """Add bytes at the end; mutable buffers are copied, ``bytes`` are kept by reference."""
         if not data:
             return
-        chunk = data if isinstance(data, bytes) else bytes(data)
+        chunk = memoryview(data if isinstance(data, bytes) else bytes(data))
         self._chunks.append(chunk)
         self.end += len(chunk)
 
@@ -118,6 +122,12 @@ class SendBuffer:
         while chunk_offset + len(chunks[index]) <= offset:
             chunk_offset += len(chunks[index])
             index += 1
+        chunk = chunks[index]
+        start = offset - chunk_offset
+        if start + length < len(chunk):  # the common case: one chunk holds it all
+            out[:length] = chunk[start : start + length]
+            self._cursor = (index, chunk_offset)
+            return
         pos = 0
         while pos < length:
             chunk = chunks[index]
@@ -146,28 +156,39 @@ class SendBuffer:
 
 
 class ReceiveBuffer:
-    """In-order delivery of one stream's incoming bytes, with a reassembly heap."""
+    """In-order delivery of one stream's incoming bytes, with a reassembly heap.
 
-    __slots__ = ("_heap", "_ready", "_seq", "delivered", "final_size", "held")
+    In-order data waits in a queue of chunks until the application reads it.
+    A chunk of at least :data:`RETAIN_MIN` bytes is kept as the ``memoryview``
+    it arrived as (a view of the decrypted record: no copy); smaller ones are
+    copied so that a small frame does not pin a whole record buffer.
+    :meth:`receive` reports whether it kept such a view, and the caller then
+    must not reuse the record buffer.
+    """
+
+    __slots__ = ("_chunks", "_heap", "_readable", "_seq", "delivered", "final_size", "held")
 
     def __init__(self) -> None:
-        self._ready = bytearray()  # in-order bytes not yet read by the application
+        self._chunks: deque[bytes | memoryview] = deque()  # in-order, not yet read
+        self._readable = 0
         self.delivered = 0  # stream offset after the last in-order byte
         self.final_size: int | None = None
-        self._heap: list[tuple[int, int, bytes]] = []
+        self._heap: list[tuple[int, int, bytes | memoryview]] = []
         self._seq = 0
         self.held = 0  # out-of-order bytes held in the heap
 
     @property
     def readable(self) -> int:
         """In-order bytes waiting for the application."""
-        return len(self._ready)
+        return self._readable
 
     @property
     def at_eof(self) -> bool:
         """Whether every byte up to the final size was delivered and read."""
         return (
-            self.final_size is not None and self.delivered == self.final_size and not self._ready
+            self.final_size is not None
+            and self.delivered == self.final_size
+            and not self._readable
         )
 
     @property
@@ -175,13 +196,15 @@ class ReceiveBuffer:
         """Whether every byte up to the final size was delivered (read or not)."""
         return self.final_size is not None and self.delivered == self.final_size
 
-    def receive(self, offset: int, data: bytes | bytearray | memoryview, fin: bool) -> int:
-        """Take a Stream frame's data; return the change of ``held`` (out-of-order bytes).
+    def receive(self, offset: int, data: bytes | bytearray | memoryview, fin: bool) -> bool:
+        """Take a Stream frame's data; return whether a view of ``data`` was kept.
 
-        Raises :class:`IllegalParameter` for data beyond the final size or a
-        final size that changes.
+        Out-of-order bytes are counted in :attr:`held`. Raises
+        :class:`IllegalParameter` for data beyond the final size or a final size
+        that changes.
         """
-        end = offset + len(data)
+        size = len(data)
+        end = offset + size
         final = self.final_size
         if fin:
             if final is not None and final != end:
@@ -193,18 +216,26 @@ class ReceiveBuffer:
             raise IllegalParameter("stream data after FIN")
         delivered = self.delivered
         if end <= delivered:
-            return 0  # duplicate
-        before = self.held
-        if offset <= delivered:
-            self._ready += data[delivered - offset :] if offset < delivered else data
+            return False  # duplicate
+        if offset < delivered:
+            data = data[delivered - offset :]
+            size = end - delivered
+            offset = delivered
+        keep = size >= RETAIN_MIN and isinstance(data, memoryview)
+        if isinstance(data, bytearray) or (isinstance(data, memoryview) and not keep):
+            data = bytes(data)
+        chunk = data
+        if offset == delivered:
+            self._chunks.append(chunk)
+            self._readable += size
             self.delivered = end
             if self._heap:
                 self._drain_heap()
         else:
             self._seq += 1
-            heapq.heappush(self._heap, (offset, self._seq, bytes(data)))
-            self.held += len(data)
-        return self.held - before
+            heapq.heappush(self._heap, (offset, self._seq, chunk))
+            self.held += size
+        return keep
 
     def _beyond(self, end: int) -> bool:
         return any(off + len(d) > end for off, _, d in self._heap)
@@ -217,24 +248,44 @@ class ReceiveBuffer:
             self.held -= len(data)
             end = offset + len(data)
             if end > delivered:
-                self._ready += memoryview(data)[delivered - offset :]
+                tail = data[delivered - offset :]
+                self._chunks.append(tail)
+                self._readable += len(tail)
                 delivered = end
         self.delivered = delivered
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` in-order bytes (all when ``n < 0``)."""
-        ready = self._ready
-        if n < 0 or n >= len(ready):
-            data = bytes(ready)
-            ready.clear()
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        if n < 0 or n >= self._readable:
+            data = b"".join(chunks)
+            chunks.clear()
+            self._readable = 0
             return data
-        data = bytes(ready[:n])
-        del ready[:n]
-        return data
+        parts: list[bytes | memoryview] = []
+        need = n
+        while need:
+            chunk = chunks[0]
+            if len(chunk) <= need:
+                parts.append(chunks.popleft())
+                need -= len(chunk)
+            else:
+                parts.append(chunk[:need])
+                chunks[0] = chunk[need:]
+                need = 0
+        self._readable -= n
+        return b"".join(parts)
 
     def find(self, separator: bytes, start: int = 0) -> int:
         """Index of ``separator`` in the readable bytes, or -1."""
-        return self._ready.find(separator, start)
+        chunks = self._chunks
+        if len(chunks) > 1:
+            joined = b"".join(chunks)
+            chunks.clear()
+            chunks.append(joined)
+        return bytes(chunks[0]).find(separator, start) if chunks else -1
 
 
 class Stream:

@@ -98,7 +98,8 @@ MAX_HANDSHAKE_MESSAGE = 256 * 1024
 _ALERT_WARNING = 1
 _ALERT_FATAL = 2
 
-DataHandler = Callable[[memoryview], None]
+#: Receives decrypted application data; returns true if it kept a reference to the view.
+DataHandler = Callable[[memoryview], bool | None]
 
 
 class ConnectionState(Enum):
@@ -352,17 +353,21 @@ class TLSConnection:
         """
         return self._staging_view[:MAX_PLAINTEXT]
 
-    def seal_staged(self, length: int) -> int:
+    def seal_staged(self, length: int, check: bool = True) -> int:
         """Seal the first ``length`` bytes of :meth:`staging_buffer` as one application record.
 
-        Returns the record's sequence number on this connection.
+        Returns the record's sequence number on this connection. ``check=False``
+        skips the state checks for a caller that made them (``can_send``) already.
         """
-        self._check_can_send()
-        if not 0 <= length <= MAX_PLAINTEXT:
-            raise ValueError("record content larger than 2^14 bytes")
+        if check:
+            self._check_can_send()
+            if not 0 <= length <= MAX_PLAINTEXT:
+                raise ValueError("record content larger than 2^14 bytes")
         protection = self._write[Epoch.ONE_RTT]
         seq = protection.sequence
-        self._seal(length, ContentType.application_data)
+        writer = self._writer
+        out = writer.reserve(length + 1 + TAG_SIZE + HEADER_SIZE)
+        writer.commit(protection.seal_into(self._staging_view, length, 23, out))
         return seq
 
     def send_record(self, content: bytes | bytearray | memoryview) -> int:
@@ -572,10 +577,12 @@ class TLSConnection:
                     if self._ccs_allowed and self.joined:
                         self._ccs_allowed = False
                     handler = self.on_data
-                    if handler is not None:
-                        handler(plain[:n])
-                    else:
+                    if handler is None:
                         self._received += plain[:n]
+                    elif handler(plain[:n]):
+                        # the handler kept a view of the record: use a new buffer
+                        self._plain = bytearray(MAX_PLAINTEXT + 256)
+                        self._plain_view = plain = memoryview(self._plain)
                 elif inner_type == ContentType.handshake:
                     self._handle_handshake_fragment(plain[:n])
                 elif inner_type == ContentType.alert:
