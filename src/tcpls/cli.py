@@ -331,6 +331,130 @@ async def cmd_connect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -------------------------------------------------------------------- perf
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    suffix = raw[-1:] if raw[-1:] in units else ""
+    try:
+        value = float(raw[: len(raw) - len(suffix)]) * units[suffix]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 100M, 1G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("size must be positive")
+    return int(value)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+async def cmd_perf(args: argparse.Namespace) -> int:
+    """``tcpls perf``: server with -s, client with -c HOST."""
+    if args.server:
+        if not args.cert or not args.key:
+            raise CommandError("perf -s needs --cert and --key", EXIT_USAGE)
+        from tcpls.aio.api import serve
+        from tcpls.perf import perf_handler
+
+        server = await serve(perf_handler, args.host, args.port, config=server_config(args))
+        addresses = ", ".join(_format_address(s.getsockname()) for s in server.sockets)
+        print(f"tcpls perf: server listening on {addresses}", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.close()
+        await server.wait_closed()
+        return EXIT_OK
+    if not args.client:
+        raise CommandError("choose a role: -s (server) or -c HOST (client)", EXIT_USAGE)
+    return await _perf_client(args)
+
+
+async def _perf_client(args: argparse.Namespace) -> int:
+    import json
+
+    from tcpls.aio.api import connect
+    from tcpls.perf import format_bytes, format_rate, print_result, run_client
+
+    target = f"{args.client}:{args.port}"
+    try:
+        session = await connect(args.client, args.port, config=client_config(args))
+    except (TCPLSError, OSError) as exc:
+        raise CommandError(describe_error(exc, target)) from None
+    seconds = None if args.bytes else args.time
+    live = not args.json and sys.stderr.isatty()
+    progress: Any = None
+    task: Any = None
+    if live:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[done]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            transient=True,
+        )
+        total = args.bytes if args.bytes else seconds
+        task = progress.add_task(
+            "receiving" if args.reverse else "sending", total=total, done="", rate=""
+        )
+        progress.start()
+
+    def on_interval(elapsed: float, done: int, rate: float) -> None:
+        if progress is not None:
+            progress.update(
+                task,
+                completed=done if args.bytes else elapsed,
+                done=format_bytes(done),
+                rate=format_rate(rate),
+            )
+        elif not args.json:
+            print(
+                f"{elapsed:6.1f} s  {format_bytes(done):>11}  {format_rate(rate):>14}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        result = await run_client(
+            session,
+            streams=args.parallel,
+            seconds=seconds,
+            total_bytes=args.bytes,
+            reverse=args.reverse,
+            on_interval=on_interval,
+            interval=args.interval,
+        )
+    except* (TCPLSError, OSError) as group:
+        session.abort()
+        raise CommandError(describe_error(group.exceptions[0], target)) from None
+    finally:
+        if progress is not None:
+            progress.stop()
+    await session.aclose(timeout=5)
+    if args.json:
+        print(json.dumps(result.as_json()))
+    else:
+        print_result(result)
+    unconfirmed = [s for s in result.streams if s.confirmed is not None and s.confirmed != s.bytes]
+    if unconfirmed:
+        raise CommandError("the peer counted different byte totals than were sent")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -367,6 +491,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("port", metavar="PORT", type=_port, help="server TCP port")
     add_tls_client_options(p)
     p.set_defaults(func=cmd_connect)
+
+    p = sub.add_parser(
+        "perf",
+        help="measure goodput, like iperf3",
+        description="Measure goodput between two hosts, like iperf3. Run `tcpls perf -s --cert "
+        "F --key F` on one and `tcpls perf -c HOST` on the other. The client shows live "
+        "progress and a final table (or one JSON object with --json).",
+    )
+    role = p.add_mutually_exclusive_group()
+    role.add_argument("-s", "--server", action="store_true", help="run the server")
+    role.add_argument("-c", "--client", metavar="HOST", help="run the client against HOST")
+    p.add_argument("-p", "--port", type=_port, default=5201, help="TCP port (default: 5201)")
+    p.add_argument("--host", default="0.0.0.0", help="server: address to listen on")
+    p.add_argument("--cert", metavar="FILE", help="server: PEM certificate (chain) file")
+    p.add_argument("--key", metavar="FILE", help="server: PEM private key file")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument(
+        "-t", "--time", type=_seconds, default=10.0, help="client: seconds to transmit (10)"
+    )
+    amount.add_argument(
+        "-n", "--bytes", type=_size, help="client: bytes to transmit instead (e.g. 1G, 100M)"
+    )
+    p.add_argument(
+        "-P", "--parallel", type=_positive_int, default=1, help="client: parallel streams (1)"
+    )
+    p.add_argument(
+        "-R", "--reverse", action="store_true", help="client: the server sends, we receive"
+    )
+    p.add_argument(
+        "-i", "--interval", type=_seconds, default=1.0, help="seconds between reports (1)"
+    )
+    p.add_argument("--json", action="store_true", help="client: print one JSON object")
+    verify = p.add_mutually_exclusive_group()
+    verify.add_argument("--cafile", metavar="FILE", help="client: CA certificates to verify with")
+    verify.add_argument(
+        "--insecure", action="store_true", help="client: do not verify the certificate"
+    )
+    p.add_argument("--server-name", metavar="NAME", help="client: name for SNI and verification")
+    p.add_argument("--keylog", metavar="FILE", help="append TLS secrets to FILE (NSS format)")
+    add_common_tls_options(p)
+    p.set_defaults(func=cmd_perf)
 
     from tcpls.lab.cli import add_subparser as add_lab
 

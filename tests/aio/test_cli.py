@@ -177,3 +177,78 @@ def test_help_explains_every_option() -> None:
     out = subprocess.run([*TCPLS, "connect", "--help"], capture_output=True).stdout.decode()
     for option in ("--cafile", "--insecure", "--server-name", "--keylog"):
         assert option in out
+
+
+def test_perf_between_two_processes(pki: DevPKI) -> None:
+    import json
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            *TCPLS,
+            "perf",
+            "-s",
+            "--cert",
+            str(pki.cert_file),
+            "--key",
+            str(pki.key_file),
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_port(port, proc=server)  # type: ignore[arg-type]
+        for extra in ([], ["-R"]):
+            proc = subprocess.run(
+                [
+                    *TCPLS,
+                    "perf",
+                    "-c",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "--cafile",
+                    str(pki.ca_file),
+                    "-n",
+                    "64M",
+                    "-P",
+                    "3",
+                    "--json",
+                    *extra,
+                ],
+                capture_output=True,
+                timeout=60,
+            )
+            assert proc.returncode == 0, proc.stderr
+            report = json.loads(proc.stdout)
+            assert report["tcpls"] is True
+            assert report["direction"] == ("download" if extra else "upload")
+            assert report["bytes"] == 3 * ((64 << 20) // 3)
+            assert len(report["streams"]) == 3
+            assert all(s["confirmed_bytes"] == s["bytes"] for s in report["streams"])
+            assert report["bits_per_second"] > 0
+        timed = subprocess.run(
+            [
+                *TCPLS,
+                "perf",
+                "-c",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--cafile",
+                str(pki.ca_file),
+                "-t",
+                "1",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        assert timed.returncode == 0, timed.stderr
+        assert b"total" in timed.stdout
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=10)
+        assert b"Traceback" not in err

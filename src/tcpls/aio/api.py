@@ -13,7 +13,7 @@ from tcpls.config import ClientConfig, ServerConfig
 from tcpls.core.endpoint import ServerEndpoint, client_session
 from tcpls.core.scheduler import SchedulerName
 from tcpls.core.session import Session as CoreSession
-from tcpls.errors import ConnectionClosedError
+from tcpls.errors import TCPLSError
 
 __all__ = ["Server", "connect", "serve"]
 
@@ -97,6 +97,13 @@ async def _connect(
     return session
 
 
+def _session_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every exception of a group) is a session or socket error."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_session_error(e) for e in exc.exceptions)
+    return isinstance(exc, TCPLSError | OSError)
+
+
 class Server:
     """A listening tcpls server, shaped like :class:`asyncio.Server`."""
 
@@ -155,11 +162,13 @@ class Server:
     async def _run_handler(self, session: Session) -> None:
         try:
             await self._handler(session)
-        except ConnectionClosedError as exc:
-            logger.debug("session handler ended: %s", exc)
         except Exception as exc:
-            logger.warning("session handler failed: %s: %s", exc.__class__.__name__, exc)
-            logger.debug("handler traceback", exc_info=True)
+            if _session_error(exc):
+                # the session failed under the handler (peer gone, protocol error)
+                logger.debug("session handler ended: %s", exc)
+            else:
+                logger.warning("session handler failed: %s: %s", exc.__class__.__name__, exc)
+                logger.debug("handler traceback", exc_info=True)
             session.abort()
         finally:
             if not session.closed:
