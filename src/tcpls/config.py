@@ -149,6 +149,9 @@ class SessionTuning:
     ping_timeout: float = 1.0
     #: Time allowed for the TLS handshake (or a join exchange), seconds.
     handshake_timeout: float = 10.0
+    #: Server: how long a session with no connection left waits for the client to join
+    #: again (break-before-make); client: how long it keeps trying to join.
+    rejoin_timeout: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -183,10 +183,7 @@ class Harness:
 
     def join(self) -> Link:
         """Client joins a new TCP connection with a spare token."""
-        made = self.client.make_join_connection()
-        assert made is not None, "no spare token"
-        tls, seq = made
-        self.client.add_connection(tls, seq)
+        tls, seq = self.client.start_join()
         pending = self.endpoint.new_session()
         link = Link(seq, pending, 0)
         self.links.append(link)

@@ -87,6 +87,7 @@ async def _connect(
         )
     except TimeoutError:
         raise TimeoutError(f"timed out connecting to {host}:{port}") from None
+    session._join_targets.append((host, port, local_addr))
     core.connections[0].tls.start()
     session._process()
     try:

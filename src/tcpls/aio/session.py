@@ -157,6 +157,13 @@ class Session:
         self._fallback_stream_taken = False
         self._processing = False
         self._guard: asyncio.TimerHandle | None = None
+        self._join_waiters: dict[int, asyncio.Future[TCPLSError | None]] = {}
+        self._removal_waiters: list[asyncio.Future[None]] = []
+        #: Where this client connected or joined, for rejoining (break-before-make).
+        self._join_targets: list[tuple[str, int, tuple[str, int] | None]] = []
+        self._rejoin_task: asyncio.Task[None] | None = None
+        if core.is_client:
+            core.rejoin = True
 
     # ------------------------------------------------------------ public API
 
@@ -276,6 +283,136 @@ class Session:
                 yield await self.accept_stream()
             except ConnectionClosedError:
                 return
+
+    # ------------------------------------------------------------- multipath
+
+    @property
+    def scheduler(self) -> str:
+        """``aggregate``, ``pinned`` or ``backup`` (see :mod:`tcpls.core.scheduler`); settable."""
+        return self._core.scheduler.name
+
+    @scheduler.setter
+    def scheduler(self, name: str) -> None:
+        from tcpls.core.scheduler import SCHEDULERS
+
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r} (choose from {', '.join(SCHEDULERS)})")
+        self._core.scheduler.name = name
+        for stream in self._core.streams.values():
+            stream.pin = None if name != "pinned" else stream.pin
+        self._schedule_flush()
+
+    @property
+    def spare_tokens(self) -> int:
+        """Client: join tokens available for more connections."""
+        return len(self._core.tokens)
+
+    async def join(
+        self,
+        host: str,
+        port: int,
+        local_addr: tuple[str, int] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> ConnectionInfo:
+        """Client: add a TCP connection to ``host:port`` to the session (draft-04 §4.2.1).
+
+        Uses a spare token (no new key exchange) and returns the new connection's
+        info. Raises ``OSError`` if the TCP connection fails (the token is kept),
+        :class:`tcpls.errors.PeerAlert` if the server rejects the token, and
+        :class:`TCPLSError` when no token is left.
+        """
+        if not self._core.is_client:
+            raise TCPLSError("only the client adds connections (draft-04 §4.2)")
+        await self.wait_established()
+        if not self._core.tcpls:
+            raise TCPLSError("joins need TCPLS; this session fell back to plain TLS (W17)")
+        timeout = timeout if timeout is not None else self._core.tuning.handshake_timeout
+        tls, cid = self._core.start_join()
+        protocol = ConnectionProtocol(self, cid)
+        waiter: asyncio.Future[TCPLSError | None] = self._loop.create_future()
+        self._join_waiters[cid] = waiter
+        try:
+            try:
+                await asyncio.wait_for(
+                    self._loop.create_connection(
+                        lambda: protocol, host, port, local_addr=local_addr
+                    ),
+                    timeout,
+                )
+            except (OSError, TimeoutError) as exc:
+                self._core.abandon_join(cid, ConnectionClosedError(str(exc)))
+                self._process()
+                if isinstance(exc, TimeoutError):
+                    raise TimeoutError(f"timed out connecting to {host}:{port}") from None
+                raise
+            self._join_targets.append((host, port, local_addr))
+            tls.start()
+            self._process()
+            try:
+                error = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except TimeoutError:
+                self._core.fail_connection(
+                    cid, ConnectionClosedError("the join timed out"), self._loop.time()
+                )
+                self._process()
+                raise TimeoutError(f"joining {host}:{port} timed out") from None
+        finally:
+            self._join_waiters.pop(cid, None)
+        if error is not None:
+            raise error
+        return self._info(cid)
+
+    async def migrate(
+        self,
+        host: str,
+        port: int,
+        local_addr: tuple[str, int] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> ConnectionInfo:
+        """Client: move the session to a new connection to ``host:port``.
+
+        Joins the new connection, then retires every other one (W20: no new data
+        on them, FIN once their records are acknowledged). No byte is lost or
+        duplicated for the application. Returns the new connection's info.
+        """
+        info = await self.join(host, port, local_addr, timeout=timeout)
+        for cid in list(self._core.connections):
+            if cid != info.id:
+                self._core.remove_connection(cid)
+        self._schedule_flush()
+        await self._wait_removed([c for c in self._core.connections if c != info.id], timeout)
+        return info
+
+    async def retire(self, connection_id: int, *, timeout: float | None = None) -> None:
+        """Remove one connection gracefully (W20) and wait until it is gone."""
+        if connection_id not in self._core.connections:
+            raise ValueError(f"no connection {connection_id} in this session")
+        if len(self._core.connections) < 2:
+            raise TCPLSError("cannot retire the last connection; close the session instead")
+        self._core.remove_connection(connection_id)
+        self._schedule_flush()
+        await self._wait_removed([connection_id], timeout)
+
+    async def _wait_removed(self, ids: list[int], timeout: float | None) -> None:
+        limit = timeout if timeout is not None else max(10.0, self._core.tuning.rejoin_timeout)
+        deadline = self._loop.time() + limit
+        while any(cid in self._core.connections for cid in ids) and not self._core.closed:
+            if self._loop.time() > deadline:
+                raise TimeoutError("connections were not retired in time")
+            waiter = self._loop.create_future()
+            self._removal_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - self._loop.time()))
+            except TimeoutError:
+                continue
+
+    def _info(self, cid: int) -> ConnectionInfo:
+        for info in self.connections:
+            if info.id == cid:
+                return info
+        raise ConnectionClosedError(f"connection {cid} is gone")
 
     async def wait_established(self) -> None:
         """Wait for the handshake; raise its error if it failed."""
@@ -469,14 +606,54 @@ class Session:
             if blocked and not protocol.user_timeout_relaxed:
                 set_user_timeout(sock, max(ZERO_WINDOW_TIMEOUT, timeout))
                 protocol.user_timeout_relaxed = True
+                self._core.set_flow_blocked(cid, True)
             elif not blocked and protocol.user_timeout_relaxed:
                 set_user_timeout(sock, timeout)
                 protocol.user_timeout_relaxed = False
+                self._core.set_flow_blocked(cid, False)
             conn = self._core.connections.get(cid)
             if protocol.user_timeout_relaxed or cid in self._paused or (conn and conn.sent_log):
                 active = True
         if active:
             self._start_flow_guard()
+
+    def _start_rejoin(self) -> None:
+        if self._rejoin_task is None or self._rejoin_task.done():
+            self._rejoin_task = self._loop.create_task(self._rejoin())
+
+    async def _rejoin(self) -> None:
+        """Break-before-make: the last connection died; join again with a spare token.
+
+        Tries the addresses the server advertised, then the ones this client
+        used, until one joins or ``rejoin_timeout`` passes.
+        """
+        core = self._core
+        deadline = self._loop.time() + core.tuning.rejoin_timeout
+        attempt_timeout = max(1.0, 2 * (self._user_timeout() or 1.0))
+        while not core.connections and not core.closed:
+            targets: list[tuple[str, int, tuple[str, int] | None]] = [
+                (host, port, None) for host, port in core.peer_addresses.values()
+            ]
+            targets += [t for t in reversed(self._join_targets) if t not in targets]
+            for host, port, local in targets:
+                if core.closed or core.connections or not core.tokens:
+                    break
+                try:
+                    await self.join(host, port, local, timeout=attempt_timeout)
+                    logger.info("rejoined the session over %s:%d", host, port)
+                    return
+                except (OSError, TimeoutError, TCPLSError) as exc:
+                    logger.info("rejoin over %s:%d failed: %s", host, port, exc)
+            if not core.tokens or self._loop.time() > deadline:
+                core.rejoin = False
+                core.abort(
+                    ConnectionClosedError(
+                        "every connection of the session failed and none could join again"
+                    )
+                )
+                self._process()
+                return
+            await asyncio.sleep(0.2)
 
     def _reschedule_timer(self) -> None:
         deadline = self._core.next_deadline()
@@ -514,10 +691,23 @@ class Session:
                         protocol.transport.close()
                     else:
                         protocol.transport.abort()
+                waiter = self._join_waiters.get(event.connection_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(
+                        event.error or ConnectionClosedError("the joined connection closed")
+                    )
+                for removal in self._removal_waiters:
+                    if not removal.done():
+                        removal.set_result(None)
+                self._removal_waiters.clear()
+                if core.is_client and not core.connections and not core.closed:
+                    self._start_rejoin()
             elif isinstance(event, PeerClosed):
                 self._incoming.put_nowait(None)  # the peer opens no more streams
             elif isinstance(event, ConnectionAdded):
-                pass
+                waiter = self._join_waiters.get(event.connection_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
 
     def _finish(self) -> None:
         core = self._core

@@ -50,11 +50,14 @@ class Connection:
         "bytes_received",
         "bytes_sent",
         "expected_stream_change",
+        "flow_blocked",
         "id",
         "last_receive",
         "local_address",
         "peer_acked",
+        "ping_pending",
         "ping_sent_at",
+        "ping_sequence",
         "records_received",
         "records_sent",
         "remote_address",
@@ -83,7 +86,12 @@ class Connection:
         self.bytes_sent = 0
         self.sent_log: deque[LogEntry] = deque()
         self.peer_acked = -1  # highest record sequence the peer acknowledged
-        self.ping_sent_at: float | None = None
+        self.ping_pending = False  # a Ping is to be sent on this connection
+        self.ping_sent_at: float | None = None  # when the unanswered Ping left
+        self.ping_sequence = -1  # the record that carried it
+        #: Set by the I/O layer while the peer advertises a zero TCP window: the
+        #: connection is slow, not dead, so Ping probes are suspended.
+        self.flow_blocked = False
 
     @property
     def usable(self) -> bool:

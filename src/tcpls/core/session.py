@@ -63,6 +63,7 @@ from tcpls.errors import (
     ConnectionClosedError,
     IllegalParameter,
     InternalError,
+    PeerAlert,
     ProtocolError,
     TCPLSError,
     UnexpectedMessage,
@@ -102,6 +103,7 @@ __all__ = ["Session", "SessionState"]
 logger = logging.getLogger(__name__)
 
 _RETRANSMITTED_CONTROL = (NewToken, NewAddress, RemoveAddress, ConnectionReset)
+_PROBED = frozenset({ConnectionStatus.ACTIVE, ConnectionStatus.DRAINING})
 _STREAM_HEADER = struct.Struct(">HQIB")  # Length, Offset, Stream ID, Type (W3)
 _ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type
 #: Stop adding Stream frames to a record when less room than this is left.
@@ -170,7 +172,10 @@ class Session:
         self._next_token_sequence = 1
         self._outstanding_tokens: set[int] = set()
         self._used_connection_ids: set[int] = {0}
+        self._join_tokens: dict[int, bytes] = {}  # client: tokens of joins under way
         self._close_requested = False
+        #: Server: when the session lost its last connection (it waits for a rejoin).
+        self._orphaned_since: float | None = None
         #: Client: the I/O layer joins a new connection when the last one fails
         #: (break-before-make); without it the session ends with the last connection.
         self.rejoin = False
@@ -253,17 +258,24 @@ class Session:
         seq = min(self.tokens)
         return seq, self.tokens.pop(seq)
 
-    def make_join_connection(self, **tls_kwargs: object) -> tuple[TLSConnection, int] | None:
-        """Client: a :class:`TLSConnection` that joins this session with a spare token.
+    def start_join(self, **tls_kwargs: object) -> tuple[TLSConnection, int]:
+        """Client: a new connection that joins this session with a spare token (W7).
 
-        Returns ``(tls, connection_id)``, or ``None`` when no token is left.
-        Add it with :meth:`add_connection` and call ``tls.start()``.
+        The connection is registered (status ``handshake``) under the token's
+        sequence number, its Connection ID. Call ``tls.start()`` once the TCP
+        connection is up; :class:`ConnectionAdded` (or :class:`ConnectionRemoved`
+        with the error) reports the outcome. Raises :class:`TCPLSError` when no
+        token is left.
         """
-        if self._app_keys is None or not self.tcpls:
+        if (
+            self._app_keys is None
+            or not self.tcpls
+            or self.state is not (SessionState.ESTABLISHED)
+        ):
             raise ConnectionClosedError("joins need an established TCPLS session")
         entry = self.take_token()
         if entry is None:
-            return None
+            raise TCPLSError("no join token left (the server limits the connections per session)")
         seq, token = entry
         read_keys, write_keys = self._app_keys
         tls = TLSConnection.join_client(
@@ -272,9 +284,27 @@ class Session:
             write_keys=write_keys,
             connection_id=seq,
             server_name=self.server_name,
+            max_record_size=self.tuning.max_record_size,
             **tls_kwargs,  # type: ignore[arg-type]
         )
+        self._join_tokens[seq] = token
+        self.add_connection(tls, seq)
         return tls, seq
+
+    def abandon_join(self, connection_id: int, error: TCPLSError | None = None) -> None:
+        """Client: the TCP connection for a join never came up; forget it.
+
+        The token was never sent, so it goes back to the spare tokens.
+        """
+        conn = self.connections.get(connection_id)
+        token = self._join_tokens.pop(connection_id, None)
+        if conn is None or conn.status is not ConnectionStatus.HANDSHAKE:
+            return
+        del self.connections[connection_id]
+        if token is not None and not conn.tls.pending_output and conn.tls.state.value == "start":
+            self.tokens[connection_id] = token
+        self._events.append(ConnectionRemoved(connection_id, error))
+        self._maybe_closed()
 
     # ------------------------------------------------------------------ input
 
@@ -346,6 +376,8 @@ class Session:
 
     def _on_handshake_completed(self, conn: Connection, event: HandshakeCompleted) -> None:
         if event.joined:
+            self._join_tokens.pop(conn.id, None)
+            self._used_connection_ids.add(conn.id)
             self._connection_ready(conn)
             self._events.append(ConnectionAdded(conn.id))
             return
@@ -653,8 +685,16 @@ class Session:
         )
 
     def _on_tls_failed(self, conn: Connection, error: TCPLSError) -> None:
-        if isinstance(error, ProtocolError) or not self.tcpls:
-            self._fail(error)
+        if conn.status is ConnectionStatus.HANDSHAKE and self.state is SessionState.ESTABLISHED:
+            # a join that failed (e.g. illegal_parameter for a bad token): the session
+            # itself is untouched (W7)
+            self._join_tokens.pop(conn.id, None)
+            conn.status = ConnectionStatus.FAILED
+            self.connections.pop(conn.id, None)
+            self._events.append(ConnectionRemoved(conn.id, error))
+            self._maybe_closed()
+        elif isinstance(error, ProtocolError | PeerAlert) or not self.tcpls:
+            self._fail(error)  # a fatal alert closes the whole session (W14)
         else:
             self._connection_failed(conn, error)
 
@@ -842,6 +882,8 @@ class Session:
             return True
         if not tls.can_send:
             return False
+        if conn.ping_pending:
+            return True
         if conn.status is ConnectionStatus.ACTIVE:
             if self._control or self._sendable_for(conn):
                 return True
@@ -952,7 +994,12 @@ class Session:
 
     def _bulk_stream(self, conn: Connection) -> Stream | None:
         """The one stream to send with :meth:`_fill_bulk`, when nothing else is pending."""
-        if len(self._sendable) != 1 or self._control or self.scheduler.name != "aggregate":
+        if (
+            len(self._sendable) != 1
+            or self._control
+            or conn.ping_pending
+            or self.scheduler.name != "aggregate"
+        ):
             return None
         for c in self.connections.values():
             if c.ack_pending_records:
@@ -999,6 +1046,10 @@ class Session:
                 return
             seq = tls.seal_staged(pos)
             conn.records_sent += 1
+            if conn.ping_pending:
+                conn.ping_pending = False
+                conn.ping_sent_at = now
+                conn.ping_sequence = seq
             if reliable:
                 if refs or logged:
                     conn.sent_log.append((seq, refs, logged))
@@ -1021,6 +1072,8 @@ class Session:
                     c.ack_pending_bytes = 0
                     c.ack_deadline = None
                     c.ack_now = False
+        if conn.ping_pending:
+            frames.append(Ping())
         if usable or conn.status is ConnectionStatus.DRAINING:
             control = self._control
             size = sum(frame_size(f) for f in frames)
@@ -1093,16 +1146,69 @@ class Session:
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next (``None``: no timer)."""
-        deadlines = [
-            c.ack_deadline
-            for c in self.connections.values()
-            if c.ack_deadline is not None and c.ack_pending_records
-        ]
+        tuning = self.tuning
+        deadlines: list[float] = []
+        for c in self.connections.values():
+            if c.ack_deadline is not None and c.ack_pending_records:
+                deadlines.append(c.ack_deadline)
+            if c.status not in _PROBED or c.flow_blocked or not self.tcpls:
+                continue
+            if c.ping_sent_at is not None:
+                deadlines.append(c.ping_sent_at + tuning.ping_timeout)
+            elif c.sent_log and not c.ping_pending:
+                deadlines.append(c.last_receive + tuning.ping_after)
+        if self._orphaned_since is not None:
+            deadlines.append(self._orphaned_since + tuning.rejoin_timeout)
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
-        """Run the timers that expired (the I/O layer then transmits)."""
+        """Run the timers that expired (the I/O layer then transmits).
+
+        Liveness (W11): a connection with data outstanding that received nothing
+        for ``ping_after`` gets a Ping; if the Ping is not answered (no ACK for
+        its record, nothing received) within ``ping_timeout``, the connection
+        has failed. A server session left without connections waits
+        ``rejoin_timeout`` for the client to join again (break-before-make).
+        """
         self.now = now
+        tuning = self.tuning
+        for conn in list(self.connections.values()):
+            if conn.status not in _PROBED or not self.tcpls:
+                continue
+            if conn.flow_blocked:
+                conn.ping_sent_at = None
+                continue
+            if conn.ping_sent_at is not None:
+                answered = (
+                    conn.peer_acked >= conn.ping_sequence or conn.last_receive > conn.ping_sent_at
+                )
+                if answered:
+                    conn.ping_sent_at = None
+                elif now - conn.ping_sent_at >= tuning.ping_timeout:
+                    self._connection_failed(
+                        conn,
+                        ConnectionClosedError(
+                            f"connection {conn.id} did not answer a Ping "
+                            f"within {tuning.ping_timeout:g} s"
+                        ),
+                    )
+            elif conn.sent_log and now - conn.last_receive >= tuning.ping_after:
+                conn.ping_pending = True
+        since = self._orphaned_since
+        if since is not None and now - since >= tuning.rejoin_timeout:
+            self._set_closed(
+                ConnectionClosedError(
+                    f"no connection joined again within {tuning.rejoin_timeout:g} s"
+                )
+            )
+
+    def set_flow_blocked(self, connection_id: int, blocked: bool) -> None:
+        """The I/O layer saw the peer's TCP window closed (or open again) on a connection."""
+        conn = self.connections.get(connection_id)
+        if conn is not None:
+            conn.flow_blocked = blocked
+            if not blocked:
+                conn.last_receive = max(conn.last_receive, self.now)
 
     # ------------------------------------------------------------------ closing
 
@@ -1157,13 +1263,24 @@ class Session:
             local_done = local_done or bool(stream and stream.fin_sent)
         if local_done and self.peer_closed:
             self._set_closed(None)
-        elif not self.connections and self.state is not SessionState.HANDSHAKE:
-            if self.peer_closed and (local_done or not self.is_client):
-                self._set_closed(None)
-            elif not (self.is_client and self.tokens and self.rejoin) or self._close_requested:
+            return
+        if self.connections or self.state is SessionState.HANDSHAKE:
+            self._orphaned_since = None
+            return
+        if self.peer_closed and (local_done or not self.is_client):
+            self._set_closed(None)
+        elif self._close_requested or not self.tcpls:
+            self._set_closed(
+                self.error or ConnectionClosedError("every connection of the session closed")
+            )
+        elif self.is_client:
+            if not (self.tokens and self.rejoin):
                 self._set_closed(
                     self.error or ConnectionClosedError("every connection of the session closed")
                 )
+        elif self._orphaned_since is None:
+            # break-before-make: the client may join again with a spare token
+            self._orphaned_since = self.now
 
     def _set_closed(self, error: TCPLSError | None) -> None:
         if self.state is SessionState.CLOSED:
