@@ -136,7 +136,77 @@ def add_tls_client_options(p: argparse.ArgumentParser) -> None:
         help="append TLS secrets to FILE in NSS key log format, for Wireshark "
         "(default: $SSLKEYLOGFILE when set)",
     )
+    add_multipath_options(p)
     add_common_tls_options(p)
+
+
+def add_multipath_options(p: argparse.ArgumentParser) -> None:
+    """Client options for the TCP connections of a session."""
+    p.add_argument(
+        "--join",
+        metavar="HOST:PORT[@LOCAL_IP]",
+        action="append",
+        default=[],
+        type=_join_target,
+        help="after connecting, join another TCP connection to HOST:PORT (from LOCAL_IP if "
+        "given) with a server-issued token; repeatable",
+    )
+    p.add_argument(
+        "--local",
+        metavar="IP",
+        help="local address of the first connection (default: chosen by the kernel)",
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=("aggregate", "pinned", "backup"),
+        default="aggregate",
+        help="how data is spread over connections: aggregate (every connection, the "
+        "default), pinned (each stream stays on one), backup (the first connection; the "
+        "others only when it fails)",
+    )
+
+
+def _join_target(text: str) -> tuple[str, int, str | None]:
+    target, _, local = text.partition("@")
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT[@LOCAL_IP], got {text!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    return host.strip("[]"), port, local or None
+
+
+async def open_session(args: argparse.Namespace, host: str, port: int) -> Session:
+    """Connect with the client options, then make the ``--join`` connections."""
+    from tcpls.aio.api import connect
+
+    target = f"{host}:{port}"
+    local = (args.local, 0) if getattr(args, "local", None) else None
+    try:
+        session = await connect(
+            host,
+            port,
+            config=client_config(args),
+            local_addr=local,
+            scheduler=getattr(args, "scheduler", "aggregate"),
+        )
+    except (TCPLSError, OSError) as exc:
+        raise CommandError(describe_error(exc, target)) from None
+    for join_host, join_port, join_local in getattr(args, "join", []):
+        where = f"{join_host}:{join_port}"
+        try:
+            info = await session.join(
+                join_host, join_port, (join_local, 0) if join_local else None
+            )
+        except (TCPLSError, OSError) as exc:
+            session.abort()
+            raise CommandError(f"cannot join {where}: {describe_error(exc)}") from None
+        log.info("joined connection %d to %s", info.id, where)
+    return session
 
 
 def add_common_tls_options(p: argparse.ArgumentParser) -> None:
@@ -217,16 +287,32 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def add_server_options(p: argparse.ArgumentParser) -> None:
+def add_server_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     """Options shared by the server commands."""
-    p.add_argument("--cert", required=True, metavar="FILE", help="PEM certificate (chain) file")
-    p.add_argument("--key", required=True, metavar="FILE", help="PEM private key file")
+    p.add_argument(
+        "--cert", required=required, metavar="FILE", help="PEM certificate (chain) file"
+    )
+    p.add_argument("--key", required=required, metavar="FILE", help="PEM private key file")
     p.add_argument(
         "--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, all IPv4)"
     )
-    p.add_argument("--port", "-p", type=_port, default=8443, help="TCP port (default: 8443)")
     p.add_argument("--keylog", metavar="FILE", help="append TLS secrets to FILE (NSS format)")
-    add_common_tls_options(p)
+    p.add_argument(
+        "--advertise",
+        metavar="IP:PORT",
+        action="append",
+        default=[],
+        help="advertise another address of this server to clients (New Address); they may "
+        "join or fail over to it; repeatable",
+    )
+    p.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=_positive_int,
+        default=4,
+        help="TCP connections allowed per session, the first included: the server hands out "
+        "N-1 join tokens and replenishes them as connections leave (default: 4)",
+    )
 
 
 # ----------------------------------------------------------------- serve
@@ -256,9 +342,14 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     from tcpls.aio.api import serve
 
     config = server_config(args)
-    if not args.echo:
-        raise CommandError("choose what to serve: --echo", EXIT_USAGE)
-    handler = echo_handler
+    if args.files:
+        from tcpls.fileserve import make_file_handler
+
+        handler = make_file_handler(args.files)
+    elif args.echo:
+        handler = echo_handler
+    else:
+        raise CommandError("choose what to serve: --echo or --files DIR", EXIT_USAGE)
     server = await serve(handler, args.host, args.port, config=config)
     mode = "plain TLS" if args.no_tcpls else "TCPLS (plain TLS fallback)"
     addresses = ", ".join(_format_address(s.getsockname()) for s in server.sockets)
@@ -295,14 +386,8 @@ async def _stdin_chunks(chunk_size: int = 65536) -> Any:
 
 async def cmd_connect(args: argparse.Namespace) -> int:
     """``tcpls connect``: standard input to the server, the server's bytes to standard output."""
-    from tcpls.aio.api import connect
-
-    config = client_config(args)
     target = f"{args.host}:{args.port}"
-    try:
-        session = await connect(args.host, args.port, config=config)
-    except (TCPLSError, OSError) as exc:
-        raise CommandError(describe_error(exc, target)) from None
+    session = await open_session(args, args.host, args.port)
     mode = "TCPLS" if session.tcpls_negotiated else "plain TLS 1.3 (peer has no TCPLS)"
     log.info("connected to %s: %s, %s", target, mode, session.cipher_suite)
     reader, writer = await session.open_stream()
@@ -384,14 +469,10 @@ async def cmd_perf(args: argparse.Namespace) -> int:
 async def _perf_client(args: argparse.Namespace) -> int:
     import json
 
-    from tcpls.aio.api import connect
     from tcpls.perf import format_bytes, format_rate, print_result, run_client
 
     target = f"{args.client}:{args.port}"
-    try:
-        session = await connect(args.client, args.port, config=client_config(args))
-    except (TCPLSError, OSError) as exc:
-        raise CommandError(describe_error(exc, target)) from None
+    session = await open_session(args, args.client, args.port)
     seconds = None if args.bytes else args.time
     live = not args.json and sys.stderr.isatty()
     progress: Any = None
@@ -455,6 +536,96 @@ async def _perf_client(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------- get
+
+
+async def cmd_get(args: argparse.Namespace) -> int:
+    """``tcpls get``: download a file with progress and per-connection rates."""
+    from tcpls.fileserve import download
+    from tcpls.perf import format_bytes, format_rate
+
+    session = await open_session(args, args.host, args.port)
+    to_stdout = args.output == "-"
+    try:
+        out = sys.stdout.buffer if to_stdout else open(args.output, "wb")  # noqa: SIM115
+    except OSError as exc:
+        session.abort()
+        raise CommandError(f"cannot write {args.output}: {exc.strerror}") from None
+    live = sys.stderr.isatty()
+    rates = _ConnectionRates(session)
+    progress: Any = None
+    if live:
+        from rich.progress import (
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[paths]}"),
+            transient=True,
+        )
+        task = progress.add_task(args.path, total=None, paths="")
+        progress.start()
+
+    def on_progress(done: int) -> None:
+        if progress is not None:
+            progress.update(task, completed=done, paths=rates.describe(format_rate))
+
+    try:
+        result = await download(session, args.path, out, on_progress=on_progress)
+    except (TCPLSError, OSError) as exc:
+        session.abort()
+        raise CommandError(describe_error(exc, f"{args.host}:{args.port}")) from None
+    finally:
+        if progress is not None:
+            progress.stop()
+        if not to_stdout:
+            out.close()
+    connections = rates.describe(format_rate, final=True)
+    await session.aclose(timeout=5)
+    rate = result.bytes / result.seconds if result.seconds else 0.0
+    print(
+        f"tcpls: {args.path}: {format_bytes(result.bytes)} in {result.seconds:.2f} s "
+        f"({format_rate(rate)}){'; ' + connections if connections else ''}",
+        file=sys.stderr,
+    )
+    if args.sha256:
+        print(f"{result.sha256}  {args.output}")
+    if result.bytes == 0:
+        raise CommandError(f"the server sent nothing for {args.path} (no such file?)")
+    return EXIT_OK
+
+
+class _ConnectionRates:
+    """Per-connection receive rates of a session, for progress displays."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._start = asyncio.get_running_loop().time()
+        self._last: dict[int, tuple[float, int]] = {}
+        self._total: dict[int, int] = {}
+
+    def describe(self, fmt: Callable[[float], str], final: bool = False) -> str:
+        now = asyncio.get_running_loop().time()
+        parts = []
+        for info in self.session.connections:
+            self._total[info.id] = info.bytes_received
+            then, before = self._last.get(info.id, (self._start, 0))
+            if final:
+                then, before = self._start, 0
+            rate = (info.bytes_received - before) / (now - then) if now > then else 0.0
+            self._last[info.id] = (now, info.bytes_received)
+            parts.append(f"conn {info.id}: {fmt(rate)}")
+        return ", ".join(parts)
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -476,7 +647,16 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupted; a failing session never stops the server.",
     )
     add_server_options(p)
-    p.add_argument("--echo", action="store_true", help="echo every stream back to its sender")
+    p.add_argument("--port", "-p", type=_port, default=8443, help="TCP port (default: 8443)")
+    add_common_tls_options(p)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--echo", action="store_true", help="echo every stream back to its sender")
+    mode.add_argument(
+        "--files",
+        metavar="DIR",
+        help="serve the files under DIR: a client writes `GET /path\\r\\n` on a stream, "
+        "the server sends the file and ends the stream (see `tcpls get`)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -503,9 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     role.add_argument("-s", "--server", action="store_true", help="run the server")
     role.add_argument("-c", "--client", metavar="HOST", help="run the client against HOST")
     p.add_argument("-p", "--port", type=_port, default=5201, help="TCP port (default: 5201)")
-    p.add_argument("--host", default="0.0.0.0", help="server: address to listen on")
-    p.add_argument("--cert", metavar="FILE", help="server: PEM certificate (chain) file")
-    p.add_argument("--key", metavar="FILE", help="server: PEM private key file")
+    add_server_options(p, required=False)
     amount = p.add_mutually_exclusive_group()
     amount.add_argument(
         "-t", "--time", type=_seconds, default=10.0, help="client: seconds to transmit (10)"
@@ -529,9 +707,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="client: do not verify the certificate"
     )
     p.add_argument("--server-name", metavar="NAME", help="client: name for SNI and verification")
-    p.add_argument("--keylog", metavar="FILE", help="append TLS secrets to FILE (NSS format)")
+    add_multipath_options(p)
     add_common_tls_options(p)
     p.set_defaults(func=cmd_perf)
+
+    p = sub.add_parser(
+        "get",
+        help="download a file from `tcpls serve --files`",
+        description="Download PATH from a `tcpls serve --files DIR` server over one stream, "
+        "with a progress bar and the rate of each TCP connection of the session.",
+    )
+    p.add_argument("host", metavar="HOST", help="server name or address")
+    p.add_argument("port", metavar="PORT", type=_port, help="server TCP port")
+    p.add_argument("path", metavar="PATH", help="the file to fetch, e.g. /big.bin")
+    p.add_argument(
+        "-o", "--output", metavar="FILE", required=True, help="where to write it (- for stdout)"
+    )
+    p.add_argument("--sha256", action="store_true", help="print the SHA-256 of what was received")
+    add_tls_client_options(p)
+    p.set_defaults(func=cmd_get)
 
     from tcpls.lab.cli import add_subparser as add_lab
 

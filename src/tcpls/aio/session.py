@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 _TRANSPORT_HIGH_WATER = 1024 * 1024
 _FLUSH_BUDGET = 256 * 1024
+#: Seconds a closed session keeps reading a connection until the peer's FIN.
+_LINGER = 5.0
 #: TCP_USER_TIMEOUT while the peer advertises a zero window (see Session._flow_guard).
 ZERO_WINDOW_TIMEOUT = 120.0
 
@@ -75,6 +77,7 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         self.connection_id = connection_id
         self.transport: asyncio.Transport | None = None
         self.eof_written = False
+        self.peer_eof = False
         self.user_timeout_relaxed = False
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -98,8 +101,9 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         session._process()
 
     def eof_received(self) -> bool:
+        self.peer_eof = True
         session = self.session
-        if session is None:
+        if session is None or session._core.closed:
             return False
         session._core.receive_eof(self.connection_id, session._loop.time())
         session._process()
@@ -557,11 +561,11 @@ class Session:
                     and transport.can_write_eof()
                 ):
                     protocol.eof_written = True
-                    transport.write_eof()
+                    _write_eof(transport)
                 if conn is None or conn.status in (ConnectionStatus.FAILED,):
                     transport.close()
                 elif core.connection_drained(cid):
-                    transport.write_eof()
+                    _write_eof(transport)
                     core.finish_removal(cid)
             if wrote and self._guard is None:
                 self._start_flow_guard()
@@ -737,10 +741,25 @@ class Session:
             data = core.transmit(cid, self._loop.time())  # the alert, if any
             if data and not transport.is_closing():
                 transport.write(data)
-            transport.close()
+            if error is None and not protocol.peer_eof and not transport.is_closing():
+                # Read on until the peer's FIN: closing with unread bytes would send an
+                # RST, which can destroy data the peer has not read yet.
+                _write_eof(transport)
+                self._loop.call_later(_LINGER, transport.close)
+            else:
+                transport.close()
         self._closed.set_result(None)
         if self._server is not None:
             self._server._session_closed(self)
+
+
+def _write_eof(transport: asyncio.Transport) -> None:
+    """Send FIN; a peer that already reset the connection makes this a no-op."""
+    try:
+        if transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()
+    except OSError:
+        transport.abort()
 
 
 def _address(value: Any) -> tuple[str, int] | None:
