@@ -174,6 +174,7 @@ class Session:
         self._used_connection_ids: set[int] = {0}
         self._join_tokens: dict[int, bytes] = {}  # client: tokens of joins under way
         self._close_requested = False
+        self._close_notify_seen = False
         #: Server: when the session lost its last connection (it waits for a rejoin).
         self._orphaned_since: float | None = None
         #: Client: the I/O layer joins a new connection when the last one fails
@@ -612,7 +613,8 @@ class Session:
             raise UnexpectedMessage("a client sent a New Token frame")
         if frame.sequence == 0:
             raise IllegalParameter("token sequence 0 is the initial connection")
-        if frame.sequence not in self._used_connection_ids:
+        seq = frame.sequence
+        if seq not in self._used_connection_ids and seq not in self.connections:
             if frame.sequence not in self.tokens:
                 self._events.append(TokenReceived(frame.sequence))
             self.tokens[frame.sequence] = bytes(frame.token)
@@ -657,6 +659,24 @@ class Session:
     # ------------------------------------------------------------- close_notify
 
     def _on_close_notify(self, conn: Connection) -> None:
+        self._close_notify_seen = True
+        self._check_peer_closed()
+        self._maybe_closed()
+
+    def _check_peer_closed(self) -> None:
+        """The peer is done once close_notify came on every connection it still has.
+
+        A close_notify on one connection does not end the session's data: bytes
+        sent earlier on another connection may still be in flight there, and TCP
+        delivers them before that connection's own close_notify (W20).
+        """
+        if self.peer_closed or not self._close_notify_seen:
+            return
+        for c in self.connections.values():
+            if c.status is ConnectionStatus.HANDSHAKE:
+                continue
+            if not c.tls.close_notify_received:
+                return
         if not self.peer_closed:
             self.peer_closed = True
             for stream in self.streams.values():
@@ -666,7 +686,6 @@ class Session:
                 self.readable.add(stream.id)
                 self.writable.add(stream.id)
             self._events.append(PeerClosed())
-        self._maybe_closed()
 
     def _on_transport_ended(self, conn: Connection, clean: bool) -> None:
         if clean or self.peer_closed:
@@ -730,9 +749,7 @@ class Session:
         self._events.append(ConnectionRemoved(conn.id, error))
         del self.connections[conn.id]
         self._replenish_tokens()
-        if not self._any_alive() and not self.is_client:
-            # the client will join again (break-before-make) or the session times out
-            pass
+        self._check_peer_closed()
         self._maybe_closed()
 
     def _reinject(self, conn: Connection) -> None:
@@ -766,6 +783,7 @@ class Session:
         self.connections.pop(conn.id, None)
         self._events.append(ConnectionRemoved(conn.id, error))
         self._replenish_tokens()
+        self._check_peer_closed()
         self._maybe_closed()
 
     def remove_connection(self, connection_id: int) -> None:
@@ -1223,8 +1241,8 @@ class Session:
             self._set_closed(None)
             return
         self.state = SessionState.CLOSING
-        if self._flushed():
-            self._send_close_notify()
+        # close_notify goes out from transmit(), after the ACKs we still owe (W9)
+        self._maybe_closed()
 
     def _flushed(self) -> bool:
         """Whether everything was sent and, unless the peer closed, acknowledged."""
