@@ -39,12 +39,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import struct
-from collections import deque
 from collections.abc import Iterable
-from enum import Enum
 
-from tcpls.config import SessionTuning
-from tcpls.core.connection import Connection, ConnectionStatus, StreamRef
+from tcpls.core.connection import Connection, ConnectionStatus
 from tcpls.core.events import (
     ConnectionAdded,
     ConnectionRemoved,
@@ -53,20 +50,18 @@ from tcpls.core.events import (
     PeerClosed,
     SessionClosed,
     SessionEvent,
-    StreamOpened,
     TokenReceived,
 )
-from tcpls.core.scheduler import Scheduler, SchedulerName
+from tcpls.core.receiving import ReceivingMixin
+from tcpls.core.sending import SendingMixin
+from tcpls.core.state import SessionState
 from tcpls.core.streams import Stream
-from tcpls.core.tokens import MAX_TOKEN_SEQUENCE, TokenRegistry
+from tcpls.core.tokens import MAX_TOKEN_SEQUENCE
 from tcpls.errors import (
     ConnectionClosedError,
-    IllegalParameter,
-    InternalError,
     PeerAlert,
     ProtocolError,
     TCPLSError,
-    UnexpectedMessage,
 )
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.events import (
@@ -77,25 +72,13 @@ from tcpls.tls.events import (
     SessionTicketReceived,
     TransportEnded,
 )
-from tcpls.tls.record import TrafficKeys
 from tcpls.wire.frames import (
-    ACK_SIZE,
-    STREAM_HEADER_SIZE,
     Ack,
     ConnectionReset,
     Frame,
-    FrameType,
     NewAddress,
     NewToken,
-    Padding,
-    Ping,
     RemoveAddress,
-    StreamChange,
-    StreamFrame,
-    encode_frame,
-    frame_size,
-    parse_frames,
-    write_stream_header_into,
 )
 
 __all__ = ["Session", "SessionState"]
@@ -110,76 +93,8 @@ _ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type
 _MIN_STREAM_CHUNK = 512
 
 
-class SessionState(Enum):
-    """Life cycle of a session."""
-
-    HANDSHAKE = "handshake"
-    ESTABLISHED = "established"
-    CLOSING = "closing"  # close() called: flushing, then close_notify
-    CLOSED = "closed"
-
-
-class Session:
+class Session(ReceivingMixin, SendingMixin):
     """A TCPLS (or plain TLS) session, sans-I/O. See the module docstring."""
-
-    def __init__(
-        self,
-        *,
-        is_client: bool,
-        tuning: SessionTuning | None = None,
-        scheduler: SchedulerName = "aggregate",
-        max_connections: int = 4,
-        token_registry: TokenRegistry[Session] | None = None,
-        reliable: bool = True,
-        server_name: str | None = None,
-    ) -> None:
-        self.is_client = is_client
-        self.tuning = tuning or SessionTuning()
-        self.scheduler = Scheduler(scheduler)
-        self.state = SessionState.HANDSHAKE
-        #: ``True`` for TCPLS, ``False`` for plain TLS fallback, ``None`` during the handshake.
-        self.tcpls: bool | None = None
-        #: Keep the retransmission log and send ACKs (off only to measure their cost).
-        self.reliable = reliable
-        self.server_name = server_name
-        self.connections: dict[int, Connection] = {}
-        self.streams: dict[int, Stream] = {}
-        #: Stream IDs whose readers may have something new (data, EOF or an error).
-        self.readable: set[int] = set()
-        #: Stream IDs whose send buffers fell below the high-water mark.
-        self.writable: set[int] = set()
-        self.error: TCPLSError | None = None
-        self.peer_closed = False
-        self.now = 0.0
-        self.max_connections = max_connections
-        self.session_tickets: list[object] = []
-        #: Client: spare join tokens by sequence number.
-        self.tokens: dict[int, bytes] = {}
-        #: Addresses the peer advertised (W18), by address ID.
-        self.peer_addresses: dict[int, tuple[str, int]] = {}
-        self._removed_addresses: set[int] = set()
-        self._events: deque[SessionEvent] = deque()
-        self._control: deque[Frame] = deque()
-        self._sendable: dict[int, None] = {}
-        self._full_streams: set[int] = set()
-        self._next_stream_id = 0 if is_client else 1
-        self._peer_next_stream_id = 1 if is_client else 0
-        self.reassembly_held = 0
-        #: Stream bytes sent and not yet acknowledged, over all connections.
-        self.unacked_bytes = 0
-        self._app_keys: tuple[TrafficKeys, TrafficKeys] | None = None
-        self._registry = token_registry
-        self._next_token_sequence = 1
-        self._outstanding_tokens: set[int] = set()
-        self._used_connection_ids: set[int] = {0}
-        self._join_tokens: dict[int, bytes] = {}  # client: tokens of joins under way
-        self._close_requested = False
-        self._close_notify_seen = False
-        #: Server: when the session lost its last connection (it waits for a rejoin).
-        self._orphaned_since: float | None = None
-        #: Client: the I/O layer joins a new connection when the last one fails
-        #: (break-before-make); without it the session ends with the last connection.
-        self.rejoin = False
 
     # ------------------------------------------------------------------ events
 
@@ -414,239 +329,6 @@ class Session:
             conn.tls.on_data = self._on_plain_data
         if self.tcpls is not None:
             conn.tls.process_pending()  # records that came with the handshake
-
-    # ------------------------------------------------------------ plain TLS
-
-    def _on_plain_data(self, data: memoryview) -> bool:
-        self.connections[0].records_received += 1
-        stream = self.streams[0]
-        return self._on_stream_data(0, stream.recv.delivered, data, False)
-
-    # ---------------------------------------------------------------- frames
-
-    def _on_record(self, conn: Connection, content: memoryview) -> bool:
-        """Process one decrypted record; return whether a view of ``content`` was kept."""
-        conn.records_received += 1
-        size = len(content)
-        if conn.expected_stream_change is None and size >= STREAM_HEADER_SIZE:
-            # Fast path for the data path's records: [Stream] or [Stream][ACK] (W5).
-            end = size
-            kind = content[end - 1]
-            ack: tuple[int, int] | None = None
-            if kind == FrameType.ACK and size >= STREAM_HEADER_SIZE + ACK_SIZE:
-                highest, ack_conn, _ = _ACK.unpack_from(content, end - ACK_SIZE)
-                ack = (ack_conn, highest)
-                end -= ACK_SIZE
-                kind = content[end - 1]
-            if kind == FrameType.STREAM or kind == FrameType.STREAM_FIN:
-                length, offset, sid, _ = _STREAM_HEADER.unpack_from(
-                    content, end - STREAM_HEADER_SIZE
-                )
-                if length == end - STREAM_HEADER_SIZE:
-                    kept = self._on_stream_data(
-                        sid, offset, content[:length], kind == FrameType.STREAM_FIN
-                    )
-                    if ack is not None:
-                        self._on_ack(Ack(*ack))
-                    self._ack_eliciting(conn, size)
-                    return kept
-        return self._on_frames(conn, content)
-
-    def _on_frames(self, conn: Connection, content: memoryview) -> bool:
-        expected = conn.expected_stream_change
-        conn.expected_stream_change = None
-        eliciting = False
-        kept = False
-        for frame in parse_frames(content):
-            kind = type(frame)
-            if kind is StreamFrame:
-                sid, offset, data, fin = frame  # type: ignore[misc]
-                if expected is not None:
-                    if (sid, offset) != expected:
-                        raise UnexpectedMessage("a Stream Change does not match the next record")
-                    expected = None
-                kept |= self._on_stream_data(sid, offset, data, fin)
-                eliciting = True
-            elif kind is Ack:
-                self._on_ack(frame)  # type: ignore[arg-type]
-            elif kind is Padding:
-                pass
-            elif kind is Ping:
-                eliciting = True
-                conn.ack_now = True
-            elif kind is NewToken:
-                self._on_new_token(frame)  # type: ignore[arg-type]
-                eliciting = True
-            elif kind is ConnectionReset:
-                eliciting = True
-                self._on_connection_reset(frame.connection_id)  # type: ignore[union-attr]
-            elif kind is NewAddress:
-                eliciting = True
-                self._on_new_address(frame)  # type: ignore[arg-type]
-            elif kind is RemoveAddress:
-                eliciting = True
-                self._on_remove_address(frame.address_id)  # type: ignore[union-attr]
-            elif kind is StreamChange:
-                eliciting = True
-                # W19: announces the first Stream frame of the next record on this connection
-                conn.expected_stream_change = (frame.stream_id, frame.offset)  # type: ignore[union-attr]
-        if expected is not None:
-            raise UnexpectedMessage(
-                "the record after a Stream Change carries no such Stream frame"
-            )
-        if eliciting:
-            self._ack_eliciting(conn, len(content))
-        return kept
-
-    def _ack_eliciting(self, conn: Connection, size: int) -> None:
-        """An ack-eliciting record arrived on ``conn``: schedule its ACK (W9)."""
-        if not self.reliable:
-            return
-        conn.ack_pending_records += 1
-        conn.ack_pending_bytes += size
-        tuning = self.tuning
-        if (
-            conn.ack_pending_records >= tuning.ack_records
-            or conn.ack_pending_bytes >= tuning.ack_bytes
-        ):
-            conn.ack_now = True
-        elif conn.ack_deadline is None:
-            conn.ack_deadline = self.now + tuning.ack_delay
-
-    def _on_stream_data(
-        self, sid: int, offset: int, data: bytes | bytearray | memoryview, fin: bool
-    ) -> bool:
-        stream = self.streams.get(sid)
-        if stream is None:
-            stream = self._stream_for_frame(sid)
-            if stream is None:
-                return False  # a stream already closed: a duplicate after reinjection
-        recv = stream.recv
-        held = recv.held
-        kept = recv.receive(offset, data, fin)
-        if recv.held != held:
-            self.reassembly_held += recv.held - held
-            if self.reassembly_held > self.tuning.max_reassembly_bytes:
-                raise InternalError(
-                    "too much out-of-order stream data held for reassembly "
-                    f"({self.reassembly_held} bytes)"
-                )
-        if recv.readable or recv.complete:
-            self.readable.add(sid)
-            if recv.readable > self.tuning.stream_receive_buffer:
-                self._full_streams.add(sid)
-        return kept
-
-    def _stream_for_frame(self, sid: int) -> Stream | None:
-        local_parity = 0 if self.is_client else 1
-        if sid & 1 == local_parity:
-            if sid >= self._next_stream_id:
-                raise IllegalParameter(f"Stream frame for stream {sid}, which we never opened")
-            return None
-        if sid < self._peer_next_stream_id:
-            return None
-        if (sid - self._peer_next_stream_id) // 2 >= self.tuning.max_peer_streams:
-            raise IllegalParameter(f"stream {sid} would open too many streams at once")
-        stream = None
-        for new_id in range(self._peer_next_stream_id, sid + 1, 2):
-            stream = Stream(new_id, local=False)
-            self.streams[new_id] = stream
-            self._events.append(StreamOpened(new_id))
-        self._peer_next_stream_id = sid + 2
-        return stream
-
-    def _on_ack(self, ack: Ack) -> None:
-        conn = self.connections.get(ack.connection_id)
-        if conn is None:
-            return  # a connection already removed
-        sent = conn.tls.write_protection
-        if sent is None or ack.highest_sequence >= sent.sequence:
-            raise IllegalParameter(
-                f"ACK for record {ack.highest_sequence} of connection {ack.connection_id}, "
-                "which was never sent"
-            )
-        self._acknowledge(conn, ack.highest_sequence)
-
-    def _acknowledge(self, conn: Connection, highest: int) -> None:
-        if highest <= conn.peer_acked:
-            return
-        conn.peer_acked = highest
-        log = conn.sent_log
-        # coalesce contiguous ranges per stream: one on_acked call per run
-        runs: dict[int, list[int]] = {}
-        acked_bytes = 0
-        while log and log[0][0] <= highest:
-            _, refs, _ = log.popleft()
-            for sid, offset, length, fin in refs:
-                acked_bytes += length
-                run = runs.get(sid)
-                if run is not None and run[1] == offset:
-                    run[1] = offset + length
-                    run[2] |= fin
-                    continue
-                if run is not None:
-                    self._range_acked(sid, run)
-                runs[sid] = [offset, offset + length, fin]
-        self.unacked_bytes -= acked_bytes
-        for sid, run in runs.items():
-            self._range_acked(sid, run)
-
-    def _range_acked(self, sid: int, run: list[int]) -> None:
-        stream = self.streams.get(sid)
-        if stream is not None:
-            start, end, fin = run
-            self._stream_acked(stream, start, end - start, bool(fin))
-
-    def _stream_acked(self, stream: Stream, offset: int, length: int, fin: bool) -> None:
-        stream.on_acked(offset, length, fin)
-        if fin and stream.fin_acked:
-            self.writable.add(stream.id)  # wait_closed() returns
-        if stream.closed:
-            self._forget_stream(stream)
-
-    def _forget_stream(self, stream: Stream) -> None:
-        self.streams.pop(stream.id, None)
-        self._sendable.pop(stream.id, None)
-
-    def _on_new_token(self, frame: NewToken) -> None:
-        if not self.is_client:
-            raise UnexpectedMessage("a client sent a New Token frame")
-        if frame.sequence == 0:
-            raise IllegalParameter("token sequence 0 is the initial connection")
-        seq = frame.sequence
-        if seq not in self._used_connection_ids and seq not in self.connections:
-            if frame.sequence not in self.tokens:
-                self._events.append(TokenReceived(frame.sequence))
-            self.tokens[frame.sequence] = bytes(frame.token)
-
-    def _on_connection_reset(self, connection_id: int) -> None:
-        conn = self.connections.get(connection_id)
-        if conn is not None and conn.status not in (
-            ConnectionStatus.FAILED,
-            ConnectionStatus.CLOSED,
-        ):
-            self._connection_failed(
-                conn,
-                ConnectionClosedError(f"the peer reset connection {connection_id}"),
-                tell_peer=False,
-            )
-
-    def _on_new_address(self, frame: NewAddress) -> None:
-        aid = frame.address_id
-        if aid in self._removed_addresses or aid in self.peer_addresses:
-            return  # MUST ignore (draft-04 §5.2.7)
-        self.peer_addresses[aid] = (str(frame.address), frame.port)
-
-    def _on_remove_address(self, address_id: int) -> None:
-        entry = self.peer_addresses.pop(address_id, None)
-        if entry is None:
-            return
-        self._removed_addresses.add(address_id)
-        host, port = entry
-        for conn in list(self.connections.values()):
-            remote = conn.remote_address
-            if remote is not None and remote[0] == host and remote[1] == port:
-                self.remove_connection(conn.id)
 
     def advertise_address(self, address_id: int, host: str, port: int) -> None:
         """Announce an extra address of ours with New Address (W18)."""
@@ -888,278 +570,6 @@ class Session:
         """Whether a stream's receive buffer is full: stop reading the sockets (W13)."""
         return bool(self._full_streams)
 
-    # ------------------------------------------------------------------ output
-
-    def wants_transmit(self, connection_id: int) -> bool:
-        """Whether :meth:`transmit` would produce bytes for this connection now."""
-        conn = self.connections.get(connection_id)
-        if conn is None:
-            return False
-        tls = conn.tls
-        if tls.pending_output:
-            return True
-        if not tls.can_send:
-            return False
-        if conn.ping_pending:
-            return True
-        if conn.status is ConnectionStatus.ACTIVE:
-            if self._control or self._sendable_for(conn):
-                return True
-        elif conn.status is not ConnectionStatus.DRAINING:
-            return False
-        if self._close_requested and self._flushed():
-            return True
-        return any(c.ack_due(self.now) for c in self.connections.values())
-
-    def _sendable_for(self, conn: Connection) -> bool:
-        if not self._sendable:
-            return False
-        if self.scheduler.name == "aggregate":
-            return True
-        conns = self.connections
-        allows = self.scheduler.allows
-        return any(allows(self.streams[sid], conn, conns) for sid in self._sendable)
-
-    def transmit(self, connection_id: int, now: float, budget: int = 256 * 1024) -> bytes:
-        """Records for this connection, up to about ``budget`` bytes; ``b""`` if none."""
-        self.now = now
-        conn = self.connections.get(connection_id)
-        if conn is None:
-            return b""
-        tls = conn.tls
-        if tls.can_send and self.state is not SessionState.CLOSED:
-            try:
-                if self.tcpls:
-                    self._fill_tcpls(conn, budget)
-                else:
-                    self._fill_plain(conn, budget)
-                if self._close_requested and self._flushed():
-                    if self.tcpls and self.reliable:
-                        # acknowledge everything received before the last record we may send
-                        for c in self.connections.values():
-                            if c.ack_pending_records:
-                                c.ack_now = True
-                        self._fill_tcpls(conn, budget)
-                    self._send_close_notify()
-            except TCPLSError as exc:
-                self._fail(exc)
-        data = tls.data_to_send()
-        if data:
-            conn.bytes_sent += len(data)
-        return data
-
-    def _fill_plain(self, conn: Connection, budget: int) -> None:
-        stream = self.streams[0]
-        tls = conn.tls
-        pending = stream.send.end - stream.send_next
-        if pending:
-            n = min(pending, budget)
-            view = tls.staging_buffer()
-            size = self.tuning.max_record_size
-            offset = stream.send_next
-            end = offset + n
-            while offset < end:
-                chunk = min(size, end - offset)
-                stream.send.copy_into(offset, chunk, view)
-                tls.seal_staged(chunk)
-                conn.records_sent += 1
-                offset += chunk
-            stream.on_acked(stream.send_next, n, False)
-            stream.send_next = end
-            self.writable.add(0)
-        if stream.fin_queued and not stream.fin_sent and stream.send_next == stream.send.end:
-            stream.fin_sent = True
-            stream.fin_acked = True
-            tls.close()  # TLS 1.3 close_notify is a half-close
-            self.writable.add(0)
-        if stream.send_next == stream.send.end:
-            self._sendable.pop(0, None)
-
-    def _fill_bulk(self, conn: Connection, stream: Stream, budget: int, limit: int) -> None:
-        """The data path of a single busy stream: records of one Stream frame, nothing else."""
-        tls = conn.tls
-        view = tls.staging_buffer()
-        send = stream.send
-        sid = stream.id
-        room = limit - STREAM_HEADER_SIZE
-        log = conn.sent_log if self.reliable else None
-        cap = self.tuning.max_unacked_bytes
-        half_buffer = self.tuning.stream_send_buffer // 2
-        sent = 0
-        while tls.pending_output < budget and self.unacked_bytes < cap:
-            offset = stream.send_next
-            pending = send.end - offset
-            if pending <= 0:
-                break
-            n = pending if pending < room else room
-            fin = stream.fin_queued and n == pending
-            send.copy_into(offset, n, view)
-            seq = tls.seal_staged(write_stream_header_into(view, n, sid, offset, n, fin), False)
-            stream.send_next = offset + n
-            sent += 1
-            if pending > half_buffer >= pending - n:
-                self.writable.add(sid)
-            if fin:
-                stream.fin_sent = True
-            if log is not None:
-                log.append((seq, [(sid, offset, n, fin)], None))
-                self.unacked_bytes += n
-            else:
-                self._stream_acked(stream, offset, n, fin)
-        conn.records_sent += sent
-        if not stream.has_data_to_send:
-            self._sendable.pop(sid, None)
-
-    def _bulk_stream(self, conn: Connection) -> Stream | None:
-        """The one stream to send with :meth:`_fill_bulk`, when nothing else is pending."""
-        if (
-            len(self._sendable) != 1
-            or self._control
-            or conn.ping_pending
-            or self.scheduler.name != "aggregate"
-        ):
-            return None
-        for c in self.connections.values():
-            if c.ack_pending_records:
-                return None
-        stream = self.streams.get(next(iter(self._sendable)))
-        if stream is None or stream.send_retransmit or stream.pin is not None or stream.fin_sent:
-            return None
-        return stream
-
-    def _fill_tcpls(self, conn: Connection, budget: int) -> None:
-        tls = conn.tls
-        limit = min(self.tuning.max_record_size, 16384)
-        usable = conn.status is ConnectionStatus.ACTIVE
-        reliable = self.reliable
-        now = self.now
-        if usable and (bulk := self._bulk_stream(conn)) is not None:
-            self._fill_bulk(conn, bulk, budget, limit)
-        while tls.pending_output < budget:
-            control = self._control_frames_for(conn, now, usable)
-            space = limit - sum(frame_size(f) for f in control)
-            view = tls.staging_buffer()
-            pos = 0
-            refs: list[StreamRef] = []
-            logged: list[Frame] | None = None
-            if usable and self._sendable:
-                plan = self._plan_stream_frames(conn, space)
-                if len(plan) > 1:
-                    plan.sort(key=lambda p: -p[2])  # largest Stream frame first (W5)
-                for stream, offset, length, fin in plan:
-                    stream.send.copy_into(offset, length, view[pos:])
-                    pos = write_stream_header_into(
-                        view, pos + length, stream.id, offset, length, fin
-                    )
-                    refs.append((stream.id, offset, length, fin))
-            for frame in control:
-                encoded = encode_frame(frame)
-                view[pos : pos + len(encoded)] = encoded
-                pos += len(encoded)
-                if reliable and type(frame) in _RETRANSMITTED_CONTROL:
-                    if logged is None:
-                        logged = []
-                    logged.append(frame)
-            if pos == 0:
-                return
-            seq = tls.seal_staged(pos)
-            conn.records_sent += 1
-            if conn.ping_pending:
-                conn.ping_pending = False
-                conn.ping_sent_at = now
-                conn.ping_sequence = seq
-            if reliable:
-                if refs or logged:
-                    conn.sent_log.append((seq, refs, logged))
-                    for ref in refs:
-                        self.unacked_bytes += ref[2]
-            else:
-                for stream_id, offset, length, fin in refs:
-                    acked = self.streams.get(stream_id)
-                    if acked is not None:
-                        self._stream_acked(acked, offset, length, fin)
-
-    def _control_frames_for(self, conn: Connection, now: float, usable: bool) -> list[Frame]:
-        frames: list[Frame] = []
-        if self.reliable:
-            for c in self.connections.values():
-                # due ACKs go out at once; a pending ACK for this connection rides along
-                if c.ack_pending_records and (c.ack_due(now) or (c is conn and self._sendable)):
-                    frames.append(Ack(c.id, c.highest_received))
-                    c.ack_pending_records = 0
-                    c.ack_pending_bytes = 0
-                    c.ack_deadline = None
-                    c.ack_now = False
-        if conn.ping_pending:
-            frames.append(Ping())
-        if usable or conn.status is ConnectionStatus.DRAINING:
-            control = self._control
-            size = sum(frame_size(f) for f in frames)
-            while control and size + frame_size(control[0]) <= 4096:
-                frame = control.popleft()
-                frames.append(frame)
-                size += frame_size(frame)
-        return frames
-
-    def _plan_stream_frames(
-        self, conn: Connection, space: int
-    ) -> list[tuple[Stream, int, int, bool]]:
-        plan: list[tuple[Stream, int, int, bool]] = []
-        sendable = self._sendable
-        streams = self.streams
-        conns = self.connections
-        allows = self.scheduler.allows
-        aggregate = self.scheduler.name == "aggregate"
-        unacked_cap = self.tuning.max_unacked_bytes if self.reliable else 1 << 62
-        half_buffer = self.tuning.stream_send_buffer // 2
-        for sid in list(sendable):
-            if space < STREAM_HEADER_SIZE + (_MIN_STREAM_CHUNK if plan else 0):
-                break
-            stream = streams.get(sid)
-            if stream is None:
-                del sendable[sid]
-                continue
-            if not (aggregate and stream.pin is None) and not allows(stream, conn, conns):
-                continue
-            room = space - STREAM_HEADER_SIZE
-            retransmit = stream.send_retransmit
-            if retransmit:
-                offset, length, fin = retransmit[0]
-                if offset + length <= stream.send.base and not fin:
-                    retransmit.pop(0)  # acknowledged meanwhile on another connection
-                    continue
-                if offset < stream.send.base:
-                    length -= stream.send.base - offset
-                    offset = stream.send.base
-                n = min(length, room)
-                if n < length:
-                    retransmit[0] = (offset + n, length - n, fin)
-                    fin = False
-                else:
-                    retransmit.pop(0)
-            else:
-                if self.unacked_bytes >= unacked_cap:
-                    break  # the peer is not acknowledging: send nothing new (memory bound)
-                offset = stream.send_next
-                pending = stream.send.end - offset
-                n = min(pending, room)
-                fin = stream.fin_queued and not stream.fin_sent and n == pending
-                if n == 0 and not fin:
-                    del sendable[sid]
-                    continue
-                stream.send_next = offset + n
-                if pending > half_buffer >= pending - n:
-                    self.writable.add(sid)  # drain() may return
-                if fin:
-                    stream.fin_sent = True
-            plan.append((stream, offset, n, fin))
-            space -= STREAM_HEADER_SIZE + n
-            # round robin: move the stream to the end, or drop it when it has nothing left
-            del sendable[sid]
-            if stream.has_data_to_send:
-                sendable[sid] = None
-        return plan
-
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float | None:
@@ -1326,11 +736,6 @@ class Session:
     def abort(self, error: TCPLSError | None = None) -> None:
         """Close at once, without flushing (sends an alert when ``error`` is a ProtocolError)."""
         self._fail(error or ConnectionClosedError("session aborted"))
-
-    @property
-    def closed(self) -> bool:
-        """Whether the session ended."""
-        return self.state is SessionState.CLOSED
 
     def stats(self) -> Iterable[Connection]:
         """The connections, for reporting."""

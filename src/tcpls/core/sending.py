@@ -1,0 +1,310 @@
+"""Outgoing records of a TCPLS session: the pull model and the retransmission log.
+
+Part of :class:`tcpls.core.session.Session` (a mixin, split out by concern).
+When the transport of a connection can take bytes, :meth:`transmit` builds
+records for it: stream data chosen by the scheduler (the largest Stream frame
+first, W5), then control frames and the ACKs that are due (W9). The stream
+ranges and retransmittable frames of each record are logged under its
+sequence number until acknowledged (W10). A single busy stream with nothing
+else pending takes a tight loop (:meth:`_fill_bulk`).
+"""
+
+from __future__ import annotations
+
+from tcpls.core.connection import Connection, ConnectionStatus, StreamRef
+from tcpls.core.state import SessionBase
+from tcpls.core.streams import Stream
+from tcpls.errors import TCPLSError
+from tcpls.wire.frames import (
+    STREAM_HEADER_SIZE,
+    Ack,
+    ConnectionReset,
+    Frame,
+    NewAddress,
+    NewToken,
+    Ping,
+    RemoveAddress,
+    encode_frame,
+    frame_size,
+    write_stream_header_into,
+)
+
+__all__ = ["SendingMixin"]
+
+_RETRANSMITTED_CONTROL = (NewToken, NewAddress, RemoveAddress, ConnectionReset)
+#: Stop adding Stream frames to a record when less room than this is left.
+_MIN_STREAM_CHUNK = 512
+
+
+class SendingMixin(SessionBase):
+    """How a session fills the records of its connections."""
+
+    def wants_transmit(self, connection_id: int) -> bool:
+        """Whether :meth:`transmit` would produce bytes for this connection now."""
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return False
+        tls = conn.tls
+        if tls.pending_output:
+            return True
+        if not tls.can_send:
+            return False
+        if conn.ping_pending:
+            return True
+        if conn.status is ConnectionStatus.ACTIVE:
+            if self._control or self._sendable_for(conn):
+                return True
+        elif conn.status is not ConnectionStatus.DRAINING:
+            return False
+        if self._close_requested and self._flushed():
+            return True
+        return any(c.ack_due(self.now) for c in self.connections.values())
+
+    def _sendable_for(self, conn: Connection) -> bool:
+        if not self._sendable:
+            return False
+        if self.scheduler.name == "aggregate":
+            return True
+        conns = self.connections
+        allows = self.scheduler.allows
+        return any(allows(self.streams[sid], conn, conns) for sid in self._sendable)
+
+    def transmit(self, connection_id: int, now: float, budget: int = 256 * 1024) -> bytes:
+        """Records for this connection, up to about ``budget`` bytes; ``b""`` if none."""
+        self.now = now
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return b""
+        tls = conn.tls
+        if tls.can_send and not self.closed:
+            try:
+                if self.tcpls:
+                    self._fill_tcpls(conn, budget)
+                else:
+                    self._fill_plain(conn, budget)
+                if self._close_requested and self._flushed():
+                    if self.tcpls and self.reliable:
+                        # acknowledge everything received before the last record we may send
+                        for c in self.connections.values():
+                            if c.ack_pending_records:
+                                c.ack_now = True
+                        self._fill_tcpls(conn, budget)
+                    self._send_close_notify()
+            except TCPLSError as exc:
+                self._fail(exc)
+        data = tls.data_to_send()
+        if data:
+            conn.bytes_sent += len(data)
+        return data
+
+    def _fill_plain(self, conn: Connection, budget: int) -> None:
+        stream = self.streams[0]
+        tls = conn.tls
+        pending = stream.send.end - stream.send_next
+        if pending:
+            n = min(pending, budget)
+            view = tls.staging_buffer()
+            size = self.tuning.max_record_size
+            offset = stream.send_next
+            end = offset + n
+            while offset < end:
+                chunk = min(size, end - offset)
+                stream.send.copy_into(offset, chunk, view)
+                tls.seal_staged(chunk)
+                conn.records_sent += 1
+                offset += chunk
+            stream.on_acked(stream.send_next, n, False)
+            stream.send_next = end
+            self.writable.add(0)
+        if stream.fin_queued and not stream.fin_sent and stream.send_next == stream.send.end:
+            stream.fin_sent = True
+            stream.fin_acked = True
+            tls.close()  # TLS 1.3 close_notify is a half-close
+            self.writable.add(0)
+        if stream.send_next == stream.send.end:
+            self._sendable.pop(0, None)
+
+    def _fill_bulk(self, conn: Connection, stream: Stream, budget: int, limit: int) -> None:
+        """The data path of a single busy stream: records of one Stream frame, nothing else."""
+        tls = conn.tls
+        view = tls.staging_buffer()
+        send = stream.send
+        sid = stream.id
+        room = limit - STREAM_HEADER_SIZE
+        log = conn.sent_log if self.reliable else None
+        cap = self.tuning.max_unacked_bytes
+        half_buffer = self.tuning.stream_send_buffer // 2
+        sent = 0
+        while tls.pending_output < budget and self.unacked_bytes < cap:
+            offset = stream.send_next
+            pending = send.end - offset
+            if pending <= 0:
+                break
+            n = pending if pending < room else room
+            fin = stream.fin_queued and n == pending
+            send.copy_into(offset, n, view)
+            seq = tls.seal_staged(write_stream_header_into(view, n, sid, offset, n, fin), False)
+            stream.send_next = offset + n
+            sent += 1
+            if pending > half_buffer >= pending - n:
+                self.writable.add(sid)
+            if fin:
+                stream.fin_sent = True
+            if log is not None:
+                log.append((seq, [(sid, offset, n, fin)], None))
+                self.unacked_bytes += n
+            else:
+                self._stream_acked(stream, offset, n, fin)
+        conn.records_sent += sent
+        if not stream.has_data_to_send:
+            self._sendable.pop(sid, None)
+
+    def _bulk_stream(self, conn: Connection) -> Stream | None:
+        """The one stream to send with :meth:`_fill_bulk`, when nothing else is pending."""
+        if (
+            len(self._sendable) != 1
+            or self._control
+            or conn.ping_pending
+            or self.scheduler.name != "aggregate"
+        ):
+            return None
+        for c in self.connections.values():
+            if c.ack_pending_records:
+                return None
+        stream = self.streams.get(next(iter(self._sendable)))
+        if stream is None or stream.send_retransmit or stream.pin is not None or stream.fin_sent:
+            return None
+        return stream
+
+    def _fill_tcpls(self, conn: Connection, budget: int) -> None:
+        tls = conn.tls
+        limit = min(self.tuning.max_record_size, 16384)
+        usable = conn.status is ConnectionStatus.ACTIVE
+        reliable = self.reliable
+        now = self.now
+        if usable and (bulk := self._bulk_stream(conn)) is not None:
+            self._fill_bulk(conn, bulk, budget, limit)
+        while tls.pending_output < budget:
+            control = self._control_frames_for(conn, now, usable)
+            space = limit - sum(frame_size(f) for f in control)
+            view = tls.staging_buffer()
+            pos = 0
+            refs: list[StreamRef] = []
+            logged: list[Frame] | None = None
+            if usable and self._sendable:
+                plan = self._plan_stream_frames(conn, space)
+                if len(plan) > 1:
+                    plan.sort(key=lambda p: -p[2])  # largest Stream frame first (W5)
+                for stream, offset, length, fin in plan:
+                    stream.send.copy_into(offset, length, view[pos:])
+                    pos = write_stream_header_into(
+                        view, pos + length, stream.id, offset, length, fin
+                    )
+                    refs.append((stream.id, offset, length, fin))
+            for frame in control:
+                encoded = encode_frame(frame)
+                view[pos : pos + len(encoded)] = encoded
+                pos += len(encoded)
+                if reliable and type(frame) in _RETRANSMITTED_CONTROL:
+                    if logged is None:
+                        logged = []
+                    logged.append(frame)
+            if pos == 0:
+                return
+            seq = tls.seal_staged(pos)
+            conn.records_sent += 1
+            if conn.ping_pending:
+                conn.ping_pending = False
+                conn.ping_sent_at = now
+                conn.ping_sequence = seq
+            if reliable:
+                if refs or logged:
+                    conn.sent_log.append((seq, refs, logged))
+                    for ref in refs:
+                        self.unacked_bytes += ref[2]
+            else:
+                for stream_id, offset, length, fin in refs:
+                    acked = self.streams.get(stream_id)
+                    if acked is not None:
+                        self._stream_acked(acked, offset, length, fin)
+
+    def _control_frames_for(self, conn: Connection, now: float, usable: bool) -> list[Frame]:
+        frames: list[Frame] = []
+        if self.reliable:
+            for c in self.connections.values():
+                # due ACKs go out at once; a pending ACK for this connection rides along
+                if c.ack_pending_records and (c.ack_due(now) or (c is conn and self._sendable)):
+                    frames.append(Ack(c.id, c.highest_received))
+                    c.ack_pending_records = 0
+                    c.ack_pending_bytes = 0
+                    c.ack_deadline = None
+                    c.ack_now = False
+        if conn.ping_pending:
+            frames.append(Ping())
+        if usable or conn.status is ConnectionStatus.DRAINING:
+            control = self._control
+            size = sum(frame_size(f) for f in frames)
+            while control and size + frame_size(control[0]) <= 4096:
+                frame = control.popleft()
+                frames.append(frame)
+                size += frame_size(frame)
+        return frames
+
+    def _plan_stream_frames(
+        self, conn: Connection, space: int
+    ) -> list[tuple[Stream, int, int, bool]]:
+        plan: list[tuple[Stream, int, int, bool]] = []
+        sendable = self._sendable
+        streams = self.streams
+        conns = self.connections
+        allows = self.scheduler.allows
+        aggregate = self.scheduler.name == "aggregate"
+        unacked_cap = self.tuning.max_unacked_bytes if self.reliable else 1 << 62
+        half_buffer = self.tuning.stream_send_buffer // 2
+        for sid in list(sendable):
+            if space < STREAM_HEADER_SIZE + (_MIN_STREAM_CHUNK if plan else 0):
+                break
+            stream = streams.get(sid)
+            if stream is None:
+                del sendable[sid]
+                continue
+            if not (aggregate and stream.pin is None) and not allows(stream, conn, conns):
+                continue
+            room = space - STREAM_HEADER_SIZE
+            retransmit = stream.send_retransmit
+            if retransmit:
+                offset, length, fin = retransmit[0]
+                if offset + length <= stream.send.base and not fin:
+                    retransmit.pop(0)  # acknowledged meanwhile on another connection
+                    continue
+                if offset < stream.send.base:
+                    length -= stream.send.base - offset
+                    offset = stream.send.base
+                n = min(length, room)
+                if n < length:
+                    retransmit[0] = (offset + n, length - n, fin)
+                    fin = False
+                else:
+                    retransmit.pop(0)
+            else:
+                if self.unacked_bytes >= unacked_cap:
+                    break  # the peer is not acknowledging: send nothing new (memory bound)
+                offset = stream.send_next
+                pending = stream.send.end - offset
+                n = min(pending, room)
+                fin = stream.fin_queued and not stream.fin_sent and n == pending
+                if n == 0 and not fin:
+                    del sendable[sid]
+                    continue
+                stream.send_next = offset + n
+                if pending > half_buffer >= pending - n:
+                    self.writable.add(sid)  # drain() may return
+                if fin:
+                    stream.fin_sent = True
+            plan.append((stream, offset, n, fin))
+            space -= STREAM_HEADER_SIZE + n
+            # round robin: move the stream to the end, or drop it when it has nothing left
+            del sendable[sid]
+            if stream.has_data_to_send:
+                sendable[sid] = None
+        return plan
