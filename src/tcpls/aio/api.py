@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tcpls.aio.session import ConnectionProtocol, Session
@@ -47,6 +48,7 @@ def connect(
     *,
     config: ClientConfig | None = None,
     local_addr: tuple[str, int] | None = None,
+    local_addrs: Sequence[str] | None = None,
     scheduler: SchedulerName = "aggregate",
     reliable: bool = True,
 ) -> _Connect:
@@ -59,9 +61,23 @@ def connect(
     :class:`tcpls.errors.PeerAlert` when the handshake fails,
     :class:`tcpls.errors.CertificateVerificationError` for a bad certificate,
     and ``TimeoutError`` when connecting or the handshake takes too long.
+
+    ``local_addrs`` gives several local addresses (a multihomed host): TCP
+    connections are opened from all of them at once, the first one up runs the
+    TLS handshake, and each of the others joins the session with the token the
+    server sends during that handshake (robust establishment, draft-04 §4.2.2).
     """
     config = config or ClientConfig()
+    if local_addrs:
+        addrs = list(local_addrs)
+        return _Connect(lambda: _connect_robust(host, port, config, addrs, scheduler, reliable))
     return _Connect(lambda: _connect(host, port, config, local_addr, scheduler, reliable))
+
+
+def _effective(config: ClientConfig) -> ClientConfig:
+    if config.user_timeout is not None and config.tuning.user_timeout != config.user_timeout:
+        config = replace(config, tuning=replace(config.tuning, user_timeout=config.user_timeout))
+    return config
 
 
 async def _connect(
@@ -71,20 +87,21 @@ async def _connect(
     local_addr: tuple[str, int] | None,
     scheduler: SchedulerName,
     reliable: bool,
+    sock: socket.socket | None = None,
 ) -> Session:
-    if config.user_timeout is not None and config.tuning.user_timeout != config.user_timeout:
-        from dataclasses import replace
-
-        config = replace(config, tuning=replace(config.tuning, user_timeout=config.user_timeout))
+    config = _effective(config)
     core = client_session(config, host, scheduler=scheduler, reliable=reliable)
     loop = asyncio.get_running_loop()
     session = Session(core)
     protocol = ConnectionProtocol(session, 0)
     try:
-        await asyncio.wait_for(
-            loop.create_connection(lambda: protocol, host, port, local_addr=local_addr),
-            config.connect_timeout,
-        )
+        if sock is not None:
+            await loop.create_connection(lambda: protocol, sock=sock)
+        else:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: protocol, host, port, local_addr=local_addr),
+                config.connect_timeout,
+            )
     except TimeoutError:
         raise TimeoutError(f"timed out connecting to {host}:{port}") from None
     session._join_targets.append((host, port, local_addr))
@@ -95,6 +112,73 @@ async def _connect(
     except TimeoutError:
         session.abort()
         raise TimeoutError(f"the TLS handshake with {host}:{port} timed out") from None
+    return session
+
+
+async def _tcp_connect(host: str, port: int, local: str, timeout: float) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in local else socket.AF_INET
+    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"{host} has no address usable from {local}")
+    _, _, proto, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        sock.setblocking(False)
+        sock.bind((local, 0))
+        await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _connect_robust(
+    host: str,
+    port: int,
+    config: ClientConfig,
+    local_addrs: list[str],
+    scheduler: SchedulerName,
+    reliable: bool,
+) -> Session:
+    """Connect from several local addresses at once; the first up runs the handshake."""
+    config = _effective(config)
+    attempts = {
+        asyncio.create_task(_tcp_connect(host, port, local, config.connect_timeout)): local
+        for local in local_addrs
+    }
+    winner: socket.socket | None = None
+    errors: list[BaseException] = []
+    pending = set(attempts)
+    ready: list[asyncio.Task[socket.socket]] = []  # connected too, to join later
+    while pending and winner is None:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            failure = task.exception()
+            if failure is not None:
+                errors.append(failure)
+            elif winner is None:
+                winner = task.result()
+            else:
+                ready.append(task)
+    if winner is None:
+        raise errors[0] if errors else OSError(f"cannot connect to {host}:{port}")
+    local_ip = winner.getsockname()[0]
+    session = await _connect(host, port, config, None, scheduler, reliable, sock=winner)
+    session._join_targets[-1] = (host, port, (local_ip, 0))
+
+    async def join_late(task: asyncio.Task[socket.socket]) -> None:
+        try:
+            sock = await task
+        except (OSError, TimeoutError):
+            return
+        try:
+            await session.join(host, port, sock=sock)
+        except (OSError, TimeoutError, TCPLSError) as exc:
+            logger.info("robust establishment: join from %s failed: %s", attempts[task], exc)
+
+    for task in [*ready, *pending]:
+        session._background(join_late(task))
     return session
 
 

@@ -166,6 +166,7 @@ class Session:
         #: Where this client connected or joined, for rejoining (break-before-make).
         self._join_targets: list[tuple[str, int, tuple[str, int] | None]] = []
         self._rejoin_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         if core.is_client:
             core.rejoin = True
 
@@ -318,6 +319,7 @@ class Session:
         local_addr: tuple[str, int] | None = None,
         *,
         timeout: float | None = None,
+        sock: socket.socket | None = None,
     ) -> ConnectionInfo:
         """Client: add a TCP connection to ``host:port`` to the session (draft-04 §4.2.1).
 
@@ -338,12 +340,15 @@ class Session:
         self._join_waiters[cid] = waiter
         try:
             try:
-                await asyncio.wait_for(
-                    self._loop.create_connection(
-                        lambda: protocol, host, port, local_addr=local_addr
-                    ),
-                    timeout,
-                )
+                if sock is not None:
+                    await self._loop.create_connection(lambda: protocol, sock=sock)
+                else:
+                    await asyncio.wait_for(
+                        self._loop.create_connection(
+                            lambda: protocol, host, port, local_addr=local_addr
+                        ),
+                        timeout,
+                    )
             except (OSError, TimeoutError) as exc:
                 self._core.abandon_join(cid, ConnectionClosedError(str(exc)))
                 self._process()
@@ -411,6 +416,12 @@ class Session:
                 await asyncio.wait_for(waiter, max(0.0, deadline - self._loop.time()))
             except TimeoutError:
                 continue
+
+    def _background(self, coro: Any) -> None:
+        """Run ``coro`` as a task owned by the session (cancelled when it ends)."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _info(self, cid: int) -> ConnectionInfo:
         for info in self.connections:
@@ -728,6 +739,8 @@ class Session:
         for writer in self._writers.values():
             writer._wakeup()
         self._incoming.put_nowait(None)
+        for task in list(self._tasks):
+            task.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
