@@ -149,6 +149,10 @@ class SessionTuning:
     ping_timeout: float = 1.0
     #: Time allowed for the TLS handshake (or a join exchange), seconds.
     handshake_timeout: float = 10.0
+    #: With several connections: bytes each may hold in its transport's write buffer.
+    multipath_write_buffer: int = 128 * 1024
+    #: With several connections: TCP_NOTSENT_LOWAT of each socket (None: kernel default).
+    multipath_notsent_lowat: int | None = 128 * 1024
     #: Server: how long a session with no connection left waits for the client to join
     #: again (break-before-make); client: how long it keeps trying to join.
     rejoin_timeout: float = 30.0

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from tcpls.aio.sockets import configure_socket, set_user_timeout, tcp_info
+from tcpls.aio.sockets import configure_socket, set_notsent_lowat, set_user_timeout, tcp_info
 from tcpls.aio.streams import StreamReader, StreamWriter
 from tcpls.core.connection import ConnectionStatus
 from tcpls.core.events import (
@@ -167,6 +167,7 @@ class Session:
         self._join_targets: list[tuple[str, int, tuple[str, int] | None]] = []
         self._rejoin_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._multipath_buffers = False
         if core.is_client:
             core.rejoin = True
 
@@ -490,6 +491,33 @@ class Session:
         if conn is not None:
             conn.local_address = _address(transport.get_extra_info("sockname"))
             conn.remote_address = _address(transport.get_extra_info("peername"))
+        self._tune_buffers()
+
+    def _tune_buffers(self) -> None:
+        """Short send queues when several connections share the data (aggregation).
+
+        Records handed to a connection are committed to it. With one connection,
+        deep queues (1 MiB in the transport, the kernel's autotuned buffer) are
+        fastest. With several, bytes queued on a slow path arrive late and the
+        receiver must reorder around them, so each connection keeps at most
+        ``multipath_write_buffer`` in the transport and ``multipath_notsent_lowat``
+        unsent in the kernel (TCP_NOTSENT_LOWAT): every path pulls at its own rate.
+        """
+        tuning = self._core.tuning
+        multipath = len(self._protocols) > 1
+        if multipath == self._multipath_buffers:
+            return
+        self._multipath_buffers = multipath
+        for protocol in self._protocols.values():
+            transport = protocol.transport
+            if transport is None or transport.is_closing():
+                continue
+            high = tuning.multipath_write_buffer if multipath else _TRANSPORT_HIGH_WATER
+            transport.set_write_buffer_limits(high=high)
+            set_notsent_lowat(
+                transport.get_extra_info("socket"),
+                tuning.multipath_notsent_lowat if multipath else None,
+            )
 
     def _user_timeout(self) -> float | None:
         return self._core.tuning.user_timeout
@@ -498,6 +526,7 @@ class Session:
         if self._protocols.get(protocol.connection_id) is protocol:
             del self._protocols[protocol.connection_id]
         self._paused.discard(protocol.connection_id)
+        self._tune_buffers()
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:

@@ -7,11 +7,12 @@ import socket
 import struct
 from dataclasses import dataclass
 
-__all__ = ["TcpInfo", "configure_socket", "set_user_timeout", "tcp_info"]
+__all__ = ["TcpInfo", "configure_socket", "set_notsent_lowat", "set_user_timeout", "tcp_info"]
 
 # Linux values; the socket module lacks some of them on older Pythons.
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 TCP_INFO = getattr(socket, "TCP_INFO", 11)
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
 # struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, 24 u32 (rto .. total_retrans),
 # then counters; tcpi_snd_wnd (kernel >= 5.4) is the u32 at offset 228.
@@ -77,6 +78,15 @@ def tcp_info(sock: socket.socket | None) -> TcpInfo | None:
         probes=fields[3],
         snd_wnd=snd_wnd,
     )
+
+
+def set_notsent_lowat(sock: socket.socket | None, limit: int | None) -> None:
+    """TCP_NOTSENT_LOWAT: at most ``limit`` unsent bytes queued in the kernel (None: no limit)."""
+    if sock is None:
+        return
+    value = struct.pack("=I", limit if limit is not None else 0xFFFFFFFF)  # u32 option
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, value)
 
 
 def set_user_timeout(sock: socket.socket, seconds: float | None) -> None:
