@@ -1,9 +1,12 @@
-"""``make demo`` / ``python -m tcpls.demo``: a loopback tour of what tcpls negotiates.
+"""``make demo`` / ``python -m tcpls.demo``: a tour of what tcpls does.
 
 Starts a tcpls server on 127.0.0.1 with a throw-away certificate, then:
 
 1. a TCPLS session: several streams echoed at once, with what was negotiated;
-2. a plain TLS 1.3 session (the client does not offer TCPLS): the fallback.
+2. a plain TLS 1.3 session (the client does not offer TCPLS): the fallback;
+3. as root, in a network lab of two emulated paths: one download aggregated
+   over both paths, then
+4. a download that survives its path being blackholed (failover).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -108,6 +112,12 @@ async def main() -> int:
                 )
                 if not ok:
                     return 1
+        console.print()
+        from tcpls import demo_lab
+
+        skipped = await asyncio.to_thread(demo_lab.run, console, pki, Path(tmp))
+        if skipped:
+            console.print(f"[yellow]3-4. multipath in a network lab: skipped ({skipped})[/]")
     console.print("\n[bold green]demo complete[/]")
     return 0
 
