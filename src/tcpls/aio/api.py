@@ -282,6 +282,24 @@ class Server:
         target._attach(protocol)
         target._process()
 
+    # -- addresses (W18) -----------------------------------------------------------
+
+    def advertise(self, address: str) -> int:
+        """Advertise another ``"ip:port"`` of this server to all sessions (New Address)."""
+        address_id = self._endpoint.advertise(address, self._live_cores())
+        for session in self._sessions.values():
+            session._schedule_flush()
+        return address_id
+
+    def withdraw(self, address: str) -> None:
+        """Withdraw an advertised address (Remove Address): clients close connections to it."""
+        self._endpoint.withdraw(address, self._live_cores())
+        for session in self._sessions.values():
+            session._schedule_flush()
+
+    def _live_cores(self) -> list[CoreSession]:
+        return [core for core in self._sessions if core.tcpls]
+
     # -- asyncio.Server shape ----------------------------------------------------
 
     def close(self) -> None:

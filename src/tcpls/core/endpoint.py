@@ -12,7 +12,7 @@ belongs to (:meth:`ServerEndpoint.route_join`).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from tcpls.config import ClientConfig, ServerConfig, parse_cipher_suites
 from tcpls.core.scheduler import SchedulerName
@@ -89,7 +89,11 @@ class ServerEndpoint:
         self.registry: TokenRegistry[Session] = TokenRegistry()
         path = keylog_path(config.keylog_file)
         self._keylog = KeyLog(path) if path else None
-        self.advertised = [parse_host_port(a) for a in config.advertise]
+        #: Addresses advertised to every session, by address ID (W18).
+        self.advertised: dict[int, tuple[str, int]] = dict(
+            enumerate(parse_host_port(a) for a in config.advertise)
+        )
+        self._next_address_id = len(self.advertised)
 
     def new_session(self) -> Session:
         """A session for a newly accepted TCP connection (connection 0, handshake pending).
@@ -113,7 +117,7 @@ class ServerEndpoint:
             max_record_size=config.tuning.max_record_size,
         )
         session.add_connection(tls, 0)
-        for address_id, (host, port) in enumerate(self.advertised):
+        for address_id, (host, port) in self.advertised.items():
             session.advertise_address(address_id, host, port)
         return session
 
@@ -136,6 +140,33 @@ class ServerEndpoint:
             )
 
         return make
+
+    def advertise(self, address: str, sessions: Iterable[Session] = ()) -> int:
+        """Advertise ``"ip:port"`` to new sessions and to ``sessions``; return its address ID."""
+        host, port = parse_host_port(address)
+        for address_id, known in self.advertised.items():
+            if known == (host, port):
+                return address_id
+        address_id = self._next_address_id
+        if address_id > 255:
+            raise ConfigurationError("address IDs are 8 bits: at most 256 advertised addresses")
+        self._next_address_id += 1
+        self.advertised[address_id] = (host, port)
+        for session in sessions:
+            session.advertise_address(address_id, host, port)
+        return address_id
+
+    def withdraw(self, address: str, sessions: Iterable[Session] = ()) -> None:
+        """Stop advertising ``"ip:port"``; ``sessions`` get Remove Address (clients then close
+        their connections to it, W18)."""
+        target = parse_host_port(address)
+        for address_id, known in list(self.advertised.items()):
+            if known == target:
+                del self.advertised[address_id]
+                for session in sessions:
+                    session.withdraw_address(address_id)
+                return
+        raise ConfigurationError(f"{address} is not advertised")
 
     def route_join(self, pending: Session, token: bytes) -> tuple[Session, int] | None:
         """Hand the join on ``pending``'s connection to the session of ``token``.
