@@ -200,7 +200,7 @@ def test_cleanup_after_errors(need_lab: None, monkeypatch: pytest.MonkeyPatch) -
     cli.close()
     srv.close()
 
-    import tcpls.lab.lab as lab_module
+    import tcpls.lab.system as lab_module
 
     def failing_start(*args: object, **kwargs: object) -> None:
         raise LabError("injected failure")
@@ -484,7 +484,7 @@ def test_cli_round_trip(cli_lab_name: str) -> None:
 
 
 def test_lab_unavailable_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tcpls.lab.lab as lab_module
+    import tcpls.lab.system as lab_module
 
     monkeypatch.setattr(lab_module, "_probe", lambda: (False, "the network lab needs root"))
     assert lab_available() == (False, "the network lab needs root")

@@ -6,19 +6,15 @@ import atexit
 import contextlib
 import json
 import os
-import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from functools import cache
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar, cast, get_args
+from typing import Any, get_args
 
 from tcpls.lab.bpf import drop_all_bytecode, random_loss_bytecode
 from tcpls.lab.control import (
@@ -29,7 +25,34 @@ from tcpls.lab.control import (
 )
 from tcpls.lab.errors import LabError, LabUnavailable
 from tcpls.lab.forwarder import ForwarderPath
+from tcpls.lab.model import (
+    _BLACKHOLE_PRIO,
+    _ETH_FRAME,
+    _LOSS_PRIO,
+    _P,
+    _T,
+    STATE_DIR,
+    CutMode,
+    Path,
+    PathKind,
+    PathSpec,
+    PathState,
+    Side,
+)
 from tcpls.lab.netns import namespace_exists, run_in_namespace
+from tcpls.lab.system import (
+    _ancestors,
+    _check_tools,
+    _disable_ipv6_default,
+    _process_start_time,
+    _require_available,
+    _run,
+    _run_parallel,
+    _state_path,
+    _validate_name,
+    _write_json_atomic,
+    lab_available,
+)
 
 __all__ = [
     "STATE_DIR",
@@ -42,310 +65,6 @@ __all__ = [
     "Side",
     "lab_available",
 ]
-
-Side = Literal["client", "server"]
-"""Which namespace: ``"client"`` or ``"server"``."""
-CutMode = Literal["blackhole", "reset", "down"]
-"""How :meth:`Lab.cut` breaks a path."""
-PathState = Literal["up", "blackhole", "down"]
-"""State of a path, see :attr:`Path.state`."""
-PathKind = Literal["veth", "tun"]
-"""How a path is built: a veth pair (kernel only) or two TUN devices and the forwarder."""
-
-STATE_DIR = "/run/tcpls-lab"
-"""Directory holding ``<name>.json`` (topology and state), forwarder sockets and logs."""
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,23}(?:-[A-Za-z0-9_.]{1,24})*$")
-_MAX_NAME = 40
-_ETH_FRAME = 1514
-_DEFAULT_QUEUE_PACKETS = 100
-_CMD_TIMEOUT = 15.0
-_BLACKHOLE_PRIO = 1
-_LOSS_PRIO = 10
-
-
-@dataclass(frozen=True)
-class PathSpec:
-    """One-way properties of a path, applied in both directions.
-
-    ``rate_mbit``: link rate in Mbit/s (``None``: unlimited). ``delay_ms``: one-way delay in
-    milliseconds (a non-zero delay makes the path go through the userspace forwarder).
-    ``loss``: independent random loss probability per packet, 0..1. ``queue_kb``: drop-tail
-    queue in KiB in front of the rate limiter (``None``: the larger of 100 full-size packets
-    and one bandwidth-delay product).
-    """
-
-    rate_mbit: float | None = None
-    delay_ms: float = 0.0
-    loss: float = 0.0
-    queue_kb: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.rate_mbit is not None and not self.rate_mbit > 0:
-            raise ValueError(f"rate_mbit must be positive or None, got {self.rate_mbit}")
-        if not self.delay_ms >= 0:
-            raise ValueError(f"delay_ms must be >= 0, got {self.delay_ms}")
-        if not 0.0 <= self.loss <= 1.0:
-            raise ValueError(f"loss must be a probability within [0, 1], got {self.loss}")
-        if self.queue_kb is not None and self.queue_kb <= 0:
-            raise ValueError(f"queue_kb must be positive or None, got {self.queue_kb}")
-
-    @property
-    def kind(self) -> PathKind:
-        """``"tun"`` when the path needs the userspace forwarder (it has a delay)."""
-        return "tun" if self.delay_ms > 0 else "veth"
-
-    @property
-    def queue_bytes(self) -> int:
-        """The drop-tail queue size in bytes (see ``queue_kb``)."""
-        if self.queue_kb is not None:
-            return self.queue_kb * 1024
-        queue = _DEFAULT_QUEUE_PACKETS * 1500
-        if self.rate_mbit is not None:
-            bdp = self.rate_mbit * 1e6 / 8 * (2 * self.delay_ms / 1000)
-            queue = max(queue, int(bdp))
-        return queue
-
-    def describe(self) -> str:
-        """A short human description, e.g. ``20 Mbit/s, 10 ms, 1 % loss``."""
-        parts = [f"{self.rate_mbit:g} Mbit/s" if self.rate_mbit else "unlimited"]
-        if self.delay_ms:
-            parts.append(f"{self.delay_ms:g} ms")
-        if self.loss:
-            parts.append(f"{self.loss * 100:g} % loss")
-        if self.queue_kb:
-            parts.append(f"queue {self.queue_kb} KiB")
-        return ", ".join(parts)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PathSpec:
-        """Build from :meth:`to_json` output."""
-        rate = data.get("rate_mbit")
-        queue = data.get("queue_kb")
-        return cls(
-            rate_mbit=None if rate is None else float(rate),
-            delay_ms=float(data.get("delay_ms", 0.0)),
-            loss=float(data.get("loss", 0.0)),
-            queue_kb=None if queue is None else int(queue),
-        )
-
-
-@dataclass
-class Path:
-    """One path of a lab (read-only for users; :meth:`Lab.cut`/:meth:`Lab.restore` update it).
-
-    The client reaches the server over this path by connecting to ``server_ip`` (routing is
-    by destination address). ``client_dev``/``server_dev`` are the interface names inside the
-    two namespaces (``veth<i>`` or ``tun<i>``).
-    """
-
-    index: int
-    client_ip: str
-    server_ip: str
-    spec: PathSpec
-    kind: PathKind
-    client_dev: str
-    server_dev: str
-    state: PathState = "up"
-
-    def to_json(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict."""
-        data = asdict(self)
-        data["spec"] = self.spec.to_json()
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Path:
-        """Build from :meth:`to_json` output."""
-        state = str(data.get("state", "up"))
-        kind = str(data["kind"])
-        if state not in get_args(PathState) or kind not in get_args(PathKind):
-            raise ValueError(f"bad path state {state!r} or kind {kind!r}")
-        return cls(
-            index=int(data["index"]),
-            client_ip=str(data["client_ip"]),
-            server_ip=str(data["server_ip"]),
-            spec=PathSpec.from_json(data["spec"]),
-            kind=cast(PathKind, kind),
-            client_dev=str(data["client_dev"]),
-            server_dev=str(data["server_dev"]),
-            state=cast(PathState, state),
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Availability and commands.
-
-
-def _check_tools() -> str | None:
-    if os.geteuid() != 0:
-        return "the network lab needs root (network namespaces, veth, tc)"
-    for tool in ("ip", "tc", "ss"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` not found (install iproute2)"
-    return None
-
-
-@cache
-def _probe() -> tuple[bool, str]:
-    problem = _check_tools()
-    if problem:
-        return False, problem
-    probe = f"tcpls-probe-{os.getpid()}-{secrets.token_hex(2)}"
-    try:
-        cp = subprocess.run(
-            ["ip", "netns", "add", probe], capture_output=True, text=True, timeout=_CMD_TIMEOUT
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return False, f"cannot run `ip netns add`: {exc}"
-    if cp.returncode != 0:
-        return False, f"cannot create a network namespace: {_one_line(cp.stderr)}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=_CMD_TIMEOUT)
-    return True, "ok"
-
-
-def lab_available() -> tuple[bool, str]:
-    """Return ``(True, "ok")`` when labs can be built here, else ``(False, reason)``.
-
-    Checks root, ``ip``/``tc``/``ss`` and that a network namespace can actually be created
-    (the result is cached). Paths with a delay also need ``/dev/net/tun``; that is checked
-    when such a lab is built. Tests: ``ok, why = lab_available(); if not ok: pytest.skip(why)``.
-    """
-    return _probe()
-
-
-def _require_available(need_tun: bool) -> None:
-    ok, reason = lab_available()
-    if not ok:
-        raise LabUnavailable(reason)
-    if need_tun and not os.path.exists("/dev/net/tun"):
-        raise LabUnavailable("/dev/net/tun is missing: paths with a delay need TUN devices")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "(no message)"
-
-
-def _command_error(argv: Sequence[str], cp: subprocess.CompletedProcess[str]) -> LabError:
-    shown = " ".join(argv)
-    return LabError(f"`{shown}` failed ({cp.returncode}): {_one_line(cp.stderr or cp.stdout)}")
-
-
-def _run(argv: Sequence[str], input: str | None = None, check: bool = True) -> str:
-    """Run an iproute2 command; return stdout; raise :class:`LabError` on failure."""
-    try:
-        cp = subprocess.run(
-            list(argv), input=input, capture_output=True, text=True, timeout=_CMD_TIMEOUT
-        )
-    except FileNotFoundError:
-        raise LabUnavailable(f"`{argv[0]}` not found (install iproute2)") from None
-    except subprocess.TimeoutExpired:
-        raise LabError(f"`{' '.join(argv)}` timed out") from None
-    if check and cp.returncode != 0:
-        raise _command_error(argv, cp)
-    return cp.stdout
-
-
-def _run_parallel(
-    commands: Sequence[tuple[Sequence[str], str | None]], check: bool = True
-) -> list[str]:
-    """Run independent commands concurrently (saves a few ms per command)."""
-    if len(commands) == 1:
-        argv, stdin = commands[0]
-        return [_run(argv, stdin, check)]
-    procs: list[tuple[Sequence[str], subprocess.Popen[str], str | None]] = []
-    try:
-        for argv, stdin in commands:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            procs.append((argv, proc, stdin))
-    except FileNotFoundError as exc:
-        for _, proc, _ in procs:
-            proc.kill()
-            proc.wait()
-        raise LabUnavailable(f"`{exc.filename}` not found (install iproute2)") from None
-    outputs: list[str] = []
-    error: LabError | None = None
-    for argv, proc, stdin in procs:
-        try:
-            out, err = proc.communicate(stdin, timeout=_CMD_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            error = error or LabError(f"`{' '.join(argv)}` timed out")
-        if check and proc.returncode != 0 and error is None:
-            cp = subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
-            error = _command_error(argv, cp)
-        outputs.append(out)
-    if error is not None:
-        raise error
-    return outputs
-
-
-def _validate_name(name: str, what: str) -> None:
-    if len(name) > _MAX_NAME or not _NAME_RE.match(name):
-        raise LabError(
-            f"invalid {what} {name!r}: use up to {_MAX_NAME} letters, digits, '_', '.', "
-            "single '-' between them"
-        )
-
-
-def _disable_ipv6_default() -> None:
-    # Devices created afterwards get no IPv6 (no router/neighbour solicitations on the paths).
-    with (
-        contextlib.suppress(OSError),
-        open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f,
-    ):
-        f.write("1")
-
-
-def _process_start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[-1].split()
-    except OSError:
-        return None
-    if not fields or fields[0] == b"Z":
-        return None
-    return int(fields[19])
-
-
-def _ancestors() -> set[int]:
-    pids = {os.getpid()}
-    pid = os.getppid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                pid = int(f.read().rsplit(b")", 1)[-1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    return pids
-
-
-def _state_path(name: str) -> str:
-    return os.path.join(STATE_DIR, f"{name}.json")
-
-
-def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
 
 # ---------------------------------------------------------------------------------------------
 # Labs owned by this process are torn down at exit.
