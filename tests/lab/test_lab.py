@@ -200,7 +200,7 @@ def test_cleanup_after_errors(need_lab: None, monkeypatch: pytest.MonkeyPatch) -
     cli.close()
     srv.close()
 
-    import tcpls.lab.system as lab_module
+    import tcpls.lab.lab as lab_module
 
     def failing_start(*args: object, **kwargs: object) -> None:
         raise LabError("injected failure")
