@@ -235,16 +235,22 @@ class RecordReader:
     ``asyncio.BufferedProtocol``). Then call :meth:`next_record` until it
     returns ``None``. Returned views are valid until the next call that
     changes the buffer.
+
+    The buffer starts small (two records: an idle connection costs little) and
+    doubles, up to ``max_capacity``, whenever a read fills all the space
+    offered, so a busy connection reads up to 256 KiB per system call.
     """
 
-    __slots__ = ("_buf", "_end", "_start", "_view", "capacity")
+    __slots__ = ("_buf", "_end", "_offered", "_start", "_view", "capacity", "max_capacity")
 
-    def __init__(self, capacity: int = 256 * 1024) -> None:
-        self.capacity = max(capacity, 4 * (HEADER_SIZE + MAX_CIPHERTEXT))
+    def __init__(self, max_capacity: int = 256 * 1024) -> None:
+        self.capacity = 2 * (HEADER_SIZE + MAX_CIPHERTEXT)
+        self.max_capacity = max(max_capacity, self.capacity)
         self._buf = bytearray(self.capacity)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
+        self._offered = 0
 
     @property
     def pending(self) -> int:
@@ -263,11 +269,23 @@ class RecordReader:
         """A writable view of the free space at the end of the buffer."""
         if self.capacity - self._end < HEADER_SIZE + MAX_CIPHERTEXT:
             self._compact()
-        return self._view[self._end :]
+        view = self._view[self._end :]
+        self._offered = len(view)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         """Record that ``nbytes`` were written into the last :meth:`get_buffer` view."""
         self._end += nbytes
+        if nbytes >= self._offered and self.capacity < self.max_capacity:
+            self._grow()
+
+    def _grow(self) -> None:
+        start, end = self._start, self._end
+        self.capacity = min(self.capacity * 2, self.max_capacity)
+        buf = bytearray(self.capacity)
+        buf[: end - start] = self._view[start:end]
+        self._buf, self._view = buf, memoryview(buf)
+        self._start, self._end = 0, end - start
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` into the buffer (for callers that have bytes already)."""
@@ -315,7 +333,7 @@ class RecordWriter:
 
     __slots__ = ("_buf", "_end", "_view")
 
-    def __init__(self, capacity: int = 256 * 1024) -> None:
+    def __init__(self, capacity: int = 2 * (HEADER_SIZE + MAX_CIPHERTEXT)) -> None:
         self._buf = bytearray(max(capacity, HEADER_SIZE + MAX_CIPHERTEXT))
         self._view = memoryview(self._buf)
         self._end = 0
@@ -326,10 +344,10 @@ class RecordWriter:
     def reserve(self, size: int) -> memoryview:
         """A writable view of at least ``size`` bytes at the end of the pending data."""
         if self._end + size > len(self._buf):
-            # grow: release views first, then extend
-            self._view.release()
-            self._buf.extend(bytes(max(size, len(self._buf))))
-            self._view = memoryview(self._buf)
+            # grow into a new buffer (views of the old one may still exist)
+            buf = bytearray(max(self._end + size, 2 * len(self._buf)))
+            buf[: self._end] = self._view[: self._end]
+            self._buf, self._view = buf, memoryview(buf)
         return self._view[self._end :]
 
     def commit(self, size: int) -> None:
