@@ -110,6 +110,7 @@ class Session(ReceivingMixin, SendingMixin):
             raise ValueError(f"connection {connection_id} already exists")
         conn = Connection(connection_id, tls)
         self.connections[connection_id] = conn
+        self._orphaned_since = None
         if tls.handshake_complete:
             self._connection_ready(conn)
         return conn

@@ -172,6 +172,7 @@ class TLSConnection:
         # Set when the handshake completes: stop reading records until the owner
         # has seen HandshakeCompleted and installed its data handler.
         self._hold_input = False
+        self._held_bytes = bytearray()
 
     # -- construction ----------------------------------------------------------
 
@@ -315,6 +316,11 @@ class TLSConnection:
         while mv and self.state is not ConnectionState.CLOSED:
             target = self._reader.get_buffer()
             n = min(len(target), len(mv))
+            if n == 0:
+                # the buffer is full while input is held (after the handshake):
+                # keep the rest until process_pending()
+                self._held_bytes += mv
+                return
             target[:n] = mv[:n]
             mv = mv[n:]
             self.buffer_updated(n)
@@ -399,6 +405,9 @@ class TLSConnection:
         if self._hold_input:
             self._hold_input = False
             self._process()
+            if self._held_bytes:
+                held, self._held_bytes = self._held_bytes, bytearray()
+                self.receive_data(held)
 
     def abort(self, error: TCPLSError) -> None:
         """Close the connection because of ``error`` (sends its alert if it is a ProtocolError)."""
