@@ -214,6 +214,8 @@ class ThreadServer:
             self.call(shutdown)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> ThreadServer:
         return self

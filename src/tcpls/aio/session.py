@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 _TRANSPORT_HIGH_WATER = 1024 * 1024
 _FLUSH_BUDGET = 256 * 1024
+_DISCARD = memoryview(bytearray(64 * 1024))
 #: Seconds a closed session keeps reading a connection until the peer's FIN.
 _LINGER = 5.0
 #: TCP_USER_TIMEOUT while the peer advertises a zero window (see Session._flow_guard).
@@ -91,8 +92,11 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
             self.connected.set_result(None)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        assert self.session is not None
-        return self.session._core.get_buffer(self.connection_id)
+        session = self.session
+        if session is None or self.connection_id not in session._core.connections:
+            # the session let go of this connection (removed, failed): discard what comes
+            return _DISCARD
+        return session._core.get_buffer(self.connection_id)
 
     def buffer_updated(self, nbytes: int) -> None:
         session = self.session
@@ -206,32 +210,7 @@ class Session:
     @property
     def connections(self) -> list[ConnectionInfo]:
         """The TCP connections of the session, with counters and ``TCP_INFO``."""
-        infos = []
-        for conn in self._core.connections.values():
-            protocol = self._protocols.get(conn.id)
-            sock = None
-            local = remote = None
-            if protocol is not None and protocol.transport is not None:
-                sock = protocol.transport.get_extra_info("socket")
-                local = _address(protocol.transport.get_extra_info("sockname"))
-                remote = _address(protocol.transport.get_extra_info("peername"))
-            info = tcp_info(sock)
-            infos.append(
-                ConnectionInfo(
-                    id=conn.id,
-                    local_address=local or conn.local_address,
-                    remote_address=remote or conn.remote_address,
-                    status=conn.status.value,
-                    bytes_sent=conn.bytes_sent,
-                    bytes_received=conn.bytes_received,
-                    records_sent=conn.records_sent,
-                    records_received=conn.records_received,
-                    rtt=info.rtt if info else None,
-                    cwnd=info.cwnd if info else None,
-                    unacknowledged=len(conn.sent_log),
-                )
-            )
-        return infos
+        return [self._info(cid) for cid in self._core.connections]
 
     @property
     def peer_addresses(self) -> dict[int, tuple[str, int]]:
@@ -425,10 +404,30 @@ class Session:
         task.add_done_callback(self._tasks.discard)
 
     def _info(self, cid: int) -> ConnectionInfo:
-        for info in self.connections:
-            if info.id == cid:
-                return info
-        raise ConnectionClosedError(f"connection {cid} is gone")
+        conn = self._core.connections.get(cid)
+        if conn is None:
+            raise ConnectionClosedError(f"connection {cid} is gone")
+        protocol = self._protocols.get(cid)
+        sock = None
+        local = remote = None
+        if protocol is not None and protocol.transport is not None:
+            sock = protocol.transport.get_extra_info("socket")
+            local = _address(protocol.transport.get_extra_info("sockname"))
+            remote = _address(protocol.transport.get_extra_info("peername"))
+        info = tcp_info(sock)
+        return ConnectionInfo(
+            id=conn.id,
+            local_address=local or conn.local_address,
+            remote_address=remote or conn.remote_address,
+            status=conn.status.value,
+            bytes_sent=conn.bytes_sent,
+            bytes_received=conn.bytes_received,
+            records_sent=conn.records_sent,
+            records_received=conn.records_received,
+            rtt=info.rtt if info else None,
+            cwnd=info.cwnd if info else None,
+            unacknowledged=len(conn.sent_log),
+        )
 
     async def wait_established(self) -> None:
         """Wait for the handshake; raise its error if it failed."""
@@ -587,7 +586,7 @@ class Session:
                 transport = protocol.transport
                 if transport is None or transport.is_closing() or cid in self._paused:
                     continue
-                while cid not in self._paused:
+                while cid not in self._paused and core.wants_transmit(cid):
                     data = core.transmit(cid, loop_time(), _FLUSH_BUDGET)
                     if not data:
                         break
@@ -607,6 +606,7 @@ class Session:
                 elif core.connection_drained(cid):
                     _write_eof(transport)
                     core.finish_removal(cid)
+                    wrote = True  # handle the removal's events in the next round
             if wrote and self._guard is None:
                 self._start_flow_guard()
             if not wrote and not core.readable and not core.writable:

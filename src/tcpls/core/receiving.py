@@ -127,6 +127,7 @@ class ReceivingMixin(SessionBase):
         if not self.reliable:
             return
         conn.ack_pending_records += 1
+        self._acks_pending.add(conn)
         conn.ack_pending_bytes += size
         tuning = self.tuning
         if (

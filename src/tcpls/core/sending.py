@@ -58,7 +58,7 @@ class SendingMixin(SessionBase):
             return False
         if self._close_requested and self._flushed():
             return True
-        return any(c.ack_due(self.now) for c in self.connections.values())
+        return any(c.ack_due(self.now) for c in self._acks_pending)
 
     def _sendable_for(self, conn: Connection) -> bool:
         if not self._sendable:
@@ -85,9 +85,8 @@ class SendingMixin(SessionBase):
                 if self._close_requested and self._flushed():
                     if self.tcpls and self.reliable:
                         # acknowledge everything received before the last record we may send
-                        for c in self.connections.values():
-                            if c.ack_pending_records:
-                                c.ack_now = True
+                        for c in self._acks_pending:
+                            c.ack_now = True
                         self._fill_tcpls(conn, budget)
                     self._send_close_notify()
             except TCPLSError as exc:
@@ -168,9 +167,8 @@ class SendingMixin(SessionBase):
             or self.scheduler.name != "aggregate"
         ):
             return None
-        for c in self.connections.values():
-            if c.ack_pending_records:
-                return None
+        if self._acks_pending:
+            return None
         stream = self.streams.get(next(iter(self._sendable)))
         if stream is None or stream.send_retransmit or stream.pin is not None or stream.fin_sent:
             return None
@@ -230,15 +228,16 @@ class SendingMixin(SessionBase):
 
     def _control_frames_for(self, conn: Connection, now: float, usable: bool) -> list[Frame]:
         frames: list[Frame] = []
-        if self.reliable:
-            for c in self.connections.values():
+        if self._acks_pending:
+            for c in list(self._acks_pending):
                 # due ACKs go out at once; a pending ACK for this connection rides along
-                if c.ack_pending_records and (c.ack_due(now) or (c is conn and self._sendable)):
+                if c.ack_due(now) or (c is conn and self._sendable):
                     frames.append(Ack(c.id, c.highest_received))
                     c.ack_pending_records = 0
                     c.ack_pending_bytes = 0
                     c.ack_deadline = None
                     c.ack_now = False
+                    self._acks_pending.discard(c)
         if conn.ping_pending:
             frames.append(Ping())
         if usable or conn.status is ConnectionStatus.DRAINING:

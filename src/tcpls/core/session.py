@@ -217,7 +217,7 @@ class Session(ReceivingMixin, SendingMixin):
         token = self._join_tokens.pop(connection_id, None)
         if conn is None or conn.status is not ConnectionStatus.HANDSHAKE:
             return
-        del self.connections[connection_id]
+        self._forget_connection(conn)
         if token is not None and not conn.tls.pending_output and conn.tls.state.value == "start":
             self.tokens[connection_id] = token
         self._events.append(ConnectionRemoved(connection_id, error))
@@ -319,7 +319,7 @@ class Session(ReceivingMixin, SendingMixin):
                     self._accept_join(held)
                 else:
                     held.tls.reject_join()
-                    self.connections.pop(held.id, None)
+                    self._forget_connection(held)
 
     def _connection_ready(self, conn: Connection) -> None:
         conn.status = ConnectionStatus.ACTIVE
@@ -392,7 +392,7 @@ class Session(ReceivingMixin, SendingMixin):
             # itself is untouched (W7)
             self._join_tokens.pop(conn.id, None)
             conn.status = ConnectionStatus.FAILED
-            self.connections.pop(conn.id, None)
+            self._forget_connection(conn)
             self._events.append(ConnectionRemoved(conn.id, error))
             self._maybe_closed()
         elif isinstance(error, ProtocolError | PeerAlert) or not self.tcpls:
@@ -401,6 +401,11 @@ class Session(ReceivingMixin, SendingMixin):
             self._connection_failed(conn, error)
 
     # --------------------------------------------------------- failure (W10/W11)
+
+    def _forget_connection(self, conn: Connection) -> None:
+        if self.connections.get(conn.id) is conn:
+            del self.connections[conn.id]
+        self._acks_pending.discard(conn)
 
     def _others_alive(self, conn: Connection) -> bool:
         return any(
@@ -430,7 +435,7 @@ class Session(ReceivingMixin, SendingMixin):
             self._control.append(ConnectionReset(conn.id))
         conn.ack_pending_records = 0
         self._events.append(ConnectionRemoved(conn.id, error))
-        del self.connections[conn.id]
+        self._forget_connection(conn)
         self._replenish_tokens()
         self._check_peer_closed()
         self._maybe_closed()
@@ -463,7 +468,7 @@ class Session(ReceivingMixin, SendingMixin):
         conn.status = ConnectionStatus.CLOSED
         if conn.sent_log and self.tcpls and not self.peer_closed:
             self._reinject(conn)
-        self.connections.pop(conn.id, None)
+        self._forget_connection(conn)
         self._events.append(ConnectionRemoved(conn.id, error))
         self._replenish_tokens()
         self._check_peer_closed()
@@ -576,10 +581,10 @@ class Session(ReceivingMixin, SendingMixin):
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next (``None``: no timer)."""
         tuning = self.tuning
-        deadlines: list[float] = []
+        deadlines: list[float] = [
+            c.ack_deadline for c in self._acks_pending if c.ack_deadline is not None
+        ]
         for c in self.connections.values():
-            if c.ack_deadline is not None and c.ack_pending_records:
-                deadlines.append(c.ack_deadline)
             if c.status not in _PROBED or c.flow_blocked or not self.tcpls:
                 continue
             if c.ping_sent_at is not None:

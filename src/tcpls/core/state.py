@@ -85,6 +85,8 @@ class SessionBase:
         self._next_stream_id = 0 if is_client else 1
         self._peer_next_stream_id = 1 if is_client else 0
         self.reassembly_held = 0
+        #: Connections with received records waiting for an ACK (W9).
+        self._acks_pending: set[Connection] = set()
         #: Stream bytes sent and not yet acknowledged, over all connections.
         self.unacked_bytes = 0
         self._app_keys: tuple[TrafficKeys, TrafficKeys] | None = None

@@ -292,6 +292,8 @@ class Stream:
     """Both directions of one stream, as the session core sees them."""
 
     __slots__ = (
+        "acked_to",
+        "fin_ack_seen",
         "fin_acked",
         "fin_queued",
         "fin_sent",
@@ -315,7 +317,9 @@ class Stream:
         self.send_retransmit: list[tuple[int, int, bool]] = []  # (offset, length, fin) to resend
         self.fin_queued = False
         self.fin_sent = False
-        self.fin_acked = False
+        self.fin_acked = False  # FIN and all the data before it acknowledged
+        self.fin_ack_seen = False  # the record carrying FIN was acknowledged
+        self.acked_to = 0  # every byte below this offset was acknowledged
         self.recv = ReceiveBuffer()
 
     # -- send side -----------------------------------------------------------
@@ -345,16 +349,24 @@ class Stream:
         return self.fin_acked
 
     def on_acked(self, offset: int, length: int, fin: bool) -> None:
-        """Bytes ``[offset, offset + length)`` (and FIN) reached the peer."""
+        """Bytes ``[offset, offset + length)`` (and FIN) reached the peer.
+
+        ``fin_acked`` becomes true only when the FIN *and every byte before it*
+        were acknowledged: with several connections the record carrying FIN
+        can be acknowledged before earlier bytes sent elsewhere.
+        """
         if length:
             acked = self.send_acked
             acked.add(offset, offset + length)
             base = self.send.base
             new_base = acked.first_end_from(base)
             if new_base > base:
+                self.acked_to = max(self.acked_to, new_base)
                 self.send.release(new_base)
                 acked.discard_below(self.send.base)
         if fin:
+            self.fin_ack_seen = True
+        if self.fin_ack_seen and self.acked_to >= self.send.end:
             self.fin_acked = True
 
     # -- receive side ---------------------------------------------------------

@@ -221,10 +221,11 @@ class TLSConnection:
         """
         conn = cls(is_client=True, codepoints=codepoints, **kwargs)  # type: ignore[arg-type]
         conn._join_keys = (read_keys, write_keys, connection_id)
+        suite = write_keys.cipher_suite
         hello, session_id = build_join_client_hello(
             token,
             server_name=server_name,
-            cipher_suites=[write_keys.cipher_suite],
+            cipher_suites=[suite, *(s for s in CipherSuite if s != suite)],
             codepoints=codepoints,
         )
         conn._join_session_id = session_id

@@ -25,6 +25,7 @@ or checking the join ServerHello.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import struct
@@ -37,7 +38,6 @@ from typing import Any
 from aioquic import tls
 from aioquic._buffer import Buffer, BufferReadError
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import x25519
 
 from tcpls.errors import (
     AlertDescription,
@@ -472,6 +472,23 @@ def parse_client_hello(message: bytes) -> ClientHelloInfo:
     )
 
 
+#: Signature algorithms a join ClientHello lists (as a full handshake's would).
+_JOIN_SIGNATURE_ALGORITHMS = [
+    tls.SignatureAlgorithm.ECDSA_SECP256R1_SHA256,
+    tls.SignatureAlgorithm.RSA_PSS_RSAE_SHA256,
+    tls.SignatureAlgorithm.RSA_PKCS1_SHA256,
+    tls.SignatureAlgorithm.ECDSA_SECP384R1_SHA384,
+    tls.SignatureAlgorithm.RSA_PSS_RSAE_SHA384,
+    tls.SignatureAlgorithm.RSA_PKCS1_SHA384,
+    tls.SignatureAlgorithm.ED25519,
+]
+_ALL_SUITES = [
+    tls.CipherSuite.AES_256_GCM_SHA384,
+    tls.CipherSuite.AES_128_GCM_SHA256,
+    tls.CipherSuite.CHACHA20_POLY1305_SHA256,
+]
+
+
 def build_join_client_hello(
     token: bytes,
     *,
@@ -481,44 +498,54 @@ def build_join_client_hello(
 ) -> tuple[bytes, bytes]:
     """A realistic TLS 1.3 ClientHello carrying ``tcpls`` and ``tcpls_join(token)``.
 
-    Built with a throw-away handshake context that is never continued.
+    It has what a full handshake's ClientHello has (versions, groups, signature
+    algorithms, SNI, a key share) so that it looks like one to middleboxes
+    (draft-04 §4.3), but no key exchange happens on a joined connection, so the
+    X25519 key share is 32 random bytes rather than a generated key.
     Returns ``(client_hello_message, legacy_session_id)``.
     """
-    ctx = tls.Context(
-        is_client=True,
-        server_name=server_name,
-        cipher_suites=[tls.CipherSuite(int(s)) for s in cipher_suites] if cipher_suites else None,
+    session_id = os.urandom(32)
+    name = server_name
+    if name is not None:
+        try:
+            ipaddress.ip_address(name)
+            name = None  # literal addresses are not allowed in SNI
+        except ValueError:
+            pass
+    hello = tls.ClientHello(
+        random=os.urandom(32),
+        legacy_session_id=session_id,
+        cipher_suites=[int(s) for s in (cipher_suites or _ALL_SUITES)],
+        legacy_compression_methods=[tls.CompressionMethod.NULL],
+        key_share=[(tls.Group.X25519, os.urandom(32))],
+        server_name=name,
+        signature_algorithms=[int(a) for a in _JOIN_SIGNATURE_ALGORITHMS],
+        supported_groups=[tls.Group.X25519, tls.Group.SECP256R1],
+        supported_versions=[tls.TLS_VERSION_1_3],
+        other_extensions=[
+            (codepoints.tcpls, b""),
+            (codepoints.tcpls_join, encode_token_body(token)),
+        ],
     )
-    ctx._supported_groups = [tls.Group.X25519]
-    ctx.legacy_session_id = os.urandom(32)
-    ctx.handshake_extensions = [
-        (codepoints.tcpls, b""),
-        (codepoints.tcpls_join, encode_token_body(token)),
-    ]
-    buffers = {
-        tls.Epoch.INITIAL: Buffer(capacity=4096),
-        tls.Epoch.HANDSHAKE: Buffer(capacity=16),
-        tls.Epoch.ONE_RTT: Buffer(capacity=16),
-    }
-    ctx.handle_message(b"", buffers)
-    return buffers[tls.Epoch.INITIAL].data, ctx.legacy_session_id
+    buf = Buffer(capacity=1024)
+    tls.push_client_hello(buf, hello)
+    return buf.data, session_id
 
 
 def build_join_server_hello(client_hello: ClientHelloInfo, cipher_suite: CipherSuite) -> bytes:
-    """The ServerHello that accepts a join: the session's suite, TLS 1.3, a fresh share.
+    """The ServerHello that accepts a join: the session's suite, TLS 1.3, a key share.
 
     The key share is never used: the joined connection is protected with the
-    session's application keys (draft-04 §4.3).
+    session's application keys (draft-04 §4.3), so it is 32 random bytes.
     """
     if int(cipher_suite) not in client_hello.cipher_suites:
         raise HandshakeFailure("the join ClientHello does not offer the session's cipher suite")
-    key = x25519.X25519PrivateKey.generate()
     hello = tls.ServerHello(
         random=os.urandom(32),
         legacy_session_id=client_hello.legacy_session_id,
         cipher_suite=tls.CipherSuite(int(cipher_suite)),
         compression_method=tls.CompressionMethod.NULL,
-        key_share=tls.encode_public_key(key.public_key()),
+        key_share=(tls.Group.X25519, os.urandom(32)),
         supported_version=tls.TLS_VERSION_1_3,
     )
     buf = Buffer(capacity=512)
