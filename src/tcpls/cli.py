@@ -156,13 +156,19 @@ def add_multipath_options(p: argparse.ArgumentParser) -> None:
         metavar="IP",
         help="local address of the first connection (default: chosen by the kernel)",
     )
+    add_scheduler_option(p)
+
+
+def add_scheduler_option(p: argparse.ArgumentParser) -> None:
+    """--scheduler, for clients and servers."""
     p.add_argument(
         "--scheduler",
         choices=("aggregate", "pinned", "backup"),
         default="aggregate",
-        help="how data is spread over connections: aggregate (every connection, the "
-        "default), pinned (each stream stays on one), backup (the first connection; the "
-        "others only when it fails)",
+        help="how THIS END spreads the data it sends over the session's connections "
+        "(each end schedules its own sending: a download follows the server's choice): "
+        "aggregate (every connection, the default), pinned (each stream stays on one), "
+        "backup (the first connection; the others only when it fails)",
     )
 
 
@@ -350,7 +356,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         handler = echo_handler
     else:
         raise CommandError("choose what to serve: --echo or --files DIR", EXIT_USAGE)
-    server = await serve(handler, args.host, args.port, config=config)
+    server = await serve(handler, args.host, args.port, config=config, scheduler=args.scheduler)
     mode = "plain TLS" if args.no_tcpls else "TCPLS (plain TLS fallback)"
     addresses = ", ".join(_format_address(s.getsockname()) for s in server.sockets)
     print(f"tcpls: serving {mode} on {addresses}", file=sys.stderr, flush=True)
@@ -450,7 +456,13 @@ async def cmd_perf(args: argparse.Namespace) -> int:
         from tcpls.aio.api import serve
         from tcpls.perf import perf_handler
 
-        server = await serve(perf_handler, args.host, args.port, config=server_config(args))
+        server = await serve(
+            perf_handler,
+            args.host,
+            args.port,
+            config=server_config(args),
+            scheduler=args.scheduler,
+        )
         addresses = ", ".join(_format_address(s.getsockname()) for s in server.sockets)
         print(f"tcpls perf: server listening on {addresses}", file=sys.stderr, flush=True)
         stop = asyncio.Event()
@@ -648,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_server_options(p)
     p.add_argument("--port", "-p", type=_port, default=8443, help="TCP port (default: 8443)")
+    add_scheduler_option(p)
     add_common_tls_options(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--echo", action="store_true", help="echo every stream back to its sender")

@@ -30,6 +30,7 @@ __all__ = ["run"]
 
 T = TypeVar("T")
 PORT = 8443
+BACKUP_PORT = 8444
 RATE_MBIT = 40
 FILE_SIZE = 24 << 20
 
@@ -106,14 +107,18 @@ def run(console: Console, pki: DevPKI, tmp: Path) -> str | None:
         client_config = tcpls.ClientConfig(
             cafile=str(pki.ca_file), server_name="localhost", tuning=tuning
         )
-        server = server_thread.run(
-            tcpls.serve(make_file_handler(files), "0.0.0.0", PORT, config=server_config)
+        handler = make_file_handler(files)
+        server = server_thread.run(tcpls.serve(handler, "0.0.0.0", PORT, config=server_config))
+        # each end schedules what it sends: the download's sender, the server, uses backup
+        backup = server_thread.run(
+            tcpls.serve(handler, "0.0.0.0", BACKUP_PORT, config=server_config, scheduler="backup")
         )
         try:
             _aggregation(console, client_thread, client_config, a, b, tmp, expected)
             _failover(console, lab, client_thread, client_config, a, b, tmp, expected)
         finally:
             server_thread.run(_close_server(server))
+            server_thread.run(_close_server(backup))
             server_thread.stop()
             client_thread.stop()
     return None
@@ -189,16 +194,16 @@ def _failover(
             threading.Thread(target=lab.cut, args=(0, "blackhole"), daemon=True).start()
 
     async def go() -> tuple[str, float, float, list[tcpls.ConnectionInfo]]:
-        async with tcpls.connect(a, PORT, config=config, scheduler="backup") as session:
-            await session.join(b, PORT)
+        async with tcpls.connect(a, BACKUP_PORT, config=config) as session:
+            await session.join(b, BACKUP_PORT)
             sha, seconds, stall = await _fetch(session, tmp / "failover.bin", on_progress)
             return sha, seconds, stall, session.connections
 
     sha, seconds, stall, infos = client.run(go())
     lab.restore(0)
     console.print(
-        "[bold]4. failover[/]: scheduler backup (path A carries the data, path B is joined "
-        "and idle); path A blackholed after a third of the download"
+        "[bold]4. failover[/]: the server's scheduler is backup (path A carries the data, "
+        "path B is joined and idle); path A blackholed after a third of the download"
     )
     console.print(
         f"download finished in {seconds:.1f} s, longest stall {stall * 1000:.0f} ms "
