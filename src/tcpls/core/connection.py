@@ -55,6 +55,7 @@ class Connection:
         "last_receive",
         "local_address",
         "peer_acked",
+        "ping_answer",
         "ping_pending",
         "ping_sent_at",
         "ping_sequence",
@@ -87,6 +88,7 @@ class Connection:
         self.sent_log: deque[LogEntry] = deque()
         self.peer_acked = -1  # highest record sequence the peer acknowledged
         self.ping_pending = False  # a Ping is to be sent on this connection
+        self.ping_answer = False  # a Ping arrived here: send an ACK on this connection
         self.ping_sent_at: float | None = None  # when the unanswered Ping left
         self.ping_sequence = -1  # the record that carried it
         #: Set by the I/O layer while the peer advertises a zero TCP window: the

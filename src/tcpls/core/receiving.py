@@ -98,6 +98,9 @@ class ReceivingMixin(SessionBase):
             elif kind is Ping:
                 eliciting = True
                 conn.ack_now = True
+                # the answer must also travel on the probed connection: sent on
+                # another one, it would not show that this one works (W11)
+                conn.ping_answer = True
             elif kind is NewToken:
                 self._on_new_token(frame)  # type: ignore[arg-type]
                 eliciting = True
@@ -246,7 +249,14 @@ class ReceivingMixin(SessionBase):
 
     def _on_connection_reset(self, connection_id: int) -> None:
         conn = self.connections.get(connection_id)
-        if conn is not None and conn.status not in (
+        if conn is None:
+            if connection_id in self._outstanding_tokens and self._registry is not None:
+                # a join with that token never reached us: revoke it, hand out another
+                self._registry.revoke_sequence(self, connection_id)
+                self._outstanding_tokens.discard(connection_id)
+                self._replenish_tokens()
+            return
+        if conn.status not in (
             ConnectionStatus.FAILED,
             ConnectionStatus.CLOSED,
         ):

@@ -49,7 +49,7 @@ class SendingMixin(SessionBase):
             return True
         if not tls.can_send:
             return False
-        if conn.ping_pending:
+        if conn.ping_pending or conn.ping_answer:
             return True
         if conn.status is ConnectionStatus.ACTIVE:
             if self._control or self._sendable_for(conn):
@@ -164,6 +164,7 @@ class SendingMixin(SessionBase):
             len(self._sendable) != 1
             or self._control
             or conn.ping_pending
+            or conn.ping_answer
             or self.scheduler.name != "aggregate"
         ):
             return None
@@ -238,6 +239,10 @@ class SendingMixin(SessionBase):
                     c.ack_deadline = None
                     c.ack_now = False
                     self._acks_pending.discard(c)
+        if conn.ping_answer and conn.records_received:
+            conn.ping_answer = False
+            if not any(type(f) is Ack and f.connection_id == conn.id for f in frames):
+                frames.append(Ack(conn.id, conn.highest_received))
         if conn.ping_pending:
             frames.append(Ping())
         if usable or conn.status is ConnectionStatus.DRAINING:

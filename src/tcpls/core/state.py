@@ -118,6 +118,9 @@ class SessionBase:
     def _fail(self, error: TCPLSError) -> None:
         raise NotImplementedError
 
+    def _replenish_tokens(self) -> None:
+        raise NotImplementedError
+
     def _flushed(self) -> bool:
         raise NotImplementedError
 

@@ -45,6 +45,13 @@ class TokenRegistry(Generic[S]):
                 owned.discard(token)
         return entry
 
+    def revoke_sequence(self, owner: object, sequence: int) -> None:
+        """Invalidate ``owner``'s unused token with this sequence number, if any."""
+        for token in list(self._by_owner.get(id(owner), ())):
+            entry = self._tokens.get(token)
+            if entry is not None and entry[1] == sequence:
+                self.redeem(token)
+
     def revoke(self, owner: S) -> None:
         """Invalidate every token of ``owner`` (its session ended)."""
         for token in self._by_owner.pop(id(owner), ()):
