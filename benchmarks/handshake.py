@@ -17,6 +17,23 @@ Systems (``--systems``):
   TLS 1.3 to the same tcpls server): a reference for the cost of the TCPLS extensions.
 * ``ssl``: stdlib ``ssl`` through ``asyncio.open_connection(ssl=...)``, then
   ``writer.close()`` and ``wait_closed()``; the server is ``asyncio.start_server``.
+* ``tcpls_join``: the cost of a TCPLS **join** (draft-04 §4.2, DECISIONS W7), to compare with
+  a full ``tcpls`` handshake: ``session.join(127.0.0.1, port)`` (TCP connect, join
+  ClientHello with a server token, ServerHello + ChangeCipherSpec, no key exchange or
+  certificate) then ``session.retire(id)`` (W20 graceful removal: FIN once acknowledged),
+  like ``connect`` + ``aclose`` above. The server allows 256 connections per session
+  (``ServerConfig(max_connections=256)``), so it hands out 255 tokens (sequence numbers
+  1..255, never reused) right after the handshake; the client opens
+  ``ceil(joins / 250)`` sessions before the measured part and makes up to 250 joins on each.
+  Its CPU per join is reported per process like the handshakes', and ``ratios`` gives
+  ``join_over_handshake_*`` (target: <= 0.25).
+* ``tcpls_join_keep``: the same joins without retiring them (each session ends with up to
+  251 connections): the cost of adding a connection that stays.
+
+The join clients count the asyncio "exception in callback/protocol" reports instead of
+letting the default handler log them (see ``asyncio_errors`` in their results): retiring a
+connection currently provokes one per join (a bug reported with this benchmark), and
+formatting its traceback would be billed to the join.
 
 All use TLS_AES_128_GCM_SHA256, an ECDSA P-256 certificate and, by default on both
 stacks, X25519 key exchange; the servers send session tickets after each handshake
@@ -59,7 +76,10 @@ from common import (
 )
 from peers import CLOSE_TIMEOUT, ssl_sink_server, tcpls_sink_server
 
-SYSTEMS = ("tcpls", "tcpls_plain_tls", "ssl")
+SYSTEMS = ("tcpls", "tcpls_plain_tls", "ssl", "tcpls_join", "tcpls_join_keep")
+JOIN_SYSTEMS = ("tcpls_join", "tcpls_join_keep")
+#: Joins made on one session (a session has at most 255 tokens; W8).
+JOINS_PER_SESSION = 250
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -162,6 +182,124 @@ async def _ssl_handshakes(
     control.reply(_report(meter, latencies, cipher, {}))
 
 
+# -- joins --------------------------------------------------------------------------
+
+
+def tcpls_join_server(conn: Connection, pki: Pki) -> None:
+    """tcpls server allowing 256 connections per session; counts sessions and joins."""
+    run_child(conn, lambda control: _tcpls_join_server(control, pki))
+
+
+async def _tcpls_join_server(control: Control, pki: Pki) -> None:
+    import tcpls
+
+    sessions: list[tcpls.Session] = []
+    counts = {"sessions": 0, "tcpls_sessions": 0}
+
+    async def handler(session: tcpls.Session) -> None:
+        counts["sessions"] += 1
+        counts["tcpls_sessions"] += int(session.tcpls_negotiated)
+        sessions.append(session)
+        async for _reader, _writer in session:
+            pass
+
+    config = tcpls.ServerConfig(
+        certfile=pki.cert_file,
+        keyfile=pki.key_file,
+        cipher_suites=[CIPHER_SUITE],
+        max_connections=256,
+    )
+    server = await tcpls.serve(handler, HOST, 0, config=config)
+    try:
+        control.reply(server.port)
+        meter = Meter()
+        while True:
+            command = await control.command()
+            if command == "mark":
+                meter.start()
+                control.reply(None)
+            elif command == "stats":
+                # joins = connection IDs used beyond the initial one (private core state)
+                joins = sum(len(s._core._used_connection_ids - {0}) for s in sessions)
+                control.reply({**meter.stop(), "memory_mb": memory_mb(), **counts, "joins": joins})
+            elif command == "stop":
+                return
+            else:
+                raise BenchmarkError(f"unknown command {command!r}")
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+
+
+def tcpls_join_client(
+    conn: Connection, port: int, pki: Pki, joins: int, warmup: int, retire: bool
+) -> None:
+    """tcpls client: sequential ``session.join`` (+ ``session.retire`` when ``retire``)."""
+    run_child(conn, lambda control: _tcpls_joins(control, port, pki, joins, warmup, retire))
+
+
+async def _tcpls_joins(
+    control: Control, port: int, pki: Pki, joins: int, warmup: int, retire: bool
+) -> None:
+    import tcpls
+
+    loop = asyncio.get_running_loop()
+    errors: dict[str, int] = {}
+
+    def count_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", "?"))
+        errors[message] = errors.get(message, 0) + 1
+
+    loop.set_exception_handler(count_errors)
+    config = tcpls.ClientConfig(cafile=pki.ca_file, cipher_suites=[CIPHER_SUITE])
+    cipher = ""
+
+    async def fresh_session() -> tcpls.Session:
+        nonlocal cipher
+        session = await tcpls.connect(HOST, port, config=config)
+        cipher = check_tcpls_session(session, tcpls_expected=True)
+        deadline = loop.time() + 10
+        while session.spare_tokens < JOINS_PER_SESSION:  # New Token frames follow the handshake
+            if loop.time() > deadline:
+                raise BenchmarkError(f"only {session.spare_tokens} join tokens after 10 s")
+            await asyncio.sleep(0.001)
+        return session
+
+    async def once(session: tcpls.Session) -> float:
+        start = time.perf_counter()
+        info = await session.join(HOST, port)
+        latency = time.perf_counter() - start
+        if info.remote_address is None or info.remote_address[1] != port:
+            raise BenchmarkError(f"the join went to {info.remote_address}")
+        if retire:
+            await session.retire(info.id, timeout=CLOSE_TIMEOUT)
+        return latency
+
+    warm = await fresh_session()
+    for _ in range(warmup):
+        await once(warm)
+    sessions = [warm] + [await fresh_session() for _ in range(-(-joins // JOINS_PER_SESSION))]
+    await control.ready()
+    meter = Meter()
+    latencies = [await once(sessions[1 + i // JOINS_PER_SESSION]) for i in range(joins)]
+    control.reply(
+        _report(
+            meter,
+            latencies,
+            cipher,
+            {
+                "retire": retire,
+                "sessions_opened": len(sessions),
+                "connections_left": [len(s.connections) for s in sessions],
+                "asyncio_errors": errors,
+            },
+        )
+    )
+    for session in sessions:
+        await session.aclose(timeout=CLOSE_TIMEOUT)
+
+
 # -- orchestration ------------------------------------------------------------------
 
 
@@ -172,6 +310,12 @@ def _peers(system: str, args: argparse.Namespace, pki: Pki) -> tuple[Peer, Peer]
         return (
             Peer(f"{system}-server", tcpls_sink_server, (pki, True)),
             Peer(f"{system}-client", tcpls_handshake_client, (pki, n, warmup, offer)),
+        )
+    if system in JOIN_SYSTEMS:
+        retire = system == "tcpls_join"
+        return (
+            Peer(f"{system}-server", tcpls_join_server, (pki,)),
+            Peer(f"{system}-client", tcpls_join_client, (pki, n, warmup, retire)),
         )
     if system == "ssl":
         env = pki.baseline_env
@@ -184,6 +328,13 @@ def _peers(system: str, args: argparse.Namespace, pki: Pki) -> tuple[Peer, Peer]
 
 def _summarize(system: str, runs: list[PairResult], warmup: int) -> dict[str, Any]:
     for run in runs:
+        if system in JOIN_SYSTEMS:
+            joins = run.server.get("joins")
+            if joins != run.client["handshakes"] + warmup:
+                raise BenchmarkError(f"{system}: the server saw {joins} joins, not {warmup} + n")
+            if run.server.get("sessions") != run.client["sessions_opened"]:
+                raise BenchmarkError(f"{system}: the server saw another number of sessions")
+            continue
         expected = run.client["handshakes"] + warmup
         seen = run.server.get("sessions", run.server.get("connections"))
         if seen != expected:
@@ -203,6 +354,14 @@ def _summarize(system: str, runs: list[PairResult], warmup: int) -> dict[str, An
             "server": round(max(r.server["memory_mb"]["peak"] for r in runs), 1),
         },
         "cipher": runs[0].client["cipher"],
+        **(
+            {
+                "unit": "join (rates, CPU and latency are per join)",
+                "asyncio_errors": [r.client["asyncio_errors"] for r in runs],
+            }
+            if system in JOIN_SYSTEMS
+            else {}
+        ),
     }
 
 
@@ -210,11 +369,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "Sequential full TLS 1.3 handshakes over 127.0.0.1: rate and CPU per handshake "
-            "of tcpls (TCPLS and plain TLS) vs stdlib ssl. Prints one JSON line."
+            "of tcpls (TCPLS and plain TLS) vs stdlib ssl, and the cost of a TCPLS join "
+            "(tcpls_join*: --handshakes joins). Prints one JSON line."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--handshakes", type=int, default=300, help="measured handshakes")
+    parser.add_argument(
+        "--handshakes", type=int, default=300, help="measured handshakes (or joins)"
+    )
     parser.add_argument("--warmup", type=int, default=10, help="unmeasured handshakes first")
     parser.add_argument("--runs", type=int, default=3, help="runs per system (median)")
     parser.add_argument(
@@ -279,6 +441,26 @@ def main(argv: list[str] | None = None) -> int:
                     med("tcpls", "handshakes_per_s") / med("ssl", "handshakes_per_s"), 3
                 ),
             }
+        for join_system in JOIN_SYSTEMS:
+            if join_system in summary and "tcpls" in summary:
+                suffix = "" if join_system == "tcpls_join" else "_keep"
+                for side in ("client", "server"):
+                    ratios[f"join{suffix}_over_handshake_{side}_cpu"] = round(
+                        med(join_system, f"{side}_cpu_ms_per_handshake")
+                        / med("tcpls", f"{side}_cpu_ms_per_handshake"),
+                        3,
+                    )
+                ratios[f"join{suffix}_over_handshake_total_cpu"] = round(
+                    (
+                        med(join_system, "client_cpu_ms_per_handshake")
+                        + med(join_system, "server_cpu_ms_per_handshake")
+                    )
+                    / (
+                        med("tcpls", "client_cpu_ms_per_handshake")
+                        + med("tcpls", "server_cpu_ms_per_handshake")
+                    ),
+                    3,
+                )
         return {
             "machine": machine,
             "config": {
@@ -289,7 +471,10 @@ def main(argv: list[str] | None = None) -> int:
                 "certificate": "ECDSA P-256 (tcpls.devcert), verified by the client",
                 "host": HOST,
                 "ssl_cipher_via": "OPENSSL_CONF (Ciphersuites in system_default)",
-                "units": "CPU = user+system milliseconds per handshake, per process",
+                "units": "CPU = user+system milliseconds per handshake (per join for "
+                "tcpls_join*), per process",
+                "join_server_max_connections": 256,
+                "joins_per_session": JOINS_PER_SESSION,
             },
             "results": summary,
             "ratios": ratios,

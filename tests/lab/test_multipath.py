@@ -108,6 +108,7 @@ def start_server(
     *,
     cli: bool = True,
     scheduler: str = "aggregate",
+    scheduler_flag: str | None = None,
     advertise: tuple[str, ...] = (),
     user_timeout_ms: int = 500,
 ) -> subprocess.Popen[bytes]:
@@ -115,6 +116,8 @@ def start_server(
     if cli:
         argv = [sys.executable, "-m", "tcpls", "serve", "--host", "0.0.0.0"]
         argv += ["--user-timeout", str(user_timeout_ms)]
+        if scheduler_flag:
+            argv += ["--scheduler", scheduler_flag]
     else:
         argv = [sys.executable, str(SERVER_SCRIPT), "--scheduler", scheduler]
         argv += ["--user-timeout", str(user_timeout_ms / 1000)]
@@ -396,25 +399,20 @@ def test_bad_tokens_rejected(lab: Lab, material: Material, tmp_path: Path) -> No
 # -- the client's scheduler and downloads ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the scheduler governs only what its own end sends (the sender schedules); a "
-    "download is sent by the server, `tcpls serve` has no --scheduler and always uses "
-    "aggregate, so `tcpls get --scheduler backup` / connect(scheduler='backup') leaves the "
-    "download spread over every connection (the make-before-break tests use mp_server.py)",
-)
-def test_client_backup_scheduler_keeps_download_on_first_connection(
+def test_server_backup_scheduler_keeps_download_on_first_connection(
     lab: Lab, material: Material, tmp_path: Path
 ) -> None:
-    start_server(lab, material, tmp_path / "server.log")
+    """Each end schedules what it sends: `tcpls serve --scheduler backup` keeps a download
+    on the first connection while it lives, whatever the client's own scheduler."""
+    start_server(lab, material, tmp_path / "server.log", scheduler_flag="backup")
     client = Client(
         lab,
         material,
         tmp_path / "client.log",
-        "--path", "/big.bin", "--scheduler", "backup", "--join", f"{SERVER_B}:{PORT}",
+        "--path", "/big.bin", "--join", f"{SERVER_B}:{PORT}",
     )  # fmt: skip
     result = client.result()
     check_intact(result, material.big_sha256, BIG)
     by_id = {c["id"]: c["bytes_received"] for c in result["connections"]}
-    report("client backup scheduler", bytes_received=by_id)
+    report("server backup scheduler", bytes_received=by_id)
     assert by_id[1] < 0.05 * BIG, by_id
