@@ -606,10 +606,9 @@ class Session:
                 elif core.connection_drained(cid):
                     _write_eof(transport)
                     core.finish_removal(cid)
-                    wrote = True  # handle the removal's events in the next round
             if wrote and self._guard is None:
                 self._start_flow_guard()
-            if not wrote and not core.readable and not core.writable:
+            if not (core.has_events or core.readable or core.writable):
                 break
         if core.closed:
             self._finish()

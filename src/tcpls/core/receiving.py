@@ -52,6 +52,11 @@ class ReceivingMixin(SessionBase):
         """Process one decrypted record; return whether a view of ``content`` was kept."""
         conn.records_received += 1
         size = len(content)
+        if size == ACK_SIZE and content[ACK_SIZE - 1] == FrameType.ACK:
+            # a lone ACK (the receiver of a bulk transfer sends nothing else)
+            highest, ack_conn, _ = _ACK.unpack_from(content)
+            self._on_ack(Ack(ack_conn, highest))
+            return False
         if conn.expected_stream_change is None and size >= STREAM_HEADER_SIZE:
             # Fast path for the data path's records: [Stream] or [Stream][ACK] (W5).
             end = size

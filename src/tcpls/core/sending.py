@@ -11,6 +11,8 @@ else pending takes a tight loop (:meth:`_fill_bulk`).
 
 from __future__ import annotations
 
+import struct
+
 from tcpls.core.connection import Connection, ConnectionStatus, StreamRef
 from tcpls.core.state import SessionBase
 from tcpls.core.streams import Stream
@@ -32,6 +34,7 @@ from tcpls.wire.frames import (
 __all__ = ["SendingMixin"]
 
 _RETRANSMITTED_CONTROL = (NewToken, NewAddress, RemoveAddress, ConnectionReset)
+_ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type (W3)
 #: Stop adding Stream frames to a record when less room than this is left.
 _MIN_STREAM_CHUNK = 512
 
@@ -183,6 +186,9 @@ class SendingMixin(SessionBase):
         now = self.now
         if usable and (bulk := self._bulk_stream(conn)) is not None:
             self._fill_bulk(conn, bulk, budget, limit)
+        elif not (self._sendable or self._control or conn.ping_pending or conn.ping_answer):
+            self._send_acks(conn, now)  # the receiving end of a transfer: ACKs only
+            return
         while tls.pending_output < budget:
             control = self._control_frames_for(conn, now, usable)
             space = limit - sum(frame_size(f) for f in control)
@@ -201,6 +207,10 @@ class SendingMixin(SessionBase):
                     )
                     refs.append((stream.id, offset, length, fin))
             for frame in control:
+                if type(frame) is Ack:
+                    _ACK.pack_into(view, pos, frame.highest_sequence, frame.connection_id, 4)
+                    pos += _ACK.size
+                    continue
                 encoded = encode_frame(frame)
                 view[pos : pos + len(encoded)] = encoded
                 pos += len(encoded)
@@ -226,6 +236,22 @@ class SendingMixin(SessionBase):
                     acked = self.streams.get(stream_id)
                     if acked is not None:
                         self._stream_acked(acked, offset, length, fin)
+
+    def _send_acks(self, conn: Connection, now: float) -> None:
+        """One record holding the ACKs that are due, and nothing else."""
+        view = conn.tls.staging_buffer()
+        pos = 0
+        for c in list(self._acks_pending):
+            if c.ack_due(now):
+                _ACK.pack_into(view, pos, c.highest_received, c.id, 4)
+                pos += _ACK.size
+                c.ack_pending_records = c.ack_pending_bytes = 0
+                c.ack_deadline = None
+                c.ack_now = False
+                self._acks_pending.discard(c)
+        if pos:
+            conn.tls.seal_staged(pos, False)
+            conn.records_sent += 1
 
     def _control_frames_for(self, conn: Connection, now: float, usable: bool) -> list[Frame]:
         frames: list[Frame] = []

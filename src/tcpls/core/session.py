@@ -98,6 +98,11 @@ class Session(ReceivingMixin, SendingMixin):
 
     # ------------------------------------------------------------------ events
 
+    @property
+    def has_events(self) -> bool:
+        """Whether :meth:`next_event` has something."""
+        return bool(self._events)
+
     def next_event(self) -> SessionEvent | None:
         """The next session event, or ``None``."""
         return self._events.popleft() if self._events else None
