@@ -338,7 +338,7 @@ def test_migration(lab: Lab, material: Material, tmp_path: Path) -> None:
 
 def _forged_join(lab: Lab, token: bytes, server_ip: str) -> bytes:
     """Send a join ClientHello with ``token`` from the client namespace; the reply bytes."""
-    from tcpls.tls.engine import build_join_client_hello
+    from tcpls.tls.hello import build_join_client_hello
 
     message, _ = build_join_client_hello(token, server_name=SERVER_A)
     record = bytes([22, 3, 1]) + len(message).to_bytes(2, "big") + message

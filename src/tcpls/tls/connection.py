@@ -56,16 +56,7 @@ from tcpls.errors import (
     TCPLSError,
     UnexpectedMessage,
 )
-from tcpls.tls.engine import (
-    ClientHelloInfo,
-    Epoch,
-    HandshakeEngine,
-    HandshakeType,
-    build_join_client_hello,
-    build_join_server_hello,
-    parse_client_hello,
-    parse_join_server_hello,
-)
+from tcpls.tls.engine import Epoch, HandshakeEngine, HandshakeType
 from tcpls.tls.events import (
     CloseNotifyReceived,
     ConnectionFailed,
@@ -74,6 +65,13 @@ from tcpls.tls.events import (
     JoinRequested,
     SessionTicketReceived,
     TransportEnded,
+)
+from tcpls.tls.hello import (
+    ClientHelloInfo,
+    build_join_client_hello,
+    build_join_server_hello,
+    parse_client_hello,
+    parse_join_server_hello,
 )
 from tcpls.tls.record import (
     HEADER_SIZE,

@@ -14,10 +14,7 @@ callback, but has no record layer. :class:`HandshakeEngine` wraps one
 * PSK resumption with server-side ticket storage, with 0-RTT disabled (W16);
 * aioquic's exceptions mapped onto :mod:`tcpls.errors`.
 
-It also holds the codecs used for joining a TCP connection to a session
-(draft-04 §4.2.1, W7): building a realistic ClientHello that carries
-``tcpls_join``, parsing a ClientHello without running a handshake, and building
-or checking the join ServerHello.
+The hellos of a join, which runs no handshake, are in :mod:`tcpls.tls.hello`.
 
 ``aioquic.tls`` is not a documented API, so the version is pinned exactly
 (``aioquic==1.7.2``) and the interop tests exercise every hook used here.
@@ -25,13 +22,11 @@ or checking the join ServerHello.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -43,7 +38,6 @@ from tcpls.errors import (
     AlertDescription,
     CertificateVerificationError,
     DecodeError,
-    HandshakeFailure,
     IllegalParameter,
     InternalError,
     ProtocolError,
@@ -59,16 +53,11 @@ from tcpls.wire.extensions import (
 )
 
 __all__ = [
-    "ClientHelloInfo",
     "Epoch",
     "HandshakeEngine",
     "HandshakeType",
     "SessionTicket",
     "TicketStore",
-    "build_join_client_hello",
-    "build_join_server_hello",
-    "parse_client_hello",
-    "parse_join_server_hello",
 ]
 
 logger = logging.getLogger(__name__)
@@ -432,138 +421,3 @@ class HandshakeEngine:
         h = hashes.Hash(suite_hash(self.cipher_suite))
         h.update(context)
         return hkdf_expand_label(algorithm, derived, b"exporter", h.finalize(), length)
-
-
-# -- join codecs (draft-04 §4.2.1, W7) ----------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ClientHelloInfo:
-    """What a server needs from a ClientHello before deciding how to answer it."""
-
-    legacy_session_id: bytes
-    cipher_suites: tuple[int, ...]
-    key_share_groups: tuple[int, ...]
-    extensions: dict[int, bytes]
-    server_name: str | None
-
-    def has_extension(self, codepoint: int) -> bool:
-        """Whether the ClientHello carried this (non-standard) extension."""
-        return codepoint in self.extensions
-
-
-def parse_client_hello(message: bytes) -> ClientHelloInfo:
-    """Parse a whole ClientHello handshake message without running a handshake."""
-    try:
-        hello = tls.pull_client_hello(Buffer(data=message))
-    except Exception as exc:
-        raise _map_exception(exc) from exc
-    extensions: dict[int, bytes] = {}
-    for ext_type, body in hello.other_extensions:
-        if ext_type in extensions:
-            raise DecodeError(f"duplicate extension {ext_type} in ClientHello")
-        extensions[ext_type] = body
-    return ClientHelloInfo(
-        legacy_session_id=hello.legacy_session_id,
-        cipher_suites=tuple(int(s) for s in hello.cipher_suites),
-        key_share_groups=tuple(int(g) for g, _ in (hello.key_share or [])),
-        extensions=extensions,
-        server_name=hello.server_name,
-    )
-
-
-#: Signature algorithms a join ClientHello lists (as a full handshake's would).
-_JOIN_SIGNATURE_ALGORITHMS = [
-    tls.SignatureAlgorithm.ECDSA_SECP256R1_SHA256,
-    tls.SignatureAlgorithm.RSA_PSS_RSAE_SHA256,
-    tls.SignatureAlgorithm.RSA_PKCS1_SHA256,
-    tls.SignatureAlgorithm.ECDSA_SECP384R1_SHA384,
-    tls.SignatureAlgorithm.RSA_PSS_RSAE_SHA384,
-    tls.SignatureAlgorithm.RSA_PKCS1_SHA384,
-    tls.SignatureAlgorithm.ED25519,
-]
-_ALL_SUITES = [
-    tls.CipherSuite.AES_256_GCM_SHA384,
-    tls.CipherSuite.AES_128_GCM_SHA256,
-    tls.CipherSuite.CHACHA20_POLY1305_SHA256,
-]
-
-
-def build_join_client_hello(
-    token: bytes,
-    *,
-    server_name: str | None,
-    cipher_suites: Sequence[CipherSuite] | None = None,
-    codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS,
-) -> tuple[bytes, bytes]:
-    """A realistic TLS 1.3 ClientHello carrying ``tcpls`` and ``tcpls_join(token)``.
-
-    It has what a full handshake's ClientHello has (versions, groups, signature
-    algorithms, SNI, a key share) so that it looks like one to middleboxes
-    (draft-04 §4.3), but no key exchange happens on a joined connection, so the
-    X25519 key share is 32 random bytes rather than a generated key.
-    Returns ``(client_hello_message, legacy_session_id)``.
-    """
-    session_id = os.urandom(32)
-    name = server_name
-    if name is not None:
-        try:
-            ipaddress.ip_address(name)
-            name = None  # literal addresses are not allowed in SNI
-        except ValueError:
-            pass
-    hello = tls.ClientHello(
-        random=os.urandom(32),
-        legacy_session_id=session_id,
-        cipher_suites=[int(s) for s in (cipher_suites or _ALL_SUITES)],
-        legacy_compression_methods=[tls.CompressionMethod.NULL],
-        key_share=[(tls.Group.X25519, os.urandom(32))],
-        server_name=name,
-        signature_algorithms=[int(a) for a in _JOIN_SIGNATURE_ALGORITHMS],
-        supported_groups=[tls.Group.X25519, tls.Group.SECP256R1],
-        supported_versions=[tls.TLS_VERSION_1_3],
-        other_extensions=[
-            (codepoints.tcpls, b""),
-            (codepoints.tcpls_join, encode_token_body(token)),
-        ],
-    )
-    buf = Buffer(capacity=1024)
-    tls.push_client_hello(buf, hello)
-    return buf.data, session_id
-
-
-def build_join_server_hello(client_hello: ClientHelloInfo, cipher_suite: CipherSuite) -> bytes:
-    """The ServerHello that accepts a join: the session's suite, TLS 1.3, a key share.
-
-    The key share is never used: the joined connection is protected with the
-    session's application keys (draft-04 §4.3), so it is 32 random bytes.
-    """
-    if int(cipher_suite) not in client_hello.cipher_suites:
-        raise HandshakeFailure("the join ClientHello does not offer the session's cipher suite")
-    hello = tls.ServerHello(
-        random=os.urandom(32),
-        legacy_session_id=client_hello.legacy_session_id,
-        cipher_suite=tls.CipherSuite(int(cipher_suite)),
-        compression_method=tls.CompressionMethod.NULL,
-        key_share=(tls.Group.X25519, os.urandom(32)),
-        supported_version=tls.TLS_VERSION_1_3,
-    )
-    buf = Buffer(capacity=512)
-    tls.push_server_hello(buf, hello)
-    return buf.data
-
-
-def parse_join_server_hello(
-    message: bytes, *, legacy_session_id: bytes, cipher_suite: CipherSuite
-) -> None:
-    """Check the ServerHello answering a join; raise :class:`ProtocolError` if it is wrong."""
-    try:
-        hello = tls.pull_server_hello(Buffer(data=message))
-    except Exception as exc:
-        raise _map_exception(exc) from exc
-    if hello.legacy_session_id != legacy_session_id:
-        raise IllegalParameter("join ServerHello does not echo our session id")
-    if int(hello.cipher_suite) != int(cipher_suite):
-        raise IllegalParameter("join ServerHello selects another cipher suite than the session's")
-    if hello.supported_version != tls.TLS_VERSION_1_3:
-        raise IllegalParameter("join ServerHello does not select TLS 1.3")
