@@ -79,6 +79,7 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.eof_written = False
         self.peer_eof = False
+        self.configured = False  # socket options set (a join's socket moves between sessions)
         self.user_timeout_relaxed = False
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -484,8 +485,13 @@ class Session:
         transport = protocol.transport
         assert transport is not None
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if (
+            not protocol.configured
+            and sock is not None
+            and sock.family in (socket.AF_INET, socket.AF_INET6)
+        ):
             configure_socket(sock, self._user_timeout())
+            protocol.configured = True
         conn = self._core.connections.get(protocol.connection_id)
         if conn is not None:
             conn.local_address = _address(transport.get_extra_info("sockname"))
