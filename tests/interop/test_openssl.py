@@ -393,3 +393,24 @@ def test_key_update_from_s_client_to_our_server(
         proc.kill()
         proc.wait()
     assert out.endswith(b"KEYUPDATE\nafter\n")
+
+
+def test_exporter_matches_openssl(pki: DevPKI) -> None:
+    """RFC 8446 §7.5 keying material equals what OpenSSL exports for the same session."""
+    label = "EXPERIMENTAL-tcpls-test"
+    args = _server_args(pki, "-keymatexport", label, "-keymatexportlen", "32")
+    with openssl_server(args) as (proc, port):
+
+        async def run() -> tuple[bytes, bytes]:
+            config = tcpls.ClientConfig(cafile=str(pki.ca_file), server_name="localhost")
+            async with tcpls.connect("127.0.0.1", port, config=config) as session:
+                _reader, writer = await session.open_stream()
+                writer.write(b"marker\n")
+                await writer.drain()
+                printed = await asyncio.to_thread(_read_stdout_until, proc, b"marker\n")
+                return session.export_keying_material(label.encode(), b"", 32), printed
+
+        ours, printed = asyncio.run(run())
+    # s_server prints "    Keying material: <HEX>" once the handshake completed
+    line = next(ln for ln in printed.decode().splitlines() if "Keying material:" in ln)
+    assert ours.hex().upper() == line.split(":", 1)[1].strip().upper()

@@ -208,6 +208,15 @@ class Session:
         tickets = self._core.session_tickets
         return tickets[-1] if tickets else None
 
+    def export_keying_material(
+        self, label: bytes, context: bytes = b"", length: int = 32
+    ) -> bytes:
+        """TLS-Exporter of RFC 8446 §7.5: keying material bound to this session."""
+        engine = self._core.handshake_engine
+        if engine is None:
+            raise TCPLSError("the exporter is available once the handshake completed")
+        return engine.export_keying_material(label, context, length)
+
     @property
     def connections(self) -> list[ConnectionInfo]:
         """The TCP connections of the session, with counters and ``TCP_INFO``."""

@@ -39,7 +39,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import struct
-from collections.abc import Iterable
 
 from tcpls.core.connection import Connection, ConnectionStatus
 from tcpls.core.events import (
@@ -306,6 +305,7 @@ class Session(ReceivingMixin, SendingMixin):
         self.tcpls = event.tcpls
         self.state = SessionState.ESTABLISHED
         self._app_keys = conn.tls.traffic_keys()
+        self.handshake_engine = conn.tls.engine
         if event.token is not None and self.is_client:
             self.tokens[1] = event.token
             self._events.append(TokenReceived(1))
@@ -463,9 +463,6 @@ class Session(ReceivingMixin, SendingMixin):
             if stream.send_retransmit:
                 stream.send_retransmit.sort()
         self._control.extendleft(reversed(control))
-
-    def _any_alive(self) -> bool:
-        return any(c.status is ConnectionStatus.ACTIVE for c in self.connections.values())
 
     def _connection_closed(self, conn: Connection, error: TCPLSError | None) -> None:
         if conn.status in (ConnectionStatus.FAILED, ConnectionStatus.CLOSED):
@@ -747,7 +744,3 @@ class Session(ReceivingMixin, SendingMixin):
     def abort(self, error: TCPLSError | None = None) -> None:
         """Close at once, without flushing (sends an alert when ``error`` is a ProtocolError)."""
         self._fail(error or ConnectionClosedError("session aborted"))
-
-    def stats(self) -> Iterable[Connection]:
-        """The connections, for reporting."""
-        return list(self.connections.values())

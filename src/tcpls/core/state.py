@@ -21,6 +21,7 @@ from tcpls.core.scheduler import Scheduler, SchedulerName
 from tcpls.core.streams import Stream
 from tcpls.core.tokens import TokenRegistry
 from tcpls.errors import TCPLSError
+from tcpls.tls.engine import HandshakeEngine
 from tcpls.tls.record import TrafficKeys
 from tcpls.wire.frames import Frame
 
@@ -90,6 +91,8 @@ class SessionBase:
         #: Stream bytes sent and not yet acknowledged, over all connections.
         self.unacked_bytes = 0
         self._app_keys: tuple[TrafficKeys, TrafficKeys] | None = None
+        #: The engine that ran the handshake (for the exporter), kept after failover.
+        self.handshake_engine: HandshakeEngine | None = None
         self._registry = token_registry
         self._next_token_sequence = 1
         self._outstanding_tokens: set[int] = set()

@@ -343,11 +343,6 @@ class Stream:
         """Bytes held for this stream: unsent plus sent but unacknowledged."""
         return len(self.send)
 
-    @property
-    def send_finished(self) -> bool:
-        """FIN was queued, sent, and everything including it was acknowledged."""
-        return self.fin_acked
-
     def on_acked(self, offset: int, length: int, fin: bool) -> None:
         """Bytes ``[offset, offset + length)`` (and FIN) reached the peer.
 
@@ -370,11 +365,6 @@ class Stream:
             self.fin_acked = True
 
     # -- receive side ---------------------------------------------------------
-
-    @property
-    def recv_finished(self) -> bool:
-        """The peer's direction is complete and fully read."""
-        return self.recv.at_eof
 
     @property
     def closed(self) -> bool:
