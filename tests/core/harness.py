@@ -142,7 +142,7 @@ class Harness:
             events.append(ev)
         for ev in events:
             if isinstance(ev, JoinRequest):
-                routed = self.endpoint.route_join(session, ev.token)
+                routed = self.endpoint.route_join(session.connections[0].tls, ev.token)
                 if routed is None:
                     self.rejected_joins += 1
                     # deliver the alert, then the connection is closed by the server
@@ -151,6 +151,7 @@ class Harness:
                         self.client.receive_data(link.client_id, data, self.now)
                     link.state = "closed"
                 else:
+                    session.connections.clear()  # the connection belongs to its session now
                     link.server, link.server_id = routed
 
     def _collect_events(self) -> None:

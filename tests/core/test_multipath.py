@@ -181,7 +181,7 @@ def test_join_with_an_invalid_token_is_refused_with_illegal_parameter(pki: DevPK
     pending = link.server
     pending.receive_data(0, data, h.now)
     (request,) = drain_events(pending)
-    assert h.endpoint.route_join(pending, request.token) is None
+    assert h.endpoint.route_join(pending.connections[0].tls, request.token) is None
     alert = pending.connections[0].tls.data_to_send()
     assert alert == b"\x15\x03\x03\x00\x02\x02\x2f"  # plaintext fatal illegal_parameter
     h.client.receive_data(1, alert, h.now)

@@ -14,7 +14,9 @@ from tcpls.config import ClientConfig, ServerConfig
 from tcpls.core.endpoint import ServerEndpoint, client_session
 from tcpls.core.scheduler import SchedulerName
 from tcpls.core.session import Session as CoreSession
+from tcpls.core.state import SessionState
 from tcpls.errors import TCPLSError
+from tcpls.tls.connection import TLSConnection
 
 __all__ = ["Server", "connect", "serve"]
 
@@ -224,10 +226,24 @@ class Server:
         return list(self._sessions.values())
 
     def _protocol_factory(self) -> ConnectionProtocol:
-        core = self._endpoint.new_session()
+        # No session yet: the first ClientHello says whether this connection starts
+        # one or joins one (then it needs none).
+        return ConnectionProtocol(None, 0, pending=self._endpoint.new_connection(), server=self)
+
+    def _adopt(self, protocol: ConnectionProtocol, core: CoreSession) -> Session:
+        """A pending connection started a handshake: give it its session."""
         session = Session(core, server=self)
         self._sessions[core] = session
-        return ConnectionProtocol(session, 0)
+        protocol.session = session
+        session._attach(protocol)
+        loop = asyncio.get_running_loop()
+        loop.call_later(core.tuning.handshake_timeout, self._handshake_deadline, session)
+        return session
+
+    def _handshake_deadline(self, session: Session) -> None:
+        if session._core.state is SessionState.HANDSHAKE:
+            logger.debug("a client did not complete its handshake in time")
+            session.abort()
 
     async def _listen(self, host: str | None, port: int, **kwargs: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -262,23 +278,21 @@ class Server:
     def _session_closed(self, session: Session) -> None:
         self._sessions.pop(session._core, None)
 
-    def _route_join(self, pending: Session, token: bytes) -> None:
-        protocol = pending._protocols.get(0)
-        routed = self._endpoint.route_join(pending._core, token)
-        self._sessions.pop(pending._core, None)
-        if routed is None or protocol is None:
-            # the alert is queued on the pending session's connection: send it and close
-            pending._core.abort()
-            pending._process()
+    def _route_join(self, protocol: ConnectionProtocol, tls: TLSConnection, token: bytes) -> None:
+        """A pending connection is a join: hand it to the session its token belongs to."""
+        transport = protocol.transport
+        routed = self._endpoint.route_join(tls, token)
+        target = self._sessions.get(routed[0]) if routed is not None else None
+        if routed is None or target is None:
+            # rejected (illegal_parameter is queued) or the session is gone
+            if transport is not None:
+                data = tls.data_to_send()
+                if data:
+                    transport.write(data)
+                transport.close()
             return
-        target_core, connection_id = routed
-        target = self._sessions.get(target_core)
-        if target is None:
-            protocol.transport.close() if protocol.transport else None
-            return
-        pending._protocols.clear()
         protocol.session = target
-        protocol.connection_id = connection_id
+        protocol.connection_id = routed[1]
         target._attach(protocol)
         target._process()
 

@@ -12,6 +12,7 @@ Application writes are batched: a flush is scheduled once per event-loop turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -21,17 +22,18 @@ from typing import Any
 from tcpls.aio.sockets import configure_socket, set_notsent_lowat, set_user_timeout, tcp_info
 from tcpls.aio.streams import StreamReader, StreamWriter
 from tcpls.core.connection import ConnectionStatus
+from tcpls.core.endpoint import PendingConnection
 from tcpls.core.events import (
     ConnectionAdded,
     ConnectionRemoved,
     HandshakeDone,
-    JoinRequest,
     PeerClosed,
     SessionClosed,
     StreamOpened,
 )
 from tcpls.core.session import Session as CoreSession
 from tcpls.errors import ConnectionClosedError, TCPLSError
+from tcpls.tls.events import ConnectionFailed, JoinRequested
 
 __all__ = ["ConnectionInfo", "ConnectionProtocol", "Session"]
 
@@ -73,9 +75,19 @@ class ConnectionInfo:
 class ConnectionProtocol(asyncio.BufferedProtocol):
     """Feeds one TCP connection's bytes to its session, without copying."""
 
-    def __init__(self, session: Session | None, connection_id: int = 0) -> None:
+    def __init__(
+        self,
+        session: Session | None,
+        connection_id: int = 0,
+        *,
+        pending: PendingConnection | None = None,
+        server: Any = None,
+    ) -> None:
         self.session = session
         self.connection_id = connection_id
+        #: Server side: the accepted connection before its first ClientHello was read.
+        self.pending = pending
+        self._server = server
         self.transport: asyncio.Transport | None = None
         self.eof_written = False
         self.peer_eof = False
@@ -89,11 +101,22 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=_TRANSPORT_HIGH_WATER)
         if self.session is not None:
             self.session._attach(self)
+        elif self.pending is not None:
+            # a peer that never completes its ClientHello does not keep the connection
+            timeout = self.pending.handshake_timeout
+            asyncio.get_running_loop().call_later(timeout, self._pending_timeout)
         if not self.connected.done():
             self.connected.set_result(None)
 
+    def _pending_timeout(self) -> None:
+        if self.pending is not None and self.transport is not None:
+            self.pending = None
+            self.transport.abort()
+
     def get_buffer(self, sizehint: int) -> memoryview:
         session = self.session
+        if session is None and self.pending is not None:
+            return self.pending.tls.get_buffer()
         if session is None or self.connection_id not in session._core.connections:
             # the session let go of this connection (removed, failed): discard what comes
             return _DISCARD
@@ -101,9 +124,38 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         session = self.session
-        assert session is not None
+        if session is None:
+            if self.pending is not None:
+                self._pending_input(nbytes)
+            return
         session._core.buffer_updated(self.connection_id, nbytes, session._loop.time())
         session._process()
+
+    def _pending_input(self, nbytes: int) -> None:
+        """Bytes of a connection that does not belong to a session yet (server side)."""
+        pending = self.pending
+        assert pending is not None
+        tls = pending.tls
+        tls.buffer_updated(nbytes)
+        if pending.session is not None:  # the ClientHello started a handshake
+            self.pending = None
+            session = self._server._adopt(self, pending.session)
+            session._core.poll_connection(0, session._loop.time())
+            session._process()
+            return
+        while (event := tls.next_event()) is not None:
+            if isinstance(event, JoinRequested):
+                self.pending = None
+                self._server._route_join(self, tls, event.token)
+                return
+            if isinstance(event, ConnectionFailed):  # not TLS: the alert, then close
+                self.pending = None
+                if self.transport is not None:
+                    data = tls.data_to_send()
+                    if data:
+                        self.transport.write(data)
+                    self.transport.close()
+                return
 
     def eof_received(self) -> bool:
         self.peer_eof = True
@@ -330,15 +382,13 @@ class Session:
         self._join_waiters[cid] = waiter
         try:
             try:
-                if sock is not None:
-                    await self._loop.create_connection(lambda: protocol, sock=sock)
-                else:
-                    await asyncio.wait_for(
-                        self._loop.create_connection(
+                async with asyncio.timeout(timeout):
+                    if sock is not None:
+                        await self._loop.create_connection(lambda: protocol, sock=sock)
+                    else:
+                        await self._loop.create_connection(
                             lambda: protocol, host, port, local_addr=local_addr
-                        ),
-                        timeout,
-                    )
+                        )
             except (OSError, TimeoutError) as exc:
                 self._core.abandon_join(cid, ConnectionClosedError(str(exc)))
                 self._process()
@@ -349,7 +399,8 @@ class Session:
             tls.start()
             self._process()
             try:
-                error = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                async with asyncio.timeout(timeout):
+                    error = await waiter
             except TimeoutError:
                 self._core.fail_connection(
                     cid, ConnectionClosedError("the join timed out"), self._loop.time()
@@ -402,10 +453,9 @@ class Session:
                 raise TimeoutError("connections were not retired in time")
             waiter = self._loop.create_future()
             self._removal_waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, max(0.0, deadline - self._loop.time()))
-            except TimeoutError:
-                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await waiter
 
     def _background(self, coro: Any) -> None:
         """Run ``coro`` as a task owned by the session (cancelled when it ends)."""
@@ -737,9 +787,6 @@ class Session:
                     self._established.set_result(None)
                 if self._server is not None:
                     self._server._session_established(self)
-            elif isinstance(event, JoinRequest):
-                if self._server is not None:
-                    self._server._route_join(self, event.token)
             elif isinstance(event, SessionClosed):
                 self._finish()
             elif isinstance(event, ConnectionRemoved):

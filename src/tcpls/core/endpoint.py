@@ -23,7 +23,7 @@ from tcpls.tls.connection import TLSConnection
 from tcpls.tls.engine import HandshakeEngine, TicketStore
 from tcpls.tls.keylog import KeyLog, keylog_path
 
-__all__ = ["ServerEndpoint", "client_session", "parse_host_port"]
+__all__ = ["PendingConnection", "ServerEndpoint", "client_session", "parse_host_port"]
 
 
 def _noop_secret(*_: object) -> None:
@@ -95,12 +95,27 @@ class ServerEndpoint:
         )
         self._next_address_id = len(self.advertised)
 
+    def new_connection(self) -> PendingConnection:
+        """A newly accepted TCP connection, before its first ClientHello is read.
+
+        The session is created only when that ClientHello starts a handshake
+        (:attr:`PendingConnection.session`); a join needs none: the connection
+        goes to the session of its token (:meth:`route_join`).
+        """
+        return PendingConnection(self)
+
     def new_session(self) -> Session:
         """A session for a newly accepted TCP connection (connection 0, handshake pending).
 
-        If that connection turns out to be a join, the session emits
-        :class:`~tcpls.core.events.JoinRequest`; call :meth:`route_join`.
+        The eager form of :meth:`new_connection`: if the connection turns out to be a
+        join, the session emits :class:`~tcpls.core.events.JoinRequest`; call
+        :meth:`route_join` with its connection.
         """
+        session = self._make_session()
+        session.add_connection(self._make_tls(lambda: self._make_engine(session)), 0)
+        return session
+
+    def _make_session(self) -> Session:
         config = self.config
         session = Session(
             is_client=False,
@@ -110,36 +125,34 @@ class ServerEndpoint:
             token_registry=self.registry if config.tcpls else None,
             reliable=self.reliable,
         )
-        tls = TLSConnection.server(
-            self._engine_factory(session),
-            accept_joins=config.tcpls,
-            codepoints=config.codepoints,
-            max_record_size=config.tuning.max_record_size,
-        )
-        session.add_connection(tls, 0)
         for address_id, (host, port) in self.advertised.items():
             session.advertise_address(address_id, host, port)
         return session
 
-    def _engine_factory(self, session: Session) -> Callable[[], HandshakeEngine]:
+    def _make_tls(self, engine_factory: Callable[[], HandshakeEngine]) -> TLSConnection:
         config = self.config
+        return TLSConnection.server(
+            engine_factory,
+            accept_joins=config.tcpls,
+            codepoints=config.codepoints,
+            max_record_size=config.tuning.max_record_size,
+        )
 
-        def make() -> HandshakeEngine:
-            return HandshakeEngine(
-                is_client=False,
-                on_secret=_noop_secret,
-                certificate_chain=self._chain,
-                private_key=self._key,
-                cipher_suites=self._suites,
-                alpn_protocols=config.alpn_protocols,
-                tcpls=config.tcpls,
-                codepoints=config.codepoints,
-                ticket_store=self.tickets,
-                token_provider=session.token_for_handshake,
-                keylog=self._keylog,
-            )
-
-        return make
+    def _make_engine(self, session: Session) -> HandshakeEngine:
+        config = self.config
+        return HandshakeEngine(
+            is_client=False,
+            on_secret=_noop_secret,
+            certificate_chain=self._chain,
+            private_key=self._key,
+            cipher_suites=self._suites,
+            alpn_protocols=config.alpn_protocols,
+            tcpls=config.tcpls,
+            codepoints=config.codepoints,
+            ticket_store=self.tickets,
+            token_provider=session.token_for_handshake,
+            keylog=self._keylog,
+        )
 
     def advertise(self, address: str, sessions: Iterable[Session] = ()) -> int:
         """Advertise ``"ip:port"`` to new sessions and to ``sessions``; return its address ID."""
@@ -168,22 +181,42 @@ class ServerEndpoint:
                 return
         raise ConfigurationError(f"{address} is not advertised")
 
-    def route_join(self, pending: Session, token: bytes) -> tuple[Session, int] | None:
-        """Hand the join on ``pending``'s connection to the session of ``token``.
+    def route_join(self, tls: TLSConnection, token: bytes) -> tuple[Session, int] | None:
+        """Hand the join waiting on ``tls`` to the session of ``token``.
 
         Returns ``(session, connection_id)``; ``None`` if the token is invalid,
         used or expired, in which case the join was rejected with
-        ``illegal_parameter`` (W7) and only ``pending`` is affected.
+        ``illegal_parameter`` (W7): only this connection is affected.
         """
-        tls = pending.connections[0].tls
         entry = self.registry.redeem(token)
         if entry is not None:
             session, sequence = entry
             if session.redeem_join(tls, sequence) is not None:
-                pending.connections.clear()
                 return session, sequence
         tls.reject_join()
         return None
+
+
+class PendingConnection:
+    """An accepted TCP connection whose first ClientHello decides what it is.
+
+    Feed it bytes through :attr:`tls`. A ClientHello that starts a handshake
+    creates :attr:`session` (this connection is its connection 0); one that
+    carries ``tcpls_join`` makes :attr:`tls` emit ``JoinRequested``.
+    """
+
+    def __init__(self, endpoint: ServerEndpoint) -> None:
+        self.session: Session | None = None
+        self._endpoint = endpoint
+        self.tls = endpoint._make_tls(self._start_session)
+        #: Seconds the peer has to send its ClientHello.
+        self.handshake_timeout = endpoint.config.tuning.handshake_timeout
+
+    def _start_session(self) -> HandshakeEngine:
+        session = self._endpoint._make_session()
+        session.add_connection(self.tls, 0)
+        self.session = session
+        return self._endpoint._make_engine(session)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

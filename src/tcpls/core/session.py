@@ -244,6 +244,13 @@ class Session(ReceivingMixin, SendingMixin):
         conn.tls.buffer_updated(nbytes)
         self._drain_tls_events(conn)
 
+    def poll_connection(self, connection_id: int, now: float) -> None:
+        """Take the events of a connection whose bytes were fed to its TLS directly."""
+        self.now = now
+        conn = self.connections.get(connection_id)
+        if conn is not None:
+            self._drain_tls_events(conn)
+
     def receive_data(self, connection_id: int, data: bytes, now: float) -> None:
         """Bytes arrived on a connection (copying variant of :meth:`buffer_updated`)."""
         self.now = now
