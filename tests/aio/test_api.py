@@ -105,3 +105,45 @@ def test_wrong_server_name_is_rejected(pki: DevPKI) -> None:
                 await tcpls.connect("127.0.0.1", server.port, config=client_config)
 
     asyncio.run(run())
+
+
+def test_silent_and_slow_clients_are_dropped(pki: DevPKI) -> None:
+    """A connection that never sends a ClientHello, or never finishes its handshake,
+    is closed after handshake_timeout: it cannot hold server resources for ever."""
+    import socket
+    import time
+
+    tuning = tcpls.SessionTuning(handshake_timeout=0.3)
+    config = tcpls.ServerConfig(
+        certfile=str(pki.cert_file), keyfile=str(pki.key_file), tuning=tuning
+    )
+
+    async def run() -> None:
+        async with await tcpls.serve(echo_handler, "127.0.0.1", 0, config=config) as server:
+            loop = asyncio.get_running_loop()
+
+            def silent() -> float:
+                with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                    start = time.monotonic()
+                    sock.settimeout(5)
+                    assert sock.recv(100) == b""  # closed by the server
+                    return time.monotonic() - start
+
+            def half_hello() -> float:
+                from tcpls.tls.hello import build_join_client_hello
+
+                hello, _ = build_join_client_hello(bytes(32), server_name="localhost")
+                record = bytes([22, 3, 1]) + len(hello).to_bytes(2, "big") + hello
+                with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                    sock.sendall(record[: len(record) // 2])
+                    start = time.monotonic()
+                    sock.settimeout(5)
+                    while sock.recv(100):
+                        pass
+                    return time.monotonic() - start
+
+            for probe in (silent, half_hello):
+                waited = await loop.run_in_executor(None, probe)
+                assert 0.2 < waited < 3
+
+    asyncio.run(run())
