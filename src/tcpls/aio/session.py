@@ -92,6 +92,7 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         self.eof_written = False
         self.peer_eof = False
         self.configured = False  # socket options set (a join's socket moves between sessions)
+        self.tuned = False  # multipath send queues applied (Session._tune_buffers)
         self.user_timeout_relaxed = False
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -567,21 +568,23 @@ class Session:
         ``multipath_write_buffer`` in the transport and ``multipath_notsent_lowat``
         unsent in the kernel (TCP_NOTSENT_LOWAT): every path pulls at its own rate.
         """
-        tuning = self._core.tuning
-        multipath = len(self._protocols) > 1
-        if multipath == self._multipath_buffers:
-            return
-        self._multipath_buffers = multipath
+        # Once a session used several connections it keeps the short queues: a
+        # session that joins and retires connections would otherwise flap.
+        if not self._multipath_buffers:
+            if len(self._protocols) < 2:
+                return
+            self._multipath_buffers = True
         for protocol in self._protocols.values():
-            transport = protocol.transport
-            if transport is None or transport.is_closing():
-                continue
-            high = tuning.multipath_write_buffer if multipath else _TRANSPORT_HIGH_WATER
-            transport.set_write_buffer_limits(high=high)
-            set_notsent_lowat(
-                transport.get_extra_info("socket"),
-                tuning.multipath_notsent_lowat if multipath else None,
-            )
+            self._tune_transport(protocol)
+
+    def _tune_transport(self, protocol: ConnectionProtocol) -> None:
+        transport = protocol.transport
+        if transport is None or transport.is_closing() or protocol.tuned:
+            return
+        protocol.tuned = True
+        tuning = self._core.tuning
+        transport.set_write_buffer_limits(high=tuning.multipath_write_buffer)
+        set_notsent_lowat(transport.get_extra_info("socket"), tuning.multipath_notsent_lowat)
 
     def _user_timeout(self) -> float | None:
         return self._core.tuning.user_timeout
