@@ -27,6 +27,7 @@ from tcpls.errors import (
 )
 
 if TYPE_CHECKING:
+    from tcpls.aio.api import Server
     from tcpls.aio.session import Session
     from tcpls.aio.streams import StreamReader, StreamWriter
     from tcpls.config import ClientConfig, ServerConfig
@@ -239,10 +240,14 @@ def add_common_tls_options(p: argparse.ArgumentParser) -> None:
 
 
 def _positive_int(text: str) -> int:
+    return int(_positive(text, int, "a number"))
+
+
+def _positive(text: str, kind: Callable[[str], float], what: str) -> float:
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return value
@@ -358,8 +363,13 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError("choose what to serve: --echo or --files DIR", EXIT_USAGE)
     server = await serve(handler, args.host, args.port, config=config, scheduler=args.scheduler)
     mode = "plain TLS" if args.no_tcpls else "TCPLS (plain TLS fallback)"
+    return await _serve_until_interrupted(server, f"tcpls: serving {mode} on")
+
+
+async def _serve_until_interrupted(server: Server, banner: str) -> int:
+    """Announce the listening addresses, then serve until SIGINT or SIGTERM."""
     addresses = ", ".join(_format_address(s.getsockname()) for s in server.sockets)
-    print(f"tcpls: serving {mode} on {addresses}", file=sys.stderr, flush=True)
+    print(f"{banner} {addresses}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -439,13 +449,7 @@ def _size(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
+    return _positive(text, float, "a number of seconds")
 
 
 async def cmd_perf(args: argparse.Namespace) -> int:
@@ -463,16 +467,7 @@ async def cmd_perf(args: argparse.Namespace) -> int:
             config=server_config(args),
             scheduler=args.scheduler,
         )
-        addresses = ", ".join(_format_address(s.getsockname()) for s in server.sockets)
-        print(f"tcpls perf: server listening on {addresses}", file=sys.stderr, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        server.close()
-        await server.wait_closed()
-        return EXIT_OK
+        return await _serve_until_interrupted(server, "tcpls perf: server listening on")
     if not args.client:
         raise CommandError("choose a role: -s (server) or -c HOST (client)", EXIT_USAGE)
     return await _perf_client(args)

@@ -17,27 +17,24 @@ from tests.helpers import free_port, wait_port
 TCPLS = [sys.executable, "-m", "tcpls"]
 
 
-@pytest.fixture
-def serve(pki: DevPKI) -> Iterator[int]:
+def _echo_server(
+    pki: DevPKI, *extra: str, stderr: int = subprocess.PIPE
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``tcpls serve --echo`` on a free loopback port, listening when this returns."""
     port = free_port()
     proc = subprocess.Popen(
-        [
-            *TCPLS,
-            "serve",
-            "--cert",
-            str(pki.cert_file),
-            "--key",
-            str(pki.key_file),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--echo",
-        ],
-        stderr=subprocess.PIPE,
-    )
+        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
+         "--host", "127.0.0.1", "--port", str(port), "--echo", *extra],
+        stderr=stderr,
+    )  # fmt: skip
+    wait_port(port, proc=proc)  # type: ignore[arg-type]
+    return proc, port
+
+
+@pytest.fixture
+def serve(pki: DevPKI) -> Iterator[int]:
+    proc, port = _echo_server(pki)
     try:
-        wait_port(port, proc=proc)  # type: ignore[arg-type]
         yield port
     finally:
         proc.send_signal(signal.SIGINT)
@@ -121,27 +118,10 @@ def test_error_missing_ca_file(tmp_path: Path) -> None:
 
 def test_error_handshake_alert(pki: DevPKI) -> None:
     """A server that only allows a suite we do not offer sends handshake_failure."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *TCPLS,
-            "serve",
-            "--cert",
-            str(pki.cert_file),
-            "--key",
-            str(pki.key_file),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--echo",
-            "--ciphers",
-            "TLS_CHACHA20_POLY1305_SHA256",
-        ],
-        stderr=subprocess.DEVNULL,
+    proc, port = _echo_server(
+        pki, "--ciphers", "TLS_CHACHA20_POLY1305_SHA256", stderr=subprocess.DEVNULL
     )
     try:
-        wait_port(port, proc=proc)  # type: ignore[arg-type]
         line = _one_clean_line(
             _connect(port, "--cafile", str(pki.ca_file), "--ciphers", "TLS_AES_128_GCM_SHA256")
         )
