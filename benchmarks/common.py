@@ -632,6 +632,24 @@ async def serve_commands(control: Control, port: int, extra: dict[str, Any] | No
             raise BenchmarkError(f"unknown command {command!r}")
 
 
+#: Seconds allowed for closing servers and connections at the end of a run.
+CLOSE_TIMEOUT = 10.0
+
+
+async def serve_asyncio_server(
+    control: Control, server: asyncio.Server, extra: dict[str, Any] | None = None
+) -> None:
+    """Answer the parent for a listening ``asyncio`` server (see ``serve_commands``), then
+    close it."""
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        await serve_commands(control, port, extra)
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+
+
 def run_child(conn: Connection, main: Callable[[Control], Awaitable[Any]]) -> None:
     """Run ``await main(control)`` in a fresh event loop of a child process."""
 

@@ -55,6 +55,7 @@ from typing import Any
 
 from common import (
     CIPHER_SUITE,
+    CLOSE_TIMEOUT,
     HOST,
     BenchmarkError,
     Control,
@@ -74,7 +75,7 @@ from common import (
     ssl_client_context,
     summarize,
 )
-from peers import CLOSE_TIMEOUT, ssl_sink_server, tcpls_sink_server
+from peers import ssl_sink_server, tcpls_sink_server
 
 SYSTEMS = ("tcpls", "tcpls_plain_tls", "ssl", "tcpls_join", "tcpls_join_keep")
 JOIN_SYSTEMS = ("tcpls_join", "tcpls_join_keep")

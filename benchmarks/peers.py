@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Awaitable, Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 from common import (
     CIPHER_SUITE,
+    CLOSE_TIMEOUT,
     HOST,
     BenchmarkError,
     Control,
@@ -33,6 +35,7 @@ from common import (
     chunk_sizes,
     memory_mb,
     run_child,
+    serve_asyncio_server,
     serve_commands,
     ssl_client_context,
     ssl_server_context,
@@ -40,7 +43,35 @@ from common import (
 
 #: Size of the reads of every server (the writers write ``--chunk`` bytes at a time).
 READ_SIZE = MiB
-CLOSE_TIMEOUT = 10.0
+
+
+async def _measure_uploads(
+    control: Control,
+    meter: Meter,
+    pairs: Sequence[tuple[Any, Any]],
+    upload: Callable[[Any, Any], Awaitable[int]],
+    each: int,
+    finished: list[float],
+    cipher: str,
+    name: str,
+) -> None:
+    """Wait for ``go``, run the uploads concurrently, check their counts, report to the parent."""
+    await control.ready()
+    memory_before = memory_mb()
+    meter.start()
+    counts = await asyncio.gather(*(upload(reader, writer) for reader, writer in pairs))
+    measured = meter.stop()
+    _check_counts(list(counts), each, name)
+    control.reply(
+        {
+            **measured,
+            "bytes": len(pairs) * each,
+            "stream_seconds": sorted(finished),
+            "cipher": cipher,
+            "memory_before_mb": memory_before,
+            "memory_mb": memory_mb(),
+        }
+    )
 
 
 def _check_counts(counts: list[int], expected: int, what: str) -> None:
@@ -142,22 +173,9 @@ async def _tcpls_upload(
     async with tcpls.connect(HOST, port, config=config, reliable=reliable) as session:
         cipher = check_tcpls_session(session, tcpls_expected=True)
         pairs = [await session.open_stream() for _ in range(streams)]
-        await control.ready()
-        memory_before = memory_mb()
-        meter.start()
-        counts = await asyncio.gather(*(upload(r, w) for r, w in pairs))
-        measured = meter.stop()
-        _check_counts(list(counts), bytes_per_stream, "tcpls")
-        control.reply(
-            {
-                **measured,
-                "bytes": streams * bytes_per_stream,
-                "stream_seconds": sorted(finished),
-                "cipher": cipher,
-                "memory_before_mb": memory_before,
-                "memory_mb": memory_mb(),
-            }
-        )
+        await _measure_uploads(
+            control, meter, pairs, upload, bytes_per_stream, finished, cipher, "tcpls",
+        )  # fmt: skip
 
 
 # -- stdlib ssl over asyncio streams --------------------------------------------------
@@ -205,13 +223,7 @@ async def _ssl_sink(control: Control, pki: Pki) -> None:
     server = await asyncio.start_server(
         handle, HOST, 0, ssl=ssl_server_context(pki), limit=READ_SIZE
     )
-    port = int(server.sockets[0].getsockname()[1])
-    try:
-        await serve_commands(control, port, extra)
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+    await serve_asyncio_server(control, server, extra)
 
 
 def ssl_upload_client(
@@ -259,22 +271,9 @@ async def _ssl_upload(
         cipher = ""
         for _, writer in pairs:
             cipher = check_ssl_cipher(writer)
-        await control.ready()
-        memory_before = memory_mb()
-        meter.start()
-        counts = await asyncio.gather(*(upload(r, w) for r, w in pairs))
-        measured = meter.stop()
-        _check_counts(list(counts), bytes_per_connection, "ssl")
-        control.reply(
-            {
-                **measured,
-                "bytes": connections * bytes_per_connection,
-                "stream_seconds": sorted(finished),
-                "cipher": cipher,
-                "memory_before_mb": memory_before,
-                "memory_mb": memory_mb(),
-            }
-        )
+        await _measure_uploads(
+            control, meter, pairs, upload, bytes_per_connection, finished, cipher, "ssl",
+        )  # fmt: skip
     finally:
         for _, writer in pairs:
             writer.close()

@@ -49,6 +49,7 @@ from typing import Any
 
 from common import (
     CIPHER_SUITE,
+    CLOSE_TIMEOUT,
     HOST,
     MB,
     BenchmarkError,
@@ -68,13 +69,12 @@ from common import (
     run_benchmark,
     run_child,
     run_pair,
-    serve_commands,
+    serve_asyncio_server,
     ssl_client_context,
     ssl_server_context,
     summarize,
 )
 from peers import (
-    CLOSE_TIMEOUT,
     READ_SIZE,
     ssl_sink_server,
     ssl_upload_client,
@@ -184,13 +184,7 @@ async def _h2_sink(control: Control, pki: Pki, options: H2Options) -> None:
 
     ctx = ssl_server_context(pki, alpn=["h2"])
     server = await asyncio.start_server(handle, HOST, 0, ssl=ctx, limit=READ_SIZE)
-    port = int(server.sockets[0].getsockname()[1])
-    try:
-        await serve_commands(control, port, extra)
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
+    await serve_asyncio_server(control, server, extra)
 
 
 # -- h2 client ----------------------------------------------------------------------
