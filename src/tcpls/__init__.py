@@ -11,9 +11,13 @@ command line's lab commands) do not pay for the TLS stack.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# A library is silent unless the application configures logging (the command line does).
+logging.getLogger("tcpls").addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "Server": "tcpls.aio.api",

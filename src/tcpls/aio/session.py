@@ -741,6 +741,10 @@ class Session:
         core = self._core
         deadline = self._loop.time() + core.tuning.rejoin_timeout
         attempt_timeout = max(1.0, 2 * (self._user_timeout() or 1.0))
+        logger.warning(
+            "every connection to the server failed; reconnecting for up to %g s",
+            core.tuning.rejoin_timeout,
+        )
         while not core.connections and not core.closed:
             targets: list[tuple[str, int, tuple[str, int] | None]] = [
                 (host, port, None) for host, port in core.peer_addresses.values()
@@ -751,7 +755,7 @@ class Session:
                     break
                 try:
                     await self.join(host, port, local, timeout=attempt_timeout)
-                    logger.info("rejoined the session over %s:%d", host, port)
+                    logger.warning("reconnected to %s:%d; the session goes on", host, port)
                     return
                 except (OSError, TimeoutError, TCPLSError) as exc:
                     logger.info("rejoin over %s:%d failed: %s", host, port, exc)
