@@ -130,17 +130,23 @@ class SessionTuning:
     ack_delay: float = 0.025
     #: Largest plaintext per record (16 KiB; smaller records help aggregation).
     max_record_size: int = 16384
-    #: Per-stream receive buffer; when full, reading from TCP pauses (W13).
+    #: Unread data one stream may hold (bytes of memory, overheads included); above it,
+    #: reading from TCP pauses until the application reads (backpressure).
     stream_receive_buffer: int = 1024 * 1024
+    #: Unread data all the streams of a session may hold together, likewise.
+    session_receive_buffer: int = 16 * 1024 * 1024
     #: Per-stream high-water mark of bytes written and not yet sent: ``drain()`` waits above it.
     stream_send_buffer: int = 1024 * 1024
     #: Stream bytes sent and not yet acknowledged, per session, above which no new data is
-    #: sent (they are kept for reinjection, W10; TCP flow control normally bounds them).
-    max_unacked_bytes: int = 64 * 1024 * 1024
-    #: Streams a peer may open beyond the highest it opened so far, in one frame.
-    max_peer_streams: int = 10000
-    #: Out-of-order bytes held for reassembly across the session (W13).
-    max_reassembly_bytes: int = 64 * 1024 * 1024
+    #: sent (they are kept for reinjection; TCP flow control normally bounds them).
+    max_unacked_bytes: int = 16 * 1024 * 1024
+    #: Streams the peer may have open at once; one more ends the session (illegal_parameter).
+    max_open_streams: int = 4096
+    #: Streams the peer may open over the whole session; one more ends it likewise.
+    max_total_streams: int = 1 << 24
+    #: Memory of the out-of-order stream data held for reassembly across the session;
+    #: more ends the session (illegal_parameter).
+    max_reassembly_bytes: int = 16 * 1024 * 1024
     #: TCP_USER_TIMEOUT on every socket, seconds (W11); ``None`` leaves the kernel default.
     user_timeout: float | None = 2.0
     #: Send a Ping when data is outstanding and nothing arrived for this long (W11).

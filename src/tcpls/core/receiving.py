@@ -17,7 +17,7 @@ from tcpls.core.connection import Connection, ConnectionStatus
 from tcpls.core.events import StreamOpened, TokenReceived
 from tcpls.core.state import SessionBase
 from tcpls.core.streams import Stream
-from tcpls.errors import ConnectionClosedError, IllegalParameter, InternalError, UnexpectedMessage
+from tcpls.errors import ConnectionClosedError, IllegalParameter, UnexpectedMessage
 from tcpls.wire.frames import (
     ACK_SIZE,
     STREAM_HEADER_SIZE,
@@ -155,19 +155,21 @@ class ReceivingMixin(SessionBase):
             if stream is None:
                 return False  # a stream already closed: a duplicate after reinjection
         recv = stream.recv
-        held = recv.held
+        held, buffered = recv.held, recv.buffered
         kept = recv.receive(offset, data, fin)
         if recv.held != held:
             self.reassembly_held += recv.held - held
             if self.reassembly_held > self.tuning.max_reassembly_bytes:
-                raise InternalError(
-                    "too much out-of-order stream data held for reassembly "
-                    f"({self.reassembly_held} bytes)"
+                raise IllegalParameter(
+                    f"the peer sent more out-of-order stream data than the "
+                    f"{self.tuning.max_reassembly_bytes}-byte reassembly limit allows"
                 )
+        if recv.buffered != buffered:
+            self.receive_buffered += recv.buffered - buffered
+            if recv.buffered > self.tuning.stream_receive_buffer:
+                self._full_streams.add(sid)
         if recv.readable or recv.complete:
             self.readable.add(sid)
-            if recv.readable > self.tuning.stream_receive_buffer:
-                self._full_streams.add(sid)
         return kept
 
     def _stream_for_frame(self, sid: int) -> Stream | None:
@@ -176,15 +178,26 @@ class ReceivingMixin(SessionBase):
             if sid >= self._next_stream_id:
                 raise IllegalParameter(f"Stream frame for stream {sid}, which we never opened")
             return None
-        if sid < self._peer_next_stream_id:
+        first = self._peer_next_stream_id
+        if sid < first:
             return None
-        if (sid - self._peer_next_stream_id) // 2 >= self.tuning.max_peer_streams:
-            raise IllegalParameter(f"stream {sid} would open too many streams at once")
+        tuning = self.tuning
+        opening = (sid - first) // 2 + 1
+        if self._peer_open + opening > tuning.max_open_streams:
+            raise IllegalParameter(
+                f"the peer would have {self._peer_open + opening} streams open; "
+                f"the limit is {tuning.max_open_streams}"
+            )
+        if sid // 2 + 1 > tuning.max_total_streams:
+            raise IllegalParameter(
+                f"the peer opened more than {tuning.max_total_streams} streams in this session"
+            )
         stream = None
-        for new_id in range(self._peer_next_stream_id, sid + 1, 2):
+        for new_id in range(first, sid + 1, 2):
             stream = Stream(new_id, local=False)
             self.streams[new_id] = stream
             self._events.append(StreamOpened(new_id))
+        self._peer_open += opening
         self._peer_next_stream_id = sid + 2
         return stream
 
@@ -238,8 +251,15 @@ class ReceivingMixin(SessionBase):
             self._forget_stream(stream)
 
     def _forget_stream(self, stream: Stream) -> None:
-        self.streams.pop(stream.id, None)
+        if self.streams.pop(stream.id, None) is None:
+            return
         self._sendable.pop(stream.id, None)
+        self._full_streams.discard(stream.id)
+        recv = stream.recv
+        self.receive_buffered -= recv.buffered
+        self.reassembly_held -= recv.held
+        if not stream.local:
+            self._peer_open -= 1
 
     def _on_new_token(self, frame: NewToken) -> None:
         if not self.is_client:

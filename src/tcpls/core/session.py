@@ -564,9 +564,12 @@ class Session(ReceivingMixin, SendingMixin):
         stream = self.streams.get(stream_id)
         if stream is None:
             return b""
-        data = stream.recv.read(n)
+        recv = stream.recv
+        before = recv.buffered
+        data = recv.read(n)
+        self.receive_buffered -= before - recv.buffered
         if stream_id in self._full_streams and (
-            stream.recv.readable <= self.tuning.stream_receive_buffer // 2
+            recv.buffered <= self.tuning.stream_receive_buffer // 2
         ):
             self._full_streams.discard(stream_id)
         if stream.closed:
@@ -582,8 +585,19 @@ class Session(ReceivingMixin, SendingMixin):
 
     @property
     def reading_paused(self) -> bool:
-        """Whether a stream's receive buffer is full: stop reading the sockets (W13)."""
-        return bool(self._full_streams)
+        """Whether received data waits for the application: stop reading the sockets.
+
+        Reading pauses while one stream holds more unread data than
+        ``stream_receive_buffer``, or all streams together more than
+        ``session_receive_buffer`` (counted in real memory), and resumes when the
+        application has read half of it (*Backpressure* in docs/design.md).
+        """
+        budget = self.tuning.session_receive_buffer
+        if self._session_full:
+            self._session_full = self.receive_buffered > budget // 2
+        elif self.receive_buffered > budget:
+            self._session_full = True
+        return self._session_full or bool(self._full_streams)
 
     # ------------------------------------------------------------------ timers
 

@@ -85,7 +85,14 @@ class SessionBase:
         self._full_streams: set[int] = set()
         self._next_stream_id = 0 if is_client else 1
         self._peer_next_stream_id = 1 if is_client else 0
+        #: Memory of the out-of-order stream data held for reassembly, all streams.
         self.reassembly_held = 0
+        #: Memory of the in-order stream data the application has not read, all streams.
+        self.receive_buffered = 0
+        #: Streams the peer opened that are not gone yet.
+        self._peer_open = 0
+        #: Reading is paused because the unread data of all streams exceeds the budget.
+        self._session_full = False
         #: Connections with received records waiting for an ACK (W9).
         self._acks_pending: set[Connection] = set()
         #: Stream bytes sent and not yet acknowledged, over all connections.

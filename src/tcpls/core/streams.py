@@ -24,12 +24,44 @@ import heapq
 from collections import deque
 from collections.abc import Iterator
 
-from tcpls.errors import IllegalParameter
+from tcpls.errors import DecodeError, IllegalParameter
 
-__all__ = ["RETAIN_MIN", "RangeSet", "ReceiveBuffer", "SendBuffer", "Stream"]
+__all__ = [
+    "MAX_STREAM_OFFSET",
+    "RETAIN_MIN",
+    "RangeSet",
+    "ReceiveBuffer",
+    "SendBuffer",
+    "Stream",
+    "chunk_cost",
+]
 
 #: Stream data of at least this many bytes is kept as a view of the decrypted record.
-RETAIN_MIN = 4096
+#: More than half a record: a record buffer is pinned by at most one such view, and
+#: the view is charged the whole buffer (see :func:`chunk_cost`).
+RETAIN_MIN = 8192
+#: Largest stream offset plus one: a frame may not end beyond 2^64 - 1 (offsets are 64-bit).
+MAX_STREAM_OFFSET = (1 << 64) - 1
+#: What holding one chunk costs beyond its bytes: the object header, the queue slot.
+CHUNK_OVERHEAD = 64
+#: What a view of a record buffer costs beyond the buffer (a ``memoryview`` object).
+VIEW_OVERHEAD = 192
+#: The extra cost of an out-of-order chunk: its heap entry (tuple, offset, sequence).
+HELD_OVERHEAD = 128
+
+
+def chunk_cost(chunk: bytes | memoryview) -> int:
+    """The memory one received chunk really holds (see *Receive memory* in docs/design.md).
+
+    A copied chunk costs its bytes plus :data:`CHUNK_OVERHEAD`; a view costs the whole
+    record buffer it pins plus :data:`VIEW_OVERHEAD`.
+    """
+    if type(chunk) is memoryview:
+        owner = chunk.obj
+        return (len(owner) if isinstance(owner, bytes | bytearray) else chunk.nbytes) + (
+            VIEW_OVERHEAD
+        )
+    return len(chunk) + CHUNK_OVERHEAD
 
 
 class RangeSet:
@@ -54,6 +86,26 @@ class RangeSet:
             end = max(end, ends[j - 1])
         starts[i:j] = [start]
         ends[i:j] = [end]
+
+    def gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of ``[start, end)`` that no range covers, in order."""
+        starts, ends = self._starts, self._ends
+        i = bisect.bisect_right(ends, start)
+        out: list[tuple[int, int]] = []
+        pos = start
+        while i < len(starts) and starts[i] < end:
+            if starts[i] > pos:
+                out.append((pos, starts[i]))
+            pos = max(pos, ends[i])
+            i += 1
+        if pos < end:
+            out.append((pos, end))
+        return out
+
+    @property
+    def end(self) -> int:
+        """The end of the last range (0 when empty)."""
+        return self._ends[-1] if self._ends else 0
 
     def first_end_from(self, base: int) -> int:
         """If a range contains ``base``, its end; otherwise ``base``."""
@@ -158,15 +210,34 @@ class SendBuffer:
 class ReceiveBuffer:
     """In-order delivery of one stream's incoming bytes, with a reassembly heap.
 
-    In-order data waits in a queue of chunks until the application reads it.
-    A chunk of at least :data:`RETAIN_MIN` bytes is kept as the ``memoryview``
-    it arrived as (a view of the decrypted record: no copy); smaller ones are
-    copied so that a small frame does not pin a whole record buffer.
-    :meth:`receive` reports whether it kept such a view, and the caller then
-    must not reuse the record buffer.
+    In-order data waits in a queue of chunks until the application reads it;
+    data above the delivered offset waits in a heap of non-overlapping chunks
+    until the gap below it is filled. A chunk of at least :data:`RETAIN_MIN`
+    bytes is kept as the ``memoryview`` it arrived as (a view of the decrypted
+    record: no copy); smaller ones are copied so that a small frame does not pin
+    a whole record buffer. :meth:`receive` reports whether it kept such a view,
+    and the caller then must not reuse the record buffer.
+
+    Memory is counted as it really is (see *Receive memory* in docs/design.md):
+    a kept view costs its whole record buffer, and every chunk costs a fixed
+    overhead for the Python objects that hold it. :attr:`buffered` is the cost
+    of the in-order bytes the application has not read, :attr:`held` the cost of
+    the out-of-order chunks. Duplicates are dropped: only the parts of a chunk
+    that nothing held covers yet are stored, and a zero-length frame without FIN
+    stores nothing.
     """
 
-    __slots__ = ("_chunks", "_heap", "_readable", "_seq", "delivered", "final_size", "held")
+    __slots__ = (
+        "_chunks",
+        "_heap",
+        "_ranges",
+        "_readable",
+        "_seq",
+        "buffered",
+        "delivered",
+        "final_size",
+        "held",
+    )
 
     def __init__(self) -> None:
         self._chunks: deque[bytes | memoryview] = deque()  # in-order, not yet read
@@ -174,13 +245,20 @@ class ReceiveBuffer:
         self.delivered = 0  # stream offset after the last in-order byte
         self.final_size: int | None = None
         self._heap: list[tuple[int, int, bytes | memoryview]] = []
+        self._ranges = RangeSet()  # the stream ranges the heap holds
         self._seq = 0
-        self.held = 0  # out-of-order bytes held in the heap
+        self.buffered = 0  # memory of the in-order chunks not yet read
+        self.held = 0  # memory of the out-of-order chunks in the heap
 
     @property
     def readable(self) -> int:
         """In-order bytes waiting for the application."""
         return self._readable
+
+    @property
+    def memory(self) -> int:
+        """What the chunks held by this buffer cost in memory, in bytes."""
+        return self.buffered + self.held
 
     @property
     def at_eof(self) -> bool:
@@ -199,60 +277,82 @@ class ReceiveBuffer:
     def receive(self, offset: int, data: bytes | bytearray | memoryview, fin: bool) -> bool:
         """Take a Stream frame's data; return whether a view of ``data`` was kept.
 
-        Out-of-order bytes are counted in :attr:`held`. Raises
+        Raises :class:`DecodeError` when the frame ends beyond 2^64 - 1 and
         :class:`IllegalParameter` for data beyond the final size or a final size
         that changes.
         """
         size = len(data)
         end = offset + size
+        if end > MAX_STREAM_OFFSET:
+            raise DecodeError("a Stream frame ends beyond the largest stream offset (2^64 - 1)")
         final = self.final_size
         if fin:
             if final is not None and final != end:
                 raise IllegalParameter("a stream's final size changed")
-            if final is None and (end < self.delivered or self._beyond(end)):
+            if final is None and (end < self.delivered or self._ranges.end > end):
                 raise IllegalParameter("stream data beyond its final size")
             self.final_size = final = end
         elif final is not None and end > final:
             raise IllegalParameter("stream data after FIN")
         delivered = self.delivered
         if end <= delivered:
-            return False  # duplicate
+            return False  # a duplicate, or a zero-length frame: nothing to store
         if offset < delivered:
             data = data[delivered - offset :]
             size = end - delivered
             offset = delivered
-        keep = size >= RETAIN_MIN and isinstance(data, memoryview)
-        if isinstance(data, bytearray) or (isinstance(data, memoryview) and not keep):
-            data = bytes(data)
-        chunk = data
         if offset == delivered:
+            keep = size >= RETAIN_MIN and isinstance(data, memoryview)
+            chunk = data if keep and isinstance(data, memoryview) else bytes(data)
             self._chunks.append(chunk)
+            self.buffered += chunk_cost(chunk)
             self._readable += size
             self.delivered = end
             if self._heap:
                 self._drain_heap()
-        else:
-            self._seq += 1
-            heapq.heappush(self._heap, (offset, self._seq, chunk))
-            self.held += size
-        return keep
+            return keep
+        return self._hold(offset, end, data)
 
-    def _beyond(self, end: int) -> bool:
-        return any(off + len(d) > end for off, _, d in self._heap)
+    def _hold(self, offset: int, end: int, data: bytes | bytearray | memoryview) -> bool:
+        """Keep the parts of an out-of-order chunk that the heap does not hold yet."""
+        gaps = self._ranges.gaps(offset, end)
+        if not gaps:
+            return False  # everything is held already
+        keep = False
+        for start, stop in gaps:
+            piece = data[start - offset : stop - offset]
+            if len(gaps) == 1 and stop - start >= RETAIN_MIN and isinstance(piece, memoryview):
+                keep = True
+            else:
+                piece = bytes(piece)
+            self._seq += 1
+            heapq.heappush(self._heap, (start, self._seq, piece))
+            self.held += chunk_cost(piece) + HELD_OVERHEAD
+        self._ranges.add(offset, end)
+        return keep
 
     def _drain_heap(self) -> None:
         heap = self._heap
         delivered = self.delivered
         while heap and heap[0][0] <= delivered:
             offset, _, data = heapq.heappop(heap)
-            self.held -= len(data)
+            self.held -= chunk_cost(data) + HELD_OVERHEAD
             end = offset + len(data)
             if end > delivered:
-                tail = data[delivered - offset :]
-                self._chunks.append(tail)
-                self._readable += len(tail)
+                if offset < delivered:
+                    data = data[delivered - offset :]
+                self._chunks.append(data)
+                self.buffered += chunk_cost(data)
+                self._readable += end - delivered
                 delivered = end
         self.delivered = delivered
+        self._ranges.discard_below(delivered)
+
+    def release(self) -> None:
+        """Drop the out-of-order chunks (the stream can no longer be completed)."""
+        self._heap.clear()
+        self._ranges = RangeSet()
+        self.held = 0
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` in-order bytes (all when ``n < 0``)."""
@@ -263,19 +363,25 @@ class ReceiveBuffer:
             data = b"".join(chunks)
             chunks.clear()
             self._readable = 0
+            self.buffered = 0
             return data
         parts: list[bytes | memoryview] = []
         need = n
+        released = 0
         while need:
             chunk = chunks[0]
             if len(chunk) <= need:
                 parts.append(chunks.popleft())
+                released += chunk_cost(chunk)
                 need -= len(chunk)
             else:
                 parts.append(chunk[:need])
-                chunks[0] = chunk[need:]
+                rest = chunk[need:]
+                chunks[0] = rest
+                released += chunk_cost(chunk) - chunk_cost(rest)
                 need = 0
         self._readable -= n
+        self.buffered -= released
         return b"".join(parts)
 
     def find(self, separator: bytes, start: int = 0) -> int:
@@ -285,6 +391,7 @@ class ReceiveBuffer:
             joined = b"".join(chunks)
             chunks.clear()
             chunks.append(joined)
+            self.buffered = chunk_cost(joined)
         return bytes(chunks[0]).find(separator, start) if chunks else -1
 
 
