@@ -607,9 +607,11 @@ class Session:
     def _data_consumed(self) -> None:
         if self._reading_paused and not self._core.reading_paused:
             self._reading_paused = False
+            self._core.set_reading_paused(False, self._loop.time())
             for protocol in self._protocols.values():
                 if protocol.transport is not None and not protocol.transport.is_closing():
                     protocol.transport.resume_reading()
+            self._reschedule_timer()  # liveness probes run again
 
     def _reader_waiting(self, stream_id: int) -> None:
         """A reader is about to wait: make sure reading is not paused for nothing."""
@@ -683,6 +685,7 @@ class Session:
             return
         if core.reading_paused and not self._reading_paused:
             self._reading_paused = True
+            core.set_reading_paused(True, loop_time())
             for protocol in self._protocols.values():
                 if protocol.transport is not None and not protocol.transport.is_closing():
                     protocol.transport.pause_reading()

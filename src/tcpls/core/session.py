@@ -602,18 +602,23 @@ class Session(ReceivingMixin, SendingMixin):
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float | None:
-        """When :meth:`handle_timer` must run next (``None``: no timer)."""
+        """When :meth:`handle_timer` must run next (``None``: no timer).
+
+        Every deadline is cleared or moved by :meth:`handle_timer` once it has
+        passed, so a deadline in the past fires once and never re-arms itself.
+        """
         tuning = self.tuning
         deadlines: list[float] = [
             c.ack_deadline for c in self._acks_pending if c.ack_deadline is not None
         ]
-        for c in self.connections.values():
-            if c.status not in _PROBED or c.flow_blocked or not self.tcpls:
-                continue
-            if c.ping_sent_at is not None:
-                deadlines.append(c.ping_sent_at + tuning.ping_timeout)
-            elif c.sent_log and not c.ping_pending:
-                deadlines.append(c.last_receive + tuning.ping_after)
+        if self.tcpls and not self._reading_suspended:
+            for c in self.connections.values():
+                if c.status not in _PROBED or c.flow_blocked:
+                    continue
+                if c.ping_sent_at is not None:
+                    deadlines.append(c.ping_sent_at + tuning.ping_timeout)
+                elif c.sent_log and not c.ping_pending:
+                    deadlines.append(c.last_receive + tuning.ping_after)
         if self._orphaned_since is not None:
             deadlines.append(self._orphaned_since + tuning.rejoin_timeout)
         return min(deadlines) if deadlines else None
@@ -621,16 +626,26 @@ class Session(ReceivingMixin, SendingMixin):
     def handle_timer(self, now: float) -> None:
         """Run the timers that expired (the I/O layer then transmits).
 
-        Liveness (W11): a connection with data outstanding that received nothing
-        for ``ping_after`` gets a Ping; if the Ping is not answered (no ACK for
-        its record, nothing received) within ``ping_timeout``, the connection
-        has failed. A server session left without connections waits
+        ACKs (*ACK policy* in docs/design.md): an ACK whose delay has passed becomes
+        due; its deadline is cleared, so it is not re-armed while the connection
+        cannot send. Liveness (*Failure detection*): a connection with data
+        outstanding that received nothing for ``ping_after`` gets a Ping; if the
+        Ping is not answered (no ACK for its record, nothing received) within
+        ``ping_timeout``, the connection has failed. Probes are suspended while
+        the I/O layer does not read (:meth:`set_reading_paused`), since answers
+        would not be read. A server session left without connections waits
         ``rejoin_timeout`` for the client to join again (break-before-make).
         """
         self.now = now
         tuning = self.tuning
+        for conn in self._acks_pending:
+            deadline = conn.ack_deadline
+            if deadline is not None and now >= deadline:
+                conn.ack_deadline = None
+                conn.ack_now = True
+        probing = self.tcpls and not self._reading_suspended
         for conn in list(self.connections.values()):
-            if conn.status not in _PROBED or not self.tcpls:
+            if conn.status not in _PROBED or not probing:
                 continue
             if conn.flow_blocked:
                 conn.ping_sent_at = None
@@ -658,6 +673,24 @@ class Session(ReceivingMixin, SendingMixin):
                     f"no connection joined again within {tuning.rejoin_timeout:g} s"
                 )
             )
+
+    def set_reading_paused(self, paused: bool, now: float) -> None:
+        """The I/O layer paused (or resumed) reading every connection (backpressure).
+
+        While it does not read, the answers to our Pings would wait unread, so
+        liveness probes are suspended; when reading resumes, the silence of the
+        pause does not count against any connection.
+        """
+        self.now = now
+        if paused == self._reading_suspended:
+            return
+        self._reading_suspended = paused
+        for conn in self.connections.values():
+            if paused:
+                conn.ping_sent_at = None
+                conn.ping_pending = False
+            else:
+                conn.last_receive = max(conn.last_receive, now)
 
     def set_flow_blocked(self, connection_id: int, blocked: bool) -> None:
         """The I/O layer saw the peer's TCP window closed (or open again) on a connection."""

@@ -93,6 +93,8 @@ class SessionBase:
         self._peer_open = 0
         #: Reading is paused because the unread data of all streams exceeds the budget.
         self._session_full = False
+        #: The I/O layer does not read the connections (liveness probes wait).
+        self._reading_suspended = False
         #: Connections with received records waiting for an ACK (W9).
         self._acks_pending: set[Connection] = set()
         #: Stream bytes sent and not yet acknowledged, over all connections.

@@ -1,0 +1,67 @@
+"""Timers of the session core: a deadline in the past fires once, and liveness probes
+wait while the I/O layer does not read (a slow reader is not a dead path)."""
+
+from __future__ import annotations
+
+from tcpls.config import SessionTuning
+from tcpls.devcert import DevPKI
+from tests.core.util import established
+
+
+def test_a_due_ack_that_cannot_be_sent_does_not_rearm_its_timer(pki: DevPKI) -> None:
+    h = established(pki)
+    sid = h.client.open_stream()
+    h.client.send(sid, b"x" * 100)
+    # deliver the record to the server, but never let the server transmit (paused transport)
+    data = h.client.transmit(0, h.now)
+    h.server.receive_data(0, data, h.now)
+    deadline = h.server.next_deadline()
+    assert deadline is not None and deadline > h.now  # the ACK delay
+    for step in range(1, 6):
+        now = deadline + step * 0.001
+        h.server.handle_timer(now)
+        later = h.server.next_deadline()
+        assert later is None or later > now, "a past deadline would fire again at once"
+    assert h.server.wants_transmit(0)  # the ACK is due and waits for the transport
+    h.pump()
+    assert not h.server.wants_transmit(0)
+
+
+def test_no_ping_while_reading_is_paused(pki: DevPKI) -> None:
+    """The server's application is slow: the server stops reading. Its own data waits
+    for ACKs it does not read; it must not probe, and must not fail the connection."""
+    tuning = SessionTuning(ping_after=0.5, ping_timeout=0.5)
+    h = established(pki, tuning=tuning)
+    sid = h.client.open_stream()
+    h.client.send(sid, b"q")
+    h.pump()
+    h.advance(0.1)  # acknowledged: the client has nothing outstanding
+    h.server.send(sid, b"a" * 50_000)
+    link = h.links[0]
+    h.server.set_reading_paused(True, h.now)
+    h.cut(link, "stall")  # nothing the client sends is read
+    for _ in range(50):
+        h.advance(0.1)
+    conn = h.server.connections[0]
+    assert not h.server.closed and conn.status.value == "active"
+    assert conn.ping_sent_at is None
+    h.restore(link)
+    h.server.set_reading_paused(False, h.now)
+    h.pump()
+    h.advance(0.1)
+    assert not h.server.closed
+    assert h.client.read(sid) == b"a" * 50_000
+    assert not h.server.connections[0].sent_log
+
+
+def test_probes_resume_after_reading_resumes(pki: DevPKI) -> None:
+    tuning = SessionTuning(ping_after=0.5, ping_timeout=0.5)
+    h = established(pki, tuning=tuning)
+    sid = h.server.open_stream()
+    h.server.set_reading_paused(True, h.now)
+    h.server.set_reading_paused(False, h.now)
+    link = h.links[0]
+    h.cut(link, "blackhole")  # now the path is really dead
+    h.server.send(sid, b"lost")
+    h.pump()
+    h.run_until(lambda: h.server.closed or 0 not in h.server.connections, limit=5)
