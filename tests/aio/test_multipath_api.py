@@ -204,3 +204,39 @@ def test_addresses_advertised_and_withdrawn_at_run_time(pki: DevPKI) -> None:
                 assert await _upload(session, payload) == hashlib.sha256(payload).hexdigest()
 
     asyncio.run(run())
+
+
+def test_no_new_connection_goes_to_a_withdrawn_address(pki: DevPKI) -> None:
+    """draft-04 §5.2.8: after Remove Address the client neither joins nor rejoins there."""
+    server_config, client_config = _configs(pki)
+
+    async def run() -> None:
+        async with await tcpls.serve(_digest_handler, "0.0.0.0", 0, config=server_config) as srv:
+            async with tcpls.connect("127.0.0.1", srv.port, config=client_config) as session:
+                srv.advertise(f"127.0.0.7:{srv.port}")
+                for _ in range(50):
+                    if session.peer_addresses:
+                        break
+                    await asyncio.sleep(0.02)
+                await session.join("127.0.0.7", srv.port)
+                srv.withdraw(f"127.0.0.7:{srv.port}")
+                for _ in range(100):
+                    if len(session.connections) == 1:
+                        break
+                    await asyncio.sleep(0.02)
+                try:
+                    await session.join("127.0.0.7", srv.port)
+                except tcpls.TCPLSError as exc:
+                    assert "withdrew 127.0.0.7" in str(exc)
+                else:
+                    raise AssertionError("joined a withdrawn address")
+                # the last connection dies: the rejoin may only use the first address
+                session._protocols[0].transport.abort()  # type: ignore[union-attr]
+                for _ in range(200):
+                    if session.connections and session.connections[0].id != 0:
+                        break
+                    await asyncio.sleep(0.02)
+                (conn,) = session.connections
+                assert conn.remote_address == ("127.0.0.1", srv.port)
+
+    asyncio.run(run())

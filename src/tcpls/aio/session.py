@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -227,7 +228,7 @@ class Session:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._multipath_buffers = False
         if core.is_client:
-            core.rejoin = True
+            core.rejoin = core.tuning.rejoin_timeout > 0
 
     # ------------------------------------------------------------ public API
 
@@ -376,6 +377,8 @@ class Session:
         await self.wait_established()
         if not self._core.tcpls:
             raise TCPLSError("joins need TCPLS; this session fell back to plain TLS (W17)")
+        if self._withdrawn(host, port):
+            raise TCPLSError(f"the server withdrew {host}:{port}; no new connection may go there")
         timeout = timeout if timeout is not None else self._core.tuning.handshake_timeout
         tls, cid = self._core.start_join()
         protocol = ConnectionProtocol(self, cid)
@@ -731,6 +734,15 @@ class Session:
         if active:
             self._start_flow_guard()
 
+    def _withdrawn(self, host: str, port: int) -> bool:
+        """Whether the server withdrew ``host:port`` (Remove Address)."""
+        withdrawn = self._core.withdrawn_addresses
+        if not withdrawn:
+            return False
+        with contextlib.suppress(ValueError):  # a name is compared as given
+            host = str(ipaddress.ip_address(host.strip("[]")))
+        return (host, port) in withdrawn
+
     def _start_rejoin(self) -> None:
         if self._rejoin_task is None or self._rejoin_task.done():
             self._rejoin_task = self._loop.create_task(self._rejoin())
@@ -742,36 +754,41 @@ class Session:
         used, until one joins or ``rejoin_timeout`` passes.
         """
         core = self._core
-        deadline = self._loop.time() + core.tuning.rejoin_timeout
+        limit = core.tuning.rejoin_timeout
+        deadline = self._loop.time() + limit
         attempt_timeout = max(1.0, 2 * (self._user_timeout() or 1.0))
-        logger.warning(
-            "every connection to the server failed; reconnecting for up to %g s",
-            core.tuning.rejoin_timeout,
-        )
+        logger.warning("every connection to the server failed; reconnecting for up to %g s", limit)
         while not core.connections and not core.closed:
             targets: list[tuple[str, int, tuple[str, int] | None]] = [
                 (host, port, None) for host, port in core.peer_addresses.values()
             ]
             targets += [t for t in reversed(self._join_targets) if t not in targets]
+            targets = [t for t in targets if not self._withdrawn(t[0], t[1])]
             for host, port, local in targets:
-                if core.closed or core.connections or not core.tokens:
+                remaining = deadline - self._loop.time()
+                if core.closed or core.connections or not core.tokens or remaining <= 0:
                     break
                 try:
-                    await self.join(host, port, local, timeout=attempt_timeout)
+                    await self.join(host, port, local, timeout=min(attempt_timeout, remaining))
                     logger.warning("reconnected to %s:%d; the session goes on", host, port)
                     return
                 except (OSError, TimeoutError, TCPLSError) as exc:
-                    logger.info("rejoin over %s:%d failed: %s", host, port, exc)
-            if not core.tokens or self._loop.time() > deadline:
+                    logger.info("reconnecting over %s:%d failed: %s", host, port, exc)
+            if not targets or not core.tokens or self._loop.time() >= deadline:
+                why = (
+                    "no address is left to reconnect to"
+                    if not targets
+                    else "no join token is left"
+                    if not core.tokens
+                    else f"none answered within {limit:g} s"
+                )
                 core.rejoin = False
                 core.abort(
-                    ConnectionClosedError(
-                        "every connection of the session failed and none could join again"
-                    )
+                    ConnectionClosedError(f"every connection to the server failed and {why}")
                 )
                 self._process()
                 return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(min(0.2, max(0.0, deadline - self._loop.time())))
 
     def _reschedule_timer(self) -> None:
         deadline = self._core.next_deadline()

@@ -52,7 +52,11 @@ class ReceivingMixin(SessionBase):
         """Process one decrypted record; return whether a view of ``content`` was kept."""
         conn.records_received += 1
         size = len(content)
-        if size == ACK_SIZE and content[ACK_SIZE - 1] == FrameType.ACK:
+        if (
+            size == ACK_SIZE
+            and content[ACK_SIZE - 1] == FrameType.ACK
+            and conn.expected_stream_change is None
+        ):
             # a lone ACK (the receiver of a bulk transfer sends nothing else)
             highest, ack_conn, _ = _ACK.unpack_from(content)
             self._on_ack(Ack(ack_conn, highest))
@@ -298,10 +302,13 @@ class ReceivingMixin(SessionBase):
         self.peer_addresses[aid] = (str(frame.address), frame.port)
 
     def _on_remove_address(self, address_id: int) -> None:
+        # Remembered even when unknown: a New Address sent earlier can arrive later
+        # (reinjected on another connection) and must not bring the address back.
+        self._removed_addresses.add(address_id)
         entry = self.peer_addresses.pop(address_id, None)
         if entry is None:
             return
-        self._removed_addresses.add(address_id)
+        self.withdrawn_addresses.add(entry)
         host, port = entry
         for conn in list(self.connections.values()):
             remote = conn.remote_address

@@ -317,6 +317,7 @@ class Session(ReceivingMixin, SendingMixin):
             self.tokens[1] = event.token
             self._events.append(TokenReceived(1))
         if not event.tcpls:
+            self._control.clear()  # New Address frames queued for a TCPLS session
             self.streams[0] = Stream(0, local=True)
             self._next_stream_id = self._peer_next_stream_id = 2
             self._outstanding_tokens.clear()
@@ -345,11 +346,13 @@ class Session(ReceivingMixin, SendingMixin):
 
     def advertise_address(self, address_id: int, host: str, port: int) -> None:
         """Announce an extra address of ours with New Address (W18)."""
-        self._control.append(NewAddress(address_id, ipaddress.ip_address(host), port))
+        if self.tcpls is not False:  # a plain TLS session has no frames
+            self._control.append(NewAddress(address_id, ipaddress.ip_address(host), port))
 
     def withdraw_address(self, address_id: int) -> None:
         """Withdraw an advertised address with Remove Address (W18)."""
-        self._control.append(RemoveAddress(address_id))
+        if self.tcpls is not False:
+            self._control.append(RemoveAddress(address_id))
 
     # ------------------------------------------------------------- close_notify
 
@@ -399,18 +402,21 @@ class Session(ReceivingMixin, SendingMixin):
         )
 
     def _on_tls_failed(self, conn: Connection, error: TCPLSError) -> None:
-        if conn.status is ConnectionStatus.HANDSHAKE and self.state is SessionState.ESTABLISHED:
-            # a join that failed (e.g. illegal_parameter for a bad token): the session
-            # itself is untouched (W7)
-            self._join_tokens.pop(conn.id, None)
-            conn.status = ConnectionStatus.FAILED
-            self._forget_connection(conn)
-            self._events.append(ConnectionRemoved(conn.id, error))
-            self._maybe_closed()
+        if conn.status is ConnectionStatus.HANDSHAKE and conn.id != 0:
+            self._join_failed(conn, error)
         elif isinstance(error, ProtocolError | PeerAlert) or not self.tcpls:
             self._fail(error)  # a fatal alert closes the whole session (W14)
         else:
             self._connection_failed(conn, error)
+
+    def _join_failed(self, conn: Connection, error: TCPLSError) -> None:
+        """A join that never completed failed (a bad token, a lost TCP connection, even
+        one held during the handshake): only that connection is affected (*Joins*)."""
+        self._join_tokens.pop(conn.id, None)
+        conn.status = ConnectionStatus.FAILED
+        self._forget_connection(conn)
+        self._events.append(ConnectionRemoved(conn.id, error))
+        self._maybe_closed()
 
     # --------------------------------------------------------- failure (W10/W11)
 
@@ -433,6 +439,9 @@ class Session(ReceivingMixin, SendingMixin):
             return
         was_handshake = conn.status is ConnectionStatus.HANDSHAKE
         conn.status = ConnectionStatus.FAILED
+        if was_handshake and conn.id != 0 and self.state is SessionState.HANDSHAKE:
+            self._join_failed(conn, error)  # a held join: the session itself is untouched
+            return
         if (
             self.state is SessionState.HANDSHAKE
             or not self.tcpls

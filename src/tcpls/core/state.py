@@ -79,6 +79,8 @@ class SessionBase:
         #: Addresses the peer advertised (W18), by address ID.
         self.peer_addresses: dict[int, tuple[str, int]] = {}
         self._removed_addresses: set[int] = set()
+        #: Addresses the peer withdrew: no new connection may go to them (draft-04 §5.2.8).
+        self.withdrawn_addresses: set[tuple[str, int]] = set()
         self._events: deque[SessionEvent] = deque()
         self._control: deque[Frame] = deque()
         self._sendable: dict[int, None] = {}
