@@ -21,6 +21,7 @@ from tcpls.core.tokens import TokenRegistry
 from tcpls.errors import ConfigurationError
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.engine import HandshakeEngine, TicketStore
+from tcpls.tls.hello import ClientHelloInfo, check_client_hello
 from tcpls.tls.keylog import KeyLog, keylog_path
 
 __all__ = ["PendingConnection", "ServerEndpoint", "client_session", "parse_host_port"]
@@ -94,6 +95,17 @@ class ServerEndpoint:
             enumerate(parse_host_port(a) for a in config.advertise)
         )
         self._next_address_id = len(self.advertised)
+        # What the handshake engine accepts, to refuse hopeless ClientHellos up front.
+        probe = HandshakeEngine(
+            is_client=False,
+            on_secret=_noop_secret,
+            certificate_chain=self._chain,
+            private_key=self._key,
+            cipher_suites=self._suites,
+            tcpls=config.tcpls,
+        )
+        self._accepted_suites = probe.cipher_suites
+        self._accepted_groups = probe.groups
 
     def new_connection(self) -> PendingConnection:
         """A newly accepted TCP connection, before its first ClientHello is read.
@@ -131,12 +143,17 @@ class ServerEndpoint:
 
     def _make_tls(self, engine_factory: Callable[[], HandshakeEngine]) -> TLSConnection:
         config = self.config
-        return TLSConnection.server(
+        tls = TLSConnection.server(
             engine_factory,
             accept_joins=config.tcpls,
             codepoints=config.codepoints,
             max_record_size=config.tuning.max_record_size,
         )
+        tls.hello_check = self._check_hello
+        return tls
+
+    def _check_hello(self, info: ClientHelloInfo) -> None:
+        check_client_hello(info, self._accepted_suites, self._accepted_groups)
 
     def _make_engine(self, session: Session) -> HandshakeEngine:
         config = self.config

@@ -46,6 +46,7 @@ from enum import Enum
 
 from tcpls.errors import (
     AlertDescription,
+    BadRecordMac,
     ConnectionClosedError,
     DecodeError,
     IllegalParameter,
@@ -67,9 +68,11 @@ from tcpls.tls.events import (
     TransportEnded,
 )
 from tcpls.tls.hello import (
+    EARLY_DATA,
     ClientHelloInfo,
     build_join_client_hello,
     build_join_server_hello,
+    check_tcpls_placement,
     parse_client_hello,
     parse_join_server_hello,
 )
@@ -93,6 +96,8 @@ logger = logging.getLogger(__name__)
 
 CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
 MAX_HANDSHAKE_MESSAGE = 256 * 1024
+#: Bytes of early data records a server that declines early data skips (RFC 8446 §4.2.10).
+MAX_SKIPPED_EARLY_DATA = 64 * 1024
 _ALERT_WARNING = 1
 _ALERT_FATAL = 2
 
@@ -162,6 +167,10 @@ class TLSConnection:
         self._ccs_sent = False
         self._alert_sent = False
         self._first_record_version = 0x0301  # legacy version of the initial ClientHello
+        #: Server: refuses a ClientHello it cannot complete before any work is done.
+        self.hello_check: Callable[[ClientHelloInfo], None] | None = None
+        # Server: bytes of early data records still to skip after declining early data
+        self._early_data_skip = 0
         # join state
         self._join_session_id = b""
         self._join_keys: tuple[TrafficKeys, TrafficKeys, int] | None = None
@@ -576,6 +585,10 @@ class TLSConnection:
                 continue  # data after close_notify is ignored (RFC 8446 §6.1)
             protection = self._read
             if content_type == ContentType.application_data and protection is not None:
+                if self._early_data_skip and self._skip_early_data(
+                    protection, header, body, plain
+                ):
+                    continue
                 inner_type, n = protection.open_into(header, body, plain)
                 if n > MAX_PLAINTEXT:
                     raise RecordOverflow("protected record content exceeds 2^14 bytes")
@@ -618,6 +631,34 @@ class TLSConnection:
                 raise UnexpectedMessage("application data before the handshake")
             else:
                 raise UnexpectedMessage(f"unknown record content type {content_type}")
+
+    def _skip_early_data(
+        self,
+        protection: RecordProtection,
+        header: memoryview,
+        body: memoryview,
+        plain: memoryview,
+    ) -> bool:
+        """Server, early data declined: whether this record is early data to skip.
+
+        A record that fails to open with the handshake key is early data, skipped
+        up to :data:`MAX_SKIPPED_EARLY_DATA` bytes; the first one that opens ends
+        the skipping (and is opened again by the caller, with the same sequence).
+        """
+        sequence = protection.sequence
+        try:
+            protection.open_into(header, body, plain)
+        except BadRecordMac:
+            self._early_data_skip -= len(body)
+            if self._early_data_skip <= 0:
+                self._early_data_skip = 0
+                raise BadRecordMac(
+                    "more early data than a server that declines it skips"
+                ) from None
+            return True
+        protection.sequence = sequence
+        self._early_data_skip = 0
+        return False
 
     def _handle_alert(self, body: memoryview) -> None:
         if len(body) != 2:
@@ -683,6 +724,8 @@ class TLSConnection:
             if self.engine is None:
                 return
         engine = self.engine
+        if engine.offers_tcpls:
+            check_tcpls_placement(msg_type, message, self.codepoints)
         self._flush(engine.handle_message(message))
         if engine.complete:
             self._complete_handshake(engine)
@@ -693,6 +736,8 @@ class TLSConnection:
         self._ccs_allowed = True
         info = parse_client_hello(message)
         cp = self.codepoints
+        if self._accept_joins and info.has_extension(cp.tcpls_token):
+            raise IllegalParameter("tcpls_token in a ClientHello (only a server sends tokens)")
         if self._accept_joins and info.has_extension(cp.tcpls_join):
             token = decode_token_body(info.extensions[cp.tcpls_join])
             if not info.has_extension(cp.tcpls):
@@ -703,6 +748,12 @@ class TLSConnection:
             return
         if self._engine_factory is None:
             raise InternalError("server connection without a handshake engine")
+        if self.hello_check is not None:
+            self.hello_check(info)
+        if info.has_extension(EARLY_DATA):
+            # Early data is declined (the engine never accepts it): its records, which
+            # we cannot decrypt, are skipped (RFC 8446 §4.2.10).
+            self._early_data_skip = MAX_SKIPPED_EARLY_DATA
         self.engine = self._engine_factory()
         self.engine._on_secret = self._on_secret
 

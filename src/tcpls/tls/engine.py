@@ -272,6 +272,21 @@ class HandshakeEngine:
     # -- state ---------------------------------------------------------------
 
     @property
+    def offers_tcpls(self) -> bool:
+        """Whether this end speaks TCPLS (client: offers it; server: accepts it)."""
+        return self._offer_tcpls
+
+    @property
+    def cipher_suites(self) -> list[int]:
+        """The cipher suites this engine accepts, in preference order."""
+        return [int(s) for s in self._ctx._cipher_suites]
+
+    @property
+    def groups(self) -> list[int]:
+        """The key exchange groups this engine supports."""
+        return [int(g) for g in self._ctx._supported_groups]
+
+    @property
     def complete(self) -> bool:
         """Whether the handshake finished (the peer's Finished was verified)."""
         return self._ctx.state in (

@@ -26,9 +26,12 @@ from tcpls.tls.record import CipherSuite
 from tcpls.wire.extensions import DEFAULT_CODEPOINTS, ExtensionCodepoints, encode_token_body
 
 __all__ = [
+    "EARLY_DATA",
     "ClientHelloInfo",
     "build_join_client_hello",
     "build_join_server_hello",
+    "check_client_hello",
+    "check_tcpls_placement",
     "parse_client_hello",
     "parse_join_server_hello",
 ]
@@ -42,6 +45,12 @@ _EXT_SUPPORTED_GROUPS = 10
 _EXT_SIGNATURE_ALGORITHMS = 13
 _EXT_SUPPORTED_VERSIONS = 43
 _EXT_KEY_SHARE = 51
+#: The early_data extension (RFC 8446 §4.2.10).
+EARLY_DATA = 42
+_NEW_SESSION_TICKET = 4
+_ENCRYPTED_EXTENSIONS = 8
+_CERTIFICATE = 11
+_CERTIFICATE_REQUEST = 13
 _X25519 = 0x001D
 _SECP256R1 = 0x0017
 #: ServerHello.random of a HelloRetryRequest (RFC 8446 §4.1.3).
@@ -67,6 +76,19 @@ class ClientHelloInfo:
     def has_extension(self, codepoint: int) -> bool:
         """Whether the ClientHello carried this extension."""
         return codepoint in self.extensions
+
+    def key_share_groups(self) -> list[int]:
+        """The groups of the ClientHello's key shares, in order (raises on a bad body)."""
+        body = self.extensions.get(_EXT_KEY_SHARE)
+        if body is None:
+            return []
+        shares = _Reader(_Reader(body).vector(2))
+        groups: list[int] = []
+        while shares.left:
+            groups.append(shares.uint(2))
+            if not shares.vector(2):
+                raise DecodeError("empty key_exchange in a key share")
+        return groups
 
 
 class _Reader:
@@ -234,3 +256,85 @@ def parse_join_server_hello(
     versions = _extensions(reader).get(_EXT_SUPPORTED_VERSIONS)
     if versions != _TLS13.to_bytes(2, "big"):
         raise IllegalParameter("join ServerHello does not select TLS 1.3")
+
+
+def check_client_hello(
+    info: ClientHelloInfo, cipher_suites: Sequence[int], groups: Sequence[int]
+) -> None:
+    """Refuse, before any work, a ClientHello the server cannot complete a handshake with.
+
+    No cipher suite in common, or no key share in a group the server supports (it does
+    not send HelloRetryRequest), is a ``handshake_failure``.
+    """
+    if not set(info.cipher_suites) & set(cipher_suites):
+        raise HandshakeFailure("the client offered no cipher suite the server supports")
+    if _EXT_KEY_SHARE not in info.extensions:
+        return  # the engine answers missing_extension
+    if not set(info.key_share_groups()) & set(groups):
+        raise HandshakeFailure(
+            "the client sent no key share in a group the server supports "
+            "(HelloRetryRequest is not supported yet)"
+        )
+
+
+def _extension_types(block: bytes) -> list[int]:
+    reader = _Reader(block)
+    types: list[int] = []
+    while reader.left:
+        types.append(reader.uint(2))
+        reader.vector(2)
+    return types
+
+
+def _message_extensions(msg_type: int, message: bytes) -> list[int]:
+    """The extension types carried by a handshake message (empty if it has none)."""
+    reader = _Reader(message)
+    reader.take(4)
+    if msg_type == _SERVER_HELLO:
+        reader.take(2 + 32)
+        reader.vector(1)
+        reader.take(3)
+        return _extension_types(reader.vector(2)) if reader.left else []
+    if msg_type in (_ENCRYPTED_EXTENSIONS, _CERTIFICATE_REQUEST):
+        if msg_type == _CERTIFICATE_REQUEST:
+            reader.vector(1)
+        return _extension_types(reader.vector(2))
+    if msg_type == _NEW_SESSION_TICKET:
+        reader.take(8)
+        reader.vector(1)
+        reader.vector(2)
+        return _extension_types(reader.vector(2))
+    if msg_type == _CERTIFICATE:
+        reader.vector(1)
+        entries = _Reader(reader.vector(3))
+        types: list[int] = []
+        while entries.left:
+            entries.vector(3)
+            types += _extension_types(entries.vector(2))
+        return types
+    return []
+
+
+def check_tcpls_placement(
+    msg_type: int, message: bytes, codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS
+) -> None:
+    """Raise ``illegal_parameter`` for a TCPLS extension in a message it does not belong to.
+
+    ``tcpls`` belongs in the ClientHello and EncryptedExtensions, ``tcpls_join`` in
+    the ClientHello, ``tcpls_token`` in EncryptedExtensions (RFC 8446 §4.2: an
+    extension in the wrong message is ``illegal_parameter``).
+    """
+    allowed = {
+        _CLIENT_HELLO: {codepoints.tcpls, codepoints.tcpls_join},
+        _ENCRYPTED_EXTENSIONS: {codepoints.tcpls, codepoints.tcpls_token},
+    }.get(msg_type, set())
+    ours = {codepoints.tcpls, codepoints.tcpls_join, codepoints.tcpls_token}
+    if msg_type == _CLIENT_HELLO:
+        found = list(parse_client_hello(message).extensions)
+    else:
+        found = _message_extensions(msg_type, message)
+    for ext_type in found:
+        if ext_type in ours and ext_type not in allowed:
+            raise IllegalParameter(
+                f"TCPLS extension {ext_type} in a handshake message of type {msg_type}"
+            )
