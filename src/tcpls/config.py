@@ -80,6 +80,16 @@ def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
         ) from None
 
 
+def _check_ca_certificates(data: bytes, what: str) -> None:
+    """Raise :class:`ConfigurationError` unless ``data`` holds PEM certificates."""
+    try:
+        found = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        found = []
+    if not found:
+        raise ConfigurationError(f"{what} holds no PEM CA certificate")
+
+
 def load_certificate_chain(path: str | os.PathLike[str]) -> list[x509.Certificate]:
     """The PEM certificates of ``path``: the end-entity certificate first, then intermediates."""
     data = _read_file(path, "certificate")
@@ -155,6 +165,10 @@ class SessionTuning:
     ping_timeout: float = 1.0
     #: Time allowed for the TLS handshake (or a join exchange), seconds.
     handshake_timeout: float = 10.0
+    #: A session with no traffic for this long is closed (``None``: never), seconds.
+    idle_timeout: float | None = 300.0
+    #: Time a closing session waits for the peer to finish before it aborts, seconds.
+    close_timeout: float = 10.0
     #: With several connections: bytes each may hold in its transport's write buffer.
     multipath_write_buffer: int = 128 * 1024
     #: With several connections: TCP_NOTSENT_LOWAT of each socket (None: kernel default).
@@ -203,7 +217,9 @@ class ClientConfig:
     def check(self) -> None:
         """Raise :class:`ConfigurationError` for unusable values (files are read here)."""
         if self.cafile is not None:
-            _read_file(self.cafile, "CA")
+            _check_ca_certificates(_read_file(self.cafile, "CA"), f"the CA file {self.cafile}")
+        if self.cadata is not None:
+            _check_ca_certificates(self.cadata, "cadata")
         parse_cipher_suites(self.cipher_suites)
         if self.user_timeout is not None and self.user_timeout <= 0:
             raise ConfigurationError("user_timeout must be positive")

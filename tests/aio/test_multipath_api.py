@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from pathlib import Path
 
 import tcpls
 from tcpls.devcert import DevPKI
@@ -238,5 +239,39 @@ def test_no_new_connection_goes_to_a_withdrawn_address(pki: DevPKI) -> None:
                     await asyncio.sleep(0.02)
                 (conn,) = session.connections
                 assert conn.remote_address == ("127.0.0.1", srv.port)
+
+    asyncio.run(run())
+
+
+def test_joined_download_closes_promptly_on_both_ends(pki: DevPKI, tmp_path: Path) -> None:
+    """The server's last ACKs may complete its stream's FIN on either connection.
+
+    Regression: when the ACK for the record carrying FIN arrived before the ACK for
+    earlier bytes sent on the other connection, ``wait_closed`` in the file handler
+    was never woken; the server never sent close_notify and the client's ``aclose``
+    timed out (the 5 s of ``tcpls get --join``).
+    """
+    (tmp_path / "f.bin").write_bytes(os.urandom(4_000_000))
+    server_config, client_config = _configs(pki)
+
+    async def run() -> None:
+        handler = make_file_handler(tmp_path)
+        async with await tcpls.serve(handler, "127.0.0.1", 0, config=server_config) as srv:
+            loop = asyncio.get_running_loop()
+            for _ in range(8):  # the order of the last two ACKs varied from run to run
+                session = await tcpls.connect("127.0.0.1", srv.port, config=client_config)
+                await session.join("127.0.0.1", srv.port)
+                with open(os.devnull, "wb") as out:
+                    result = await download(session, "/f.bin", out)
+                assert result.bytes == 4_000_000
+                start = loop.time()
+                await session.aclose(timeout=2.0)
+                assert session.error is None  # closed gracefully, not aborted
+                assert loop.time() - start < 0.5
+                for _ in range(50):  # the server's session ends too
+                    if not srv.sessions:
+                        break
+                    await asyncio.sleep(0.01)
+                assert not srv.sessions
 
     asyncio.run(run())

@@ -246,7 +246,7 @@ def test_pending_ack_rides_on_a_data_record(pki: DevPKI) -> None:
 
 def test_no_ack_for_a_connection_nothing_arrived_on(pki: DevPKI) -> None:
     """W9: never ACK a connection from which nothing was received."""
-    h = Harness(pki)
+    h = Harness(pki, tuning=SessionTuning(idle_timeout=None))
     h.pump()
     server_conn = h.server.connections[0]
     assert server_conn.records_received == 0

@@ -32,7 +32,8 @@ def test_zero_length_frames_without_fin_are_not_stored(pki: DevPKI) -> None:
             wire += seal_raw(h.client, encode_frames(frames))[1]
         return bytes(wire)
 
-    deliver_raw(h, h.server, batch(1000))  # the record buffers reach their size
+    for base in (1000, 4000, 7000):  # the record buffers reach their size
+        deliver_raw(h, h.server, batch(base))
     wire = batch(10_000)
     tracemalloc.start()
     try:

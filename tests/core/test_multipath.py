@@ -50,6 +50,34 @@ def _after(tap: Tap, mark: int, side: str, cid: int) -> list:
 # ---------------------------------------------------------------- 6. ACK on another connection
 
 
+def test_fin_acknowledged_last_on_the_other_connection_wakes_the_writer(pki: DevPKI) -> None:
+    """The record carrying FIN (connection 1) is acknowledged before earlier bytes (connection 0).
+
+    The FIN counts as acknowledged only with the ACK for connection 0, which carries
+    no FIN: that ACK must wake the writer (``wait_closed``), or a server that waits for
+    it never closes its session (``tcpls get --join`` waited out its 5 s ``aclose``).
+    """
+    h = established(pki)
+    h.join()
+    settle(h)
+    sid = h.client.open_stream()
+    h.client.pin_stream(sid, 0)
+    h.client.send(sid, b"a" * 40_000)
+    on_0 = send_over(h, h.client, h.server, cid=0)
+    h.client.pin_stream(sid, 1)
+    h.client.send(sid, b"b" * 10_000)
+    h.client.send_eof(sid)
+    on_1 = send_over(h, h.client, h.server, cid=1)
+    assert on_0 and on_1
+    stream = h.client.streams[sid]
+    h.client.writable.clear()
+    inject(h, h.server, h.client, [Ack(1, on_1[-1].sequence)], cid=1)  # the FIN's record
+    assert stream.fin_ack_seen and not stream.fin_acked
+    inject(h, h.server, h.client, [Ack(0, on_0[-1].sequence)], cid=0)  # the bytes before it
+    assert stream.fin_acked
+    assert sid in h.client.writable  # wait_closed() returns
+
+
 def test_ack_for_one_connection_received_on_another_trims_its_log(pki: DevPKI) -> None:
     h = established(pki)
     h.join()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tcpls.config import SessionTuning
 from tcpls.devcert import DevPKI
+from tests.core.harness import Harness
 from tests.core.util import established
 
 
@@ -65,3 +66,55 @@ def test_probes_resume_after_reading_resumes(pki: DevPKI) -> None:
     h.server.send(sid, b"lost")
     h.pump()
     h.run_until(lambda: h.server.closed or 0 not in h.server.connections, limit=5)
+
+
+def test_a_handshake_that_stalls_ends_at_its_deadline(pki: DevPKI) -> None:
+    h = Harness(pki, tuning=SessionTuning(handshake_timeout=3.0))
+    hello = h.client.transmit(0, h.now)
+    h.server.receive_data(0, hello, h.now)  # the server answers; the client never does
+    h.server.handle_timer(h.now + 2.9)
+    assert not h.server.closed
+    deadline = h.server.next_deadline()
+    assert deadline == h.now + 3.0
+    h.server.handle_timer(deadline)
+    assert h.server.closed and "3 s" in str(h.server.error)
+
+
+def test_an_idle_session_is_closed(pki: DevPKI) -> None:
+    h = established(pki, tuning=SessionTuning(idle_timeout=20.0))
+    sid = h.client.open_stream()
+    h.client.send(sid, b"hello")
+    h.pump()
+    for _ in range(19):
+        h.advance(1.0)
+    assert not h.server.closed
+    h.advance(1.5)
+    h.run_until(lambda: h.server.closed and h.client.closed, limit=2)
+    assert "idle" in str(h.server.error)
+
+
+def test_a_close_the_peer_never_finishes_is_aborted(pki: DevPKI) -> None:
+    h = established(pki, tuning=SessionTuning(close_timeout=2.0))
+    h.cut(h.links[0], "blackhole")
+    h.server.close()
+    h.advance(1.0)
+    assert not h.server.closed
+    h.advance(1.5)
+    assert h.server.closed and "closing" in str(h.server.error)
+
+
+def test_idle_connections_give_their_buffers_back(pki: DevPKI) -> None:
+    h = established(pki)
+    sid = h.client.open_stream()
+    h.client.send(sid, b"x" * 300_000)
+    h.pump()
+    reader = h.server.connections[0].tls._reader
+    assert reader.capacity > 0
+    h.advance(0.5)
+    assert reader.capacity > 0
+    h.advance(1.0)
+    assert reader.capacity == 0
+    assert h.server.read(sid) == b"x" * 300_000
+    h.client.send(sid, b"more")
+    h.pump()
+    assert h.server.read(sid) == b"more"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ipaddress
 import logging
 import socket
@@ -414,7 +415,7 @@ class Session:
         finally:
             self._join_waiters.pop(cid, None)
         if error is not None:
-            raise error
+            raise _about_join(error, host, port)
         return self._info(cid)
 
     async def migrate(
@@ -881,6 +882,13 @@ class Session:
         self._closed.set_result(None)
         if self._server is not None:
             self._server._session_closed(self)
+
+
+def _about_join(error: TCPLSError, host: str, port: int) -> TCPLSError:
+    """``error`` (same class and alert) with a message that names the join's address."""
+    named = copy.copy(error)
+    named.args = (f"joining {host}:{port} failed: {error}",)
+    return named
 
 
 def _write_eof(transport: asyncio.Transport) -> None:

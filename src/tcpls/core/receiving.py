@@ -139,7 +139,7 @@ class ReceivingMixin(SessionBase):
         if not self.reliable:
             return
         conn.ack_pending_records += 1
-        self._acks_pending.add(conn)
+        self._acks_pending[conn] = None
         conn.ack_pending_bytes += size
         tuning = self.tuning
         if (
@@ -248,8 +248,11 @@ class ReceivingMixin(SessionBase):
             self._stream_acked(stream, start, end - start, bool(fin))
 
     def _stream_acked(self, stream: Stream, offset: int, length: int, fin: bool) -> None:
+        fin_acked = stream.fin_acked
         stream.on_acked(offset, length, fin)
-        if fin and stream.fin_acked:
+        # The ACK that completes the FIN need not carry it: with several connections
+        # the FIN's record can be acknowledged before earlier bytes sent elsewhere.
+        if stream.fin_acked and not fin_acked:
             self.writable.add(stream.id)  # wait_closed() returns
         if stream.closed:
             self._forget_stream(stream)

@@ -97,6 +97,8 @@ class SendingMixin(SessionBase):
         data = tls.data_to_send()
         if data:
             conn.bytes_sent += len(data)
+            self._last_activity = now
+            self._trimmed = False
         return data
 
     def _fill_plain(self, conn: Connection, budget: int) -> None:
@@ -248,7 +250,7 @@ class SendingMixin(SessionBase):
                 c.ack_pending_records = c.ack_pending_bytes = 0
                 c.ack_deadline = None
                 c.ack_now = False
-                self._acks_pending.discard(c)
+                del self._acks_pending[c]
         if pos:
             conn.tls.seal_staged(pos, False)
             conn.records_sent += 1
@@ -264,7 +266,7 @@ class SendingMixin(SessionBase):
                     c.ack_pending_bytes = 0
                     c.ack_deadline = None
                     c.ack_now = False
-                    self._acks_pending.discard(c)
+                    del self._acks_pending[c]
         if conn.ping_answer and conn.records_received:
             conn.ping_answer = False
             if not any(type(f) is Ack and f.connection_id == conn.id for f in frames):

@@ -90,6 +90,8 @@ _STREAM_HEADER = struct.Struct(">HQIB")  # Length, Offset, Stream ID, Type (W3)
 _ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type
 #: Stop adding Stream frames to a record when less room than this is left.
 _MIN_STREAM_CHUNK = 512
+#: Seconds without traffic after which the connections give their record buffers back.
+TRIM_AFTER = 1.0
 
 
 class Session(ReceivingMixin, SendingMixin):
@@ -235,7 +237,7 @@ class Session(ReceivingMixin, SendingMixin):
 
     def buffer_updated(self, connection_id: int, nbytes: int, now: float) -> None:
         """``nbytes`` arrived in the buffer of :meth:`get_buffer`."""
-        self.now = now
+        self._touch(now)
         conn = self.connections.get(connection_id)
         if conn is None:
             return
@@ -246,14 +248,14 @@ class Session(ReceivingMixin, SendingMixin):
 
     def poll_connection(self, connection_id: int, now: float) -> None:
         """Take the events of a connection whose bytes were fed to its TLS directly."""
-        self.now = now
+        self._touch(now)
         conn = self.connections.get(connection_id)
         if conn is not None:
             self._drain_tls_events(conn)
 
     def receive_data(self, connection_id: int, data: bytes, now: float) -> None:
         """Bytes arrived on a connection (copying variant of :meth:`buffer_updated`)."""
-        self.now = now
+        self._touch(now)
         conn = self.connections.get(connection_id)
         if conn is None:
             return
@@ -423,7 +425,7 @@ class Session(ReceivingMixin, SendingMixin):
     def _forget_connection(self, conn: Connection) -> None:
         if self.connections.get(conn.id) is conn:
             del self.connections[conn.id]
-        self._acks_pending.discard(conn)
+        self._acks_pending.pop(conn, None)
 
     def _others_alive(self, conn: Connection) -> bool:
         return any(
@@ -610,6 +612,14 @@ class Session(ReceivingMixin, SendingMixin):
 
     # ------------------------------------------------------------------ timers
 
+    def _touch(self, now: float) -> None:
+        """Bytes moved at ``now``: the session is not idle."""
+        self.now = now
+        self._last_activity = now
+        self._trimmed = False
+        if self._handshake_deadline is None and self.state is SessionState.HANDSHAKE:
+            self._handshake_deadline = now + self.tuning.handshake_timeout
+
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next (``None``: no timer).
 
@@ -630,6 +640,17 @@ class Session(ReceivingMixin, SendingMixin):
                     deadlines.append(c.last_receive + tuning.ping_after)
         if self._orphaned_since is not None:
             deadlines.append(self._orphaned_since + tuning.rejoin_timeout)
+        state = self.state
+        if state is SessionState.HANDSHAKE:
+            if self._handshake_deadline is not None:
+                deadlines.append(self._handshake_deadline)
+        elif state is SessionState.CLOSING:
+            if self._close_deadline is not None:
+                deadlines.append(self._close_deadline)
+        elif state is SessionState.ESTABLISHED and tuning.idle_timeout is not None:
+            deadlines.append(self._last_activity + tuning.idle_timeout)
+        if not self._trimmed and state is not SessionState.CLOSED:
+            deadlines.append(self._last_activity + TRIM_AFTER)
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
@@ -682,6 +703,42 @@ class Session(ReceivingMixin, SendingMixin):
                     f"no connection joined again within {tuning.rejoin_timeout:g} s"
                 )
             )
+        self._check_deadlines(now)
+
+    def _check_deadlines(self, now: float) -> None:
+        """The session-wide deadlines: handshake, close, idle, and giving buffers back."""
+        tuning = self.tuning
+        state = self.state
+        if state is SessionState.HANDSHAKE:
+            deadline = self._handshake_deadline
+            if deadline is not None and now >= deadline:
+                self._fail(
+                    ConnectionClosedError(
+                        f"the TLS handshake did not complete within {tuning.handshake_timeout:g} s"
+                    )
+                )
+        elif state is SessionState.CLOSING:
+            deadline = self._close_deadline
+            if deadline is not None and now >= deadline:
+                self._fail(
+                    ConnectionClosedError(
+                        f"the peer did not finish closing within {tuning.close_timeout:g} s"
+                    )
+                )
+        elif (
+            state is SessionState.ESTABLISHED
+            and tuning.idle_timeout is not None
+            and now - self._last_activity >= tuning.idle_timeout
+        ):
+            logger.info("closing a session idle for %g s", tuning.idle_timeout)
+            self._close_error = ConnectionClosedError(
+                f"the session was idle for {tuning.idle_timeout:g} s"
+            )
+            self.close()
+        if not self._trimmed and now - self._last_activity >= TRIM_AFTER:
+            self._trimmed = True
+            for conn in self.connections.values():
+                conn.tls.trim()
 
     def set_reading_paused(self, paused: bool, now: float) -> None:
         """The I/O layer paused (or resumed) reading every connection (backpressure).
@@ -722,6 +779,7 @@ class Session(ReceivingMixin, SendingMixin):
             self._set_closed(None)
             return
         self.state = SessionState.CLOSING
+        self._close_deadline = self.now + self.tuning.close_timeout
         # close_notify goes out from transmit(), after the ACKs we still owe (W9)
         self._maybe_closed()
 
@@ -785,7 +843,7 @@ class Session(ReceivingMixin, SendingMixin):
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
-        self.error = error
+        self.error = error or self._close_error
         if self._registry is not None:
             self._registry.revoke(self)
         for stream in self.streams.values():

@@ -97,8 +97,16 @@ class SessionBase:
         self._session_full = False
         #: The I/O layer does not read the connections (liveness probes wait).
         self._reading_suspended = False
-        #: Connections with received records waiting for an ACK (W9).
-        self._acks_pending: set[Connection] = set()
+        #: When bytes last moved; the record buffers were given back since then.
+        self._last_activity = 0.0
+        self._trimmed = False
+        self._handshake_deadline: float | None = None
+        self._close_deadline: float | None = None
+        #: Why the session closed itself cleanly (idle), reported as its error.
+        self._close_error: TCPLSError | None = None
+        #: Connections with received records waiting for an ACK (W9), in the order they
+        #: got them (a dict, so that ACKs leave in a reproducible order).
+        self._acks_pending: dict[Connection, None] = {}
         #: Stream bytes sent and not yet acknowledged, over all connections.
         self.unacked_bytes = 0
         self._app_keys: tuple[TrafficKeys, TrafficKeys] | None = None

@@ -82,11 +82,14 @@ from tcpls.tls.record import (
     TAG_SIZE,
     CipherSuite,
     ContentType,
+    NotTLSError,
     RecordProtection,
     RecordReader,
     RecordWriter,
     TrafficKeys,
+    describe_bytes,
     plaintext_record,
+    scratch,
 )
 from tcpls.wire.extensions import DEFAULT_CODEPOINTS, ExtensionCodepoints, decode_token_body
 
@@ -152,10 +155,6 @@ class TLSConnection:
 
         self._reader = RecordReader(receive_buffer_size)
         self._writer = RecordWriter()
-        self._staging = bytearray(MAX_PLAINTEXT + 1)
-        self._staging_view = memoryview(self._staging)
-        self._plain = bytearray(MAX_PLAINTEXT + 256)
-        self._plain_view = memoryview(self._plain)
         self._events: deque[Event] = deque()
         self._received = bytearray()
         self._read: RecordProtection | None = None
@@ -352,7 +351,7 @@ class TLSConnection:
         self._check_can_send()
         mv = memoryview(data)
         size = self.max_record_size
-        staging = self._staging_view
+        staging = scratch.staging
         for i in range(0, len(mv), size):
             chunk = mv[i : i + size]
             n = len(chunk)
@@ -365,7 +364,7 @@ class TLSConnection:
         Then call :meth:`seal_staged`. This lets a TCPLS session build frames
         in place with a single copy of the stream data.
         """
-        return self._staging_view[:MAX_PLAINTEXT]
+        return scratch.staging[:MAX_PLAINTEXT]
 
     def seal_staged(self, length: int, check: bool = True) -> int:
         """Seal the first ``length`` bytes of :meth:`staging_buffer` as one application record.
@@ -381,7 +380,7 @@ class TLSConnection:
         seq = protection.sequence
         writer = self._writer
         out = writer.reserve(length + 1 + TAG_SIZE + HEADER_SIZE)
-        writer.commit(protection.seal_into(self._staging_view, length, 23, out))
+        writer.commit(protection.seal_into(scratch.staging, length, 23, out))
         return seq
 
     def send_record(self, content: bytes | bytearray | memoryview) -> int:
@@ -389,7 +388,7 @@ class TLSConnection:
         n = len(content)
         if n > MAX_PLAINTEXT:
             raise ValueError("record content larger than 2^14 bytes")
-        self._staging_view[:n] = content
+        scratch.staging[:n] = content
         return self.seal_staged(n)
 
     def close(self) -> None:
@@ -416,6 +415,11 @@ class TLSConnection:
             if self._held_bytes:
                 held, self._held_bytes = self._held_bytes, bytearray()
                 self.receive_data(held)
+
+    def trim(self) -> None:
+        """Give back the record buffers while nothing is pending (an idle connection)."""
+        self._reader.trim()
+        self._writer.trim()
 
     def abort(self, error: TCPLSError) -> None:
         """Close the connection because of ``error`` (sends its alert if it is a ProtocolError)."""
@@ -496,10 +500,10 @@ class TLSConnection:
     def _seal(self, length: int, content_type: int, epoch: Epoch = Epoch.ONE_RTT) -> None:
         protection = self._write[epoch]
         out = self._writer.reserve(length + 1 + TAG_SIZE + HEADER_SIZE)
-        self._writer.commit(protection.seal_into(self._staging_view, length, content_type, out))
+        self._writer.commit(protection.seal_into(scratch.staging, length, content_type, out))
 
     def _send_protected(self, content_type: int, payload: bytes, epoch: Epoch) -> None:
-        staging = self._staging_view
+        staging = scratch.staging
         for i in range(0, max(len(payload), 1), MAX_PLAINTEXT):
             chunk = payload[i : i + MAX_PLAINTEXT]
             staging[: len(chunk)] = chunk
@@ -550,6 +554,8 @@ class TLSConnection:
     def _fail(self, error: TCPLSError, *, send_alert: bool = True) -> None:
         if self.state is ConnectionState.CLOSED:
             return
+        # The error outlives this call (session.error): drop the frames it references.
+        error.__traceback__ = None
         self.error = error
         if send_alert and isinstance(error, ProtocolError) and not self._alert_sent:
             self._alert_sent = True
@@ -563,6 +569,11 @@ class TLSConnection:
     def _process(self) -> None:
         try:
             self._process_records()
+        except NotTLSError as exc:
+            peer = "server" if self.is_client else "client"
+            self._fail(
+                DecodeError(f"the peer is not a TLS {peer}: it sent {describe_bytes(exc.preview)}")
+            )
         except TCPLSError as exc:
             self._fail(exc)
         except Exception as exc:  # a bug: report it cleanly, keep the traceback in the log
@@ -571,7 +582,7 @@ class TLSConnection:
 
     def _process_records(self) -> None:
         reader = self._reader
-        plain = self._plain_view
+        plain = scratch.plain
         while (
             self.state is not ConnectionState.CLOSED
             and self.state is not ConnectionState.JOIN_WAIT
@@ -602,8 +613,7 @@ class TLSConnection:
                         self._received += plain[:n]
                     elif handler(plain[:n]):
                         # the handler kept a view of the record: use a new buffer
-                        self._plain = bytearray(MAX_PLAINTEXT + 256)
-                        self._plain_view = plain = memoryview(self._plain)
+                        scratch.plain = plain = memoryview(bytearray(MAX_PLAINTEXT + 256))
                 elif inner_type == ContentType.handshake:
                     self._handle_handshake_fragment(plain[:n])
                 elif inner_type == ContentType.alert:

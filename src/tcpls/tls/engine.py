@@ -346,8 +346,29 @@ class HandshakeEngine:
         try:
             self._ctx.handle_message(data, buffers)
         except Exception as exc:
-            raise _map_exception(exc) from exc
+            error = _map_exception(exc)
+            if isinstance(error, CertificateVerificationError) and "match" in str(exc):
+                error = CertificateVerificationError(self._name_mismatch(), error.alert)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("handshake failed: %s", error, exc_info=exc)
+            # Not chained: a stored error must not keep the engine's frames alive.
+            raise error from None
         return [(_EPOCHS[e], buf.data) for e, buf in buffers.items() if buf.tell()]
+
+    def _name_mismatch(self) -> str:
+        """Why the peer's certificate does not match the name we asked for, in words."""
+        wanted = self._ctx._server_name or "the address connected to"
+        names: list[str] = []
+        cert = self._ctx._peer_certificate
+        if cert is not None:
+            try:
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                names = [str(n) for n in san.value.get_values_for_type(x509.DNSName)]
+                names += [str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)]
+            except x509.ExtensionNotFound:
+                names = []
+        valid = f"is valid for {', '.join(names)}" if names else "names no host"
+        return f"the certificate {valid}, not for {wanted}"
 
     # -- aioquic callbacks ---------------------------------------------------
 

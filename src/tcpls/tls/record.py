@@ -23,6 +23,7 @@ record on the hot path.
 from __future__ import annotations
 
 import struct
+import threading
 from enum import IntEnum
 from typing import Final
 
@@ -40,11 +41,14 @@ __all__ = [
     "TAG_SIZE",
     "CipherSuite",
     "ContentType",
+    "NotTLSError",
     "RecordProtection",
     "RecordReader",
     "RecordWriter",
     "TrafficKeys",
+    "describe_bytes",
     "hkdf_expand_label",
+    "scratch",
 ]
 
 HEADER_SIZE: Final = 5
@@ -56,6 +60,9 @@ MAX_CIPHERTEXT: Final = MAX_PLAINTEXT + 256
 LEGACY_VERSION: Final = 0x0303
 
 _HEADER = struct.Struct(">BHH")
+#: First size of a record reader's buffer, and of a writer's.
+_MIN_READ_BUFFER = 4096
+_MIN_WRITE_BUFFER = 4096
 
 
 class ContentType(IntEnum):
@@ -227,6 +234,25 @@ class RecordProtection:
         return content_type, bytes(out[:length])
 
 
+class NotTLSError(DecodeError):
+    """The bytes received are not TLS records at all (an HTTP server, say).
+
+    ``preview`` holds the first bytes, for a message that says what the peer sent.
+    """
+
+    def __init__(self, preview: bytes) -> None:
+        self.preview = preview
+        super().__init__(f"the peer does not speak TLS: it sent {describe_bytes(preview)}")
+
+
+def describe_bytes(data: bytes) -> str:
+    """A short, printable account of unexpected bytes: the text, or the first bytes in hex."""
+    text = data.split(b"\r")[0].split(b"\n")[0][:48]
+    if len(text) >= 4 and all(32 <= b < 127 for b in text):
+        return repr(text.decode("ascii"))
+    return f"bytes {data[:8].hex(' ')}"
+
+
 class RecordReader:
     """Cuts incoming bytes into TLS records, in one reusable buffer.
 
@@ -236,39 +262,55 @@ class RecordReader:
     returns ``None``. Returned views are valid until the next call that
     changes the buffer.
 
-    The buffer starts small (two records: an idle connection costs little) and
-    doubles, up to ``max_capacity``, whenever a read fills all the space
-    offered, so a busy connection reads up to 256 KiB per system call.
+    The buffer is allocated when bytes come, starts small, grows to hold the
+    record being read, and doubles, up to ``max_capacity``, whenever a read fills
+    all the space offered, so a busy connection reads up to 256 KiB per system
+    call. :meth:`trim` gives it back while nothing is pending (an idle
+    connection holds no buffer; *Idle memory* in docs/design.md).
     """
 
-    __slots__ = ("_buf", "_end", "_offered", "_start", "_view", "capacity", "max_capacity")
+    __slots__ = ("_buf", "_end", "_need", "_offered", "_start", "_view", "max_capacity")
 
     def __init__(self, max_capacity: int = 256 * 1024) -> None:
-        self.capacity = 2 * (HEADER_SIZE + MAX_CIPHERTEXT)
-        self.max_capacity = max(max_capacity, self.capacity)
-        self._buf = bytearray(self.capacity)
+        self.max_capacity = max(max_capacity, HEADER_SIZE + MAX_CIPHERTEXT)
+        self._buf = bytearray()
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
         self._offered = 0
+        self._need = 0  # size of the record being read, when it does not fit
+
+    @property
+    def capacity(self) -> int:
+        """The size of the buffer now (0 when it was given back)."""
+        return len(self._buf)
 
     @property
     def pending(self) -> int:
         """Bytes received but not yet returned as records."""
         return self._end - self._start
 
-    def _compact(self) -> None:
+    def _resize(self, capacity: int) -> None:
         start, end = self._start, self._end
-        if start:
-            n = end - start
-            self._buf[:n] = self._view[start:end]
-            self._start = 0
-            self._end = n
+        buf = bytearray(capacity)
+        buf[: end - start] = self._view[start:end]
+        self._buf, self._view = buf, memoryview(buf)
+        self._start, self._end = 0, end - start
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """A writable view of the free space at the end of the buffer."""
-        if self.capacity - self._end < HEADER_SIZE + MAX_CIPHERTEXT:
-            self._compact()
+        start, end = self._start, self._end
+        capacity = len(self._buf)
+        if start == end:
+            self._start = self._end = 0
+        elif start and capacity - end < HEADER_SIZE + MAX_CIPHERTEXT:
+            n = end - start  # compact: move the partial record to the front
+            self._buf[:n] = self._view[start:end]
+            self._start, self._end = 0, n
+        if self._end == capacity or self._need > capacity:
+            grown = min(max(2 * capacity, self._need, _MIN_READ_BUFFER), self.max_capacity)
+            if grown > capacity:
+                self._resize(grown)
         view = self._view[self._end :]
         self._offered = len(view)
         return view
@@ -276,16 +318,16 @@ class RecordReader:
     def buffer_updated(self, nbytes: int) -> None:
         """Record that ``nbytes`` were written into the last :meth:`get_buffer` view."""
         self._end += nbytes
-        if nbytes >= self._offered and self.capacity < self.max_capacity:
-            self._grow()
+        capacity = len(self._buf)
+        if nbytes >= self._offered and capacity < self.max_capacity:
+            self._resize(min(2 * capacity, self.max_capacity))
 
-    def _grow(self) -> None:
-        start, end = self._start, self._end
-        self.capacity = min(self.capacity * 2, self.max_capacity)
-        buf = bytearray(self.capacity)
-        buf[: end - start] = self._view[start:end]
-        self._buf, self._view = buf, memoryview(buf)
-        self._start, self._end = 0, end - start
+    def trim(self) -> None:
+        """Give the buffer back if nothing is pending (it is allocated again when needed)."""
+        if self._start == self._end and self._buf:
+            self._buf = bytearray()
+            self._view = memoryview(self._buf)
+            self._start = self._end = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` into the buffer (for callers that have bytes already)."""
@@ -303,7 +345,7 @@ class RecordReader:
         """The next complete record as ``(content_type, header, body)``, or ``None``.
 
         Raises :class:`RecordOverflow` for a record longer than 2^14 + 256 bytes
-        and :class:`DecodeError` for a header that is not TLS.
+        and :class:`NotTLSError` for bytes that are not a TLS record header.
         """
         start = self._start
         if self._end - start < HEADER_SIZE:
@@ -311,30 +353,34 @@ class RecordReader:
                 self._start = self._end = 0
             return None
         content_type, version, length = _HEADER.unpack_from(self._buf, start)
+        if version >> 8 != 0x03 or not 20 <= content_type <= 23:
+            raise NotTLSError(bytes(self._view[start : min(self._end, start + 64)]))
         if length > MAX_CIPHERTEXT:
             raise RecordOverflow(f"record of {length} bytes exceeds 2^14 + 256")
-        if version >> 8 != 0x03:
-            raise DecodeError(f"not a TLS record (version 0x{version:04x})")
         end = start + HEADER_SIZE + length
         if end > self._end:
+            self._need = HEADER_SIZE + length
             return None
+        self._need = 0
         self._start = end
         view = self._view
         return content_type, view[start : start + HEADER_SIZE], view[start + HEADER_SIZE : end]
 
 
 class RecordWriter:
-    """Accumulates outgoing records in one preallocated buffer.
+    """Accumulates outgoing records in one buffer, so that many leave in one ``write``.
 
     :meth:`reserve` returns a view with room for one sealed record; after
     writing, :meth:`commit` the bytes used. :meth:`take` returns everything
-    accumulated as ``bytes`` and empties the buffer.
+    accumulated as ``bytes`` and empties the buffer. The buffer is allocated
+    when a record is written and grows as needed; :meth:`trim` gives it back
+    while it is empty.
     """
 
     __slots__ = ("_buf", "_end", "_view")
 
-    def __init__(self, capacity: int = 2 * (HEADER_SIZE + MAX_CIPHERTEXT)) -> None:
-        self._buf = bytearray(max(capacity, HEADER_SIZE + MAX_CIPHERTEXT))
+    def __init__(self) -> None:
+        self._buf = bytearray()
         self._view = memoryview(self._buf)
         self._end = 0
 
@@ -345,7 +391,8 @@ class RecordWriter:
         """A writable view of at least ``size`` bytes at the end of the pending data."""
         if self._end + size > len(self._buf):
             # grow into a new buffer (views of the old one may still exist)
-            buf = bytearray(max(self._end + size, 2 * len(self._buf)))
+            capacity = max(self._end + size, 2 * len(self._buf), _MIN_WRITE_BUFFER)
+            buf = bytearray(capacity)
             buf[: self._end] = self._view[: self._end]
             self._buf, self._view = buf, memoryview(buf)
         return self._view[self._end :]
@@ -369,6 +416,26 @@ class RecordWriter:
         data = bytes(self._view[: self._end])
         self._end = 0
         return data
+
+    def trim(self) -> None:
+        """Give the buffer back if it is empty (it is allocated again when needed)."""
+        if not self._end and self._buf:
+            self._buf = bytearray()
+            self._view = memoryview(self._buf)
+
+
+class _Scratch(threading.local):
+    """Buffers used only for the length of one call, shared by the connections of a thread."""
+
+    def __init__(self) -> None:
+        #: Where a record's content is built before it is sealed (content, type byte).
+        self.staging = memoryview(bytearray(MAX_PLAINTEXT + 1))
+        #: Where a record is opened; replaced when a caller keeps a view of it.
+        self.plain = memoryview(bytearray(MAX_PLAINTEXT + 256))
+
+
+#: Per-thread scratch buffers (see :class:`_Scratch`): an idle connection holds none.
+scratch = _Scratch()
 
 
 def plaintext_record(content_type: int, payload: bytes, version: int = LEGACY_VERSION) -> bytes:
