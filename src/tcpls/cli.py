@@ -2,20 +2,28 @@
 
 Every command prints one clear line to standard error and exits non-zero on
 errors (unreachable host, refused connection, bad certificate, handshake
-alert, missing files); ``--debug`` shows tracebacks and protocol logs.
+alert, missing or truncated files, a peer that is not the right kind of
+server); warnings of the library, such as a client reconnecting after losing
+every connection, are ``tcpls: <message>`` lines too. ``--debug`` shows
+tracebacks and protocol logs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
+import secrets
 import signal
 import socket
+import stat
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tcpls.errors import (
     CertificateVerificationError,
@@ -48,6 +56,15 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+#: Seconds a client keeps trying to join again after losing every connection.
+DEFAULT_RECONNECT_TIMEOUT = 30.0
+#: Seconds a perf client waits for the server to accept a test.
+PERF_ANSWER_TIMEOUT = 5.0
+#: Seconds a timed perf test may run past its length (-t) before it fails.
+PERF_GRACE = 5.0
+#: Seconds ``tcpls get`` waits for the server's answer header (beyond any reconnection).
+GET_ANSWER_TIMEOUT = 10.0
+
 
 class CommandError(Exception):
     """An error to print as one line, with an exit status."""
@@ -61,34 +78,38 @@ class CommandError(Exception):
 
 
 def describe_error(exc: BaseException, target: str = "") -> str:
-    """One line explaining ``exc`` to a person."""
+    """One line explaining ``exc`` to a person (no class names, no reprs)."""
     where = f" {target}" if target else ""
+    text = _one_line(str(exc))
     if isinstance(exc, CertificateVerificationError):
-        return f"certificate verification failed for{where or ' the peer'}: {_strip(exc)}"
+        return f"certificate verification failed for{where or ' the peer'}: {_strip(text)}"
     if isinstance(exc, PeerAlert):
-        return f"the peer{where} rejected the connection: {exc}"
+        return f"the peer{where} rejected the connection: {text}"
     if isinstance(exc, ProtocolError):
-        return f"TLS/TCPLS protocol error with{where or ' the peer'}: {exc}"
+        return f"TLS/TCPLS protocol error with{where or ' the peer'}: {text}"
     if isinstance(exc, ConfigurationError):
-        return str(exc)
+        return text or "invalid configuration"
     if isinstance(exc, ConnectionClosedError):
-        return f"connection{where} closed: {exc}"
+        return f"connection{where} closed: {text}" if text else f"connection{where} closed"
     if isinstance(exc, TCPLSError):
-        return str(exc)
+        return text or f"the session{where} failed"
     if isinstance(exc, socket.gaierror):
-        return f"cannot resolve{where}: {exc.strerror or exc}"
+        return f"cannot resolve{where}: {exc.strerror or text or 'unknown host'}"
     if isinstance(exc, ConnectionRefusedError):
         return f"cannot connect to{where}: connection refused"
     if isinstance(exc, TimeoutError):
-        return str(exc) or f"timed out{where}"
+        return text or f"timed out{where}"
     if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc)
+        reason = _one_line(exc.strerror or "") or text or "input/output error"
         return f"cannot connect to{where}: {reason}" if target else reason
-    return f"{exc.__class__.__name__}: {exc}"
+    return f"{exc.__class__.__name__}: {text}"
 
 
-def _strip(exc: BaseException) -> str:
-    text = str(exc)
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _strip(text: str) -> str:
     prefix = "certificate verification failed: "
     return text[len(prefix) :] if text.startswith(prefix) else text
 
@@ -138,7 +159,21 @@ def add_tls_client_options(p: argparse.ArgumentParser) -> None:
         "(default: $SSLKEYLOGFILE when set)",
     )
     add_multipath_options(p)
+    add_reconnect_option(p)
     add_common_tls_options(p)
+
+
+def add_reconnect_option(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--reconnect-timeout, for the client commands."""
+    p.add_argument(
+        "--reconnect-timeout",
+        metavar="SECONDS",
+        type=_non_negative_seconds,
+        default=DEFAULT_RECONNECT_TIMEOUT,
+        help=f"{prefix}when every TCP connection to the server has failed, keep trying to "
+        "join the session again for this long before giving up; 0: give up at once "
+        f"(default: {DEFAULT_RECONNECT_TIMEOUT:g})",
+    )
 
 
 def add_multipath_options(p: argparse.ArgumentParser) -> None:
@@ -243,6 +278,16 @@ def _positive_int(text: str) -> int:
     return int(_positive(text, int, "a number"))
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number of seconds, 0 or more")
+    return value
+
+
 def _positive(text: str, kind: Callable[[str], float], what: str) -> float:
     try:
         value = kind(text)
@@ -271,7 +316,7 @@ def client_config(args: argparse.Namespace) -> ClientConfig:
     """A :class:`ClientConfig` from the client options."""
     from tcpls.config import ClientConfig
 
-    return ClientConfig(
+    config = ClientConfig(
         cafile=args.cafile,
         verify=not args.insecure,
         server_name=args.server_name,
@@ -280,6 +325,11 @@ def client_config(args: argparse.Namespace) -> ClientConfig:
         cipher_suites=_ciphers(args),
         user_timeout=args.user_timeout / 1000 if args.user_timeout else None,
     )
+    reconnect = getattr(args, "reconnect_timeout", None)
+    if reconnect is None:
+        return config
+    tuning = dataclasses.replace(config.tuning, rejoin_timeout=reconnect)
+    return dataclasses.replace(config, tuning=tuning)
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -389,15 +439,45 @@ def _format_address(addr: Any) -> str:
 # --------------------------------------------------------------- connect
 
 
-async def _stdin_chunks(chunk_size: int = 65536) -> Any:
+async def _stdin_chunks(chunk_size: int = 65536) -> AsyncIterator[bytes]:
+    """Standard input in chunks, read by a daemon thread.
+
+    A read blocked in a thread of the default executor would keep ``asyncio.run``
+    from returning (it waits for that executor) until standard input ends, so a
+    failed session would hang the command; a daemon thread does not. At most a
+    few chunks are read ahead.
+    """
     loop = asyncio.get_running_loop()
-    stdin = sys.stdin.buffer
-    read = getattr(stdin, "read1", stdin.read)
+    queue: asyncio.Queue[bytes | OSError] = asyncio.Queue()
+    room = threading.Semaphore(4)
+    # the raw descriptor: a daemon thread blocked inside sys.stdin.buffer would hold its
+    # lock at interpreter shutdown, which is fatal
+    fd = sys.stdin.fileno()
+
+    def pump() -> None:
+        while True:
+            room.acquire()
+            item: bytes | OSError
+            try:
+                item = os.read(fd, chunk_size)
+            except OSError as exc:
+                item = exc
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: the command is over
+                return
+            if not isinstance(item, bytes) or not item:
+                return
+
+    threading.Thread(target=pump, name="tcpls-stdin", daemon=True).start()
     while True:
-        data = await loop.run_in_executor(None, read, chunk_size)
-        if not data:
+        item = await queue.get()
+        room.release()
+        if isinstance(item, OSError):
+            raise CommandError(f"cannot read standard input: {item.strerror or item}")
+        if not item:
             return
-        yield data
+        yield item
 
 
 async def cmd_connect(args: argparse.Namespace) -> int:
@@ -425,6 +505,8 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         session.abort()
         raise CommandError(describe_error(exc, target)) from None
     failure = upload_task.exception() if upload_task.done() else None
+    if isinstance(failure, CommandError):
+        raise failure
     if failure is not None:
         raise CommandError(describe_error(failure, target))
     upload_task.cancel()
@@ -476,7 +558,7 @@ async def cmd_perf(args: argparse.Namespace) -> int:
 async def _perf_client(args: argparse.Namespace) -> int:
     import json
 
-    from tcpls.perf import format_bytes, format_rate, print_result, run_client
+    from tcpls.perf import NotAPerfServer, format_bytes, format_rate, print_result, run_client
 
     target = f"{args.client}:{args.port}"
     session = await open_session(args, args.client, args.port)
@@ -525,10 +607,15 @@ async def _perf_client(args: argparse.Namespace) -> int:
             reverse=args.reverse,
             on_interval=on_interval,
             interval=args.interval,
+            answer_timeout=PERF_ANSWER_TIMEOUT,
+            grace=PERF_GRACE,
         )
-    except* (TCPLSError, OSError) as group:
+    except NotAPerfServer as exc:
         session.abort()
-        raise CommandError(describe_error(group.exceptions[0], target)) from None
+        raise CommandError(f"{target} is not a tcpls perf server ({exc.reason})") from None
+    except (TCPLSError, OSError) as exc:
+        session.abort()
+        raise CommandError(describe_error(exc, target)) from None
     finally:
         if progress is not None:
             progress.stop()
@@ -548,53 +635,71 @@ async def _perf_client(args: argparse.Namespace) -> int:
 
 async def cmd_get(args: argparse.Namespace) -> int:
     """``tcpls get``: download a file with progress and per-connection rates."""
-    from tcpls.fileserve import download
+    from tcpls.fileserve import FileTransferError, NotAFileServer, OutputError, download
     from tcpls.perf import format_bytes, format_rate
 
-    session = await open_session(args, args.host, args.port)
-    to_stdout = args.output == "-"
+    target = f"{args.host}:{args.port}"
+    output = _Output(args.output)  # before connecting: a local problem needs no server
     try:
-        out = sys.stdout.buffer if to_stdout else open(args.output, "wb")  # noqa: SIM115
-    except OSError as exc:
-        session.abort()
-        raise CommandError(f"cannot write {args.output}: {exc.strerror}") from None
-    live = sys.stderr.isatty()
-    rates = _ConnectionRates(session)
-    progress: Any = None
-    if live:
-        from rich.progress import (
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TransferSpeedColumn,
-        )
+        session = await open_session(args, args.host, args.port)
+        live = sys.stderr.isatty()
+        rates = _ConnectionRates(session)
+        progress: Any = None
+        if live:
+            from rich.progress import (
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TransferSpeedColumn,
+            )
 
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[paths]}"),
-            transient=True,
-        )
-        task = progress.add_task(args.path, total=None, paths="")
-        progress.start()
+            progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[paths]}"),
+                transient=True,
+            )
+            task = progress.add_task(args.path, total=None, paths="")
+            progress.start()
 
-    def on_progress(done: int) -> None:
-        if progress is not None:
-            progress.update(task, completed=done, paths=rates.describe(format_rate))
+        def on_start(size: int) -> None:
+            if progress is not None:
+                progress.update(task, total=size)
 
-    try:
-        result = await download(session, args.path, out, on_progress=on_progress)
-    except (TCPLSError, OSError) as exc:
-        session.abort()
-        raise CommandError(describe_error(exc, f"{args.host}:{args.port}")) from None
+        def on_progress(done: int) -> None:
+            if progress is not None:
+                progress.update(task, completed=done, paths=rates.describe(format_rate))
+
+        try:
+            result = await download(
+                session,
+                args.path,
+                output.file,
+                on_start=on_start,
+                on_progress=on_progress,
+                answer_timeout=GET_ANSWER_TIMEOUT + args.reconnect_timeout,
+            )
+        except NotAFileServer as exc:
+            session.abort()
+            raise CommandError(f"{target} is not a tcpls file server ({exc.reason})") from None
+        except OutputError as exc:
+            session.abort()
+            raise CommandError(f"cannot write {output.label}: {exc.strerror}") from None
+        except FileTransferError as exc:
+            session.abort()
+            raise CommandError(str(exc)) from None
+        except (TCPLSError, OSError) as exc:
+            session.abort()
+            raise CommandError(describe_error(exc, target)) from None
+        finally:
+            if progress is not None:
+                progress.stop()
+        output.commit()
     finally:
-        if progress is not None:
-            progress.stop()
-        if not to_stdout:
-            out.close()
+        output.discard()
     connections = rates.describe(format_rate, final=True)
     await session.aclose(timeout=5)
     rate = result.bytes / result.seconds if result.seconds else 0.0
@@ -604,10 +709,87 @@ async def cmd_get(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.sha256:
-        print(f"{result.sha256}  {args.output}")
-    if result.bytes == 0:
-        raise CommandError(f"the server sent nothing for {args.path} (no such file?)")
+        print(
+            f"{result.sha256}  {args.output}", file=sys.stderr if output.is_stdout else sys.stdout
+        )
     return EXIT_OK
+
+
+class _Output:
+    """Where ``tcpls get`` writes.
+
+    A regular file (or a new one) is written as a temporary file in the same
+    directory, renamed over the destination by :meth:`commit` only; anything
+    else that exists (``/dev/null``, a FIFO) is written directly, and ``-`` is
+    standard output. :meth:`discard` removes the temporary file of a download
+    that did not commit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.is_stdout = name == "-"
+        self.label = "standard output" if self.is_stdout else name
+        self._temp: str | None = None
+        self._final = ""
+        self._owned = False
+        if self.is_stdout:
+            self.file: BinaryIO = sys.stdout.buffer
+            return
+        self._final = os.path.realpath(name)
+        try:
+            info: os.stat_result | None = os.stat(self._final)
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            raise CommandError(f"cannot write {name}: {exc.strerror}") from None
+        try:
+            if info is not None and stat.S_ISDIR(info.st_mode):
+                raise CommandError(f"cannot write {name}: it is a directory")
+            if info is not None and not stat.S_ISREG(info.st_mode):
+                self.file = open(self._final, "wb")  # noqa: SIM115 - closed in discard()
+            else:
+                self.file = self._create_temp(info)
+        except OSError as exc:
+            raise CommandError(f"cannot write {name}: {exc.strerror}") from None
+        self._owned = True
+
+    def _create_temp(self, existing: os.stat_result | None) -> BinaryIO:
+        directory, base = os.path.split(self._final)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        while True:
+            temp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.part")
+            try:
+                fd = os.open(temp, flags, 0o666)  # the umask applies, as for a new file
+            except FileExistsError:
+                continue
+            break
+        self._temp = temp
+        if existing is not None:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, stat.S_IMODE(existing.st_mode))
+        return os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        """Flush everything and put the file in place."""
+        try:
+            if self._owned:
+                self.file.close()
+            else:
+                self.file.flush()
+            if self._temp is not None:
+                os.replace(self._temp, self._final)
+                self._temp = None
+        except OSError as exc:
+            raise CommandError(f"cannot write {self.label}: {exc.strerror}") from None
+
+    def discard(self) -> None:
+        """Close the file; remove the temporary file unless :meth:`commit` renamed it."""
+        if self._owned:
+            with contextlib.suppress(OSError):
+                self.file.close()
+        if self._temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp)
+            self._temp = None
 
 
 class _ConnectionRates:
@@ -648,7 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="run a server (echo)",
+        help="run a server (echo, or files for `tcpls get`)",
         description="Accept TCPLS and TLS 1.3 sessions. With --echo, every byte received on a "
         "stream is sent back on it, and our direction ends after the peer's. Runs until "
         "interrupted; a failing session never stops the server.",
@@ -662,8 +844,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--files",
         metavar="DIR",
-        help="serve the files under DIR: a client writes `GET /path\\r\\n` on a stream, "
-        "the server sends the file and ends the stream (see `tcpls get`)",
+        help="serve the files under DIR: a client writes `GET /path\\r\\n` on a stream; the "
+        "server answers `OK <size>\\r\\n` and the file, or `ERR <code> <reason>\\r\\n`, "
+        "and ends the stream (see `tcpls get`)",
     )
     p.set_defaults(func=cmd_serve)
 
@@ -685,7 +868,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure goodput, like iperf3",
         description="Measure goodput between two hosts, like iperf3. Run `tcpls perf -s --cert "
         "F --key F` on one and `tcpls perf -c HOST` on the other. The client shows live "
-        "progress and a final table (or one JSON object with --json).",
+        "progress and a final table (or one JSON object with --json). The client gives up "
+        f"when the server has not accepted the test within {PERF_ANSWER_TIMEOUT:g} s (it is "
+        f"not a perf server); a test of -t T seconds fails if it has not ended after T + "
+        f"{PERF_ANSWER_TIMEOUT + PERF_GRACE:g} s.",
     )
     role = p.add_mutually_exclusive_group()
     role.add_argument("-s", "--server", action="store_true", help="run the server")
@@ -694,7 +880,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_options(p, required=False)
     amount = p.add_mutually_exclusive_group()
     amount.add_argument(
-        "-t", "--time", type=_seconds, default=10.0, help="client: seconds to transmit (10)"
+        "-t",
+        "--time",
+        type=_seconds,
+        default=10.0,
+        help="client: seconds to transmit (10); also bounds the whole run (see above)",
     )
     amount.add_argument(
         "-n", "--bytes", type=_size, help="client: bytes to transmit instead (e.g. 1G, 100M)"
@@ -716,6 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--server-name", metavar="NAME", help="client: name for SNI and verification")
     add_multipath_options(p)
+    add_reconnect_option(p, prefix="client: ")
     add_common_tls_options(p)
     p.set_defaults(func=cmd_perf)
 
@@ -723,15 +914,29 @@ def build_parser() -> argparse.ArgumentParser:
         "get",
         help="download a file from `tcpls serve --files`",
         description="Download PATH from a `tcpls serve --files DIR` server over one stream, "
-        "with a progress bar and the rate of each TCP connection of the session.",
+        "with a progress bar and the rate of each TCP connection of the session. The server "
+        "announces the file's size first: a missing file, a file the server cannot read and a "
+        "transfer cut short are each reported as an error (exit status 1). The file is written "
+        "to a temporary file next to FILE and renamed over it only when complete, so a failed "
+        "download never damages an existing FILE.",
     )
     p.add_argument("host", metavar="HOST", help="server name or address")
     p.add_argument("port", metavar="PORT", type=_port, help="server TCP port")
     p.add_argument("path", metavar="PATH", help="the file to fetch, e.g. /big.bin")
     p.add_argument(
-        "-o", "--output", metavar="FILE", required=True, help="where to write it (- for stdout)"
+        "-o",
+        "--output",
+        metavar="FILE",
+        required=True,
+        help="where to write it; - for standard output (streamed as it arrives: a transfer "
+        "cut short leaves partial output there, and the exit status is 1)",
     )
-    p.add_argument("--sha256", action="store_true", help="print the SHA-256 of what was received")
+    p.add_argument(
+        "--sha256",
+        action="store_true",
+        help="after a complete download, print the SHA-256 of the file (on standard output, "
+        "or on standard error with -o -)",
+    )
     add_tls_client_options(p)
     p.set_defaults(func=cmd_get)
 
@@ -747,6 +952,47 @@ def _version() -> str:
     return __version__
 
 
+class _CleanFormatter(logging.Formatter):
+    """``tcpls: <message>`` on one line, without tracebacks (the default, without --debug).
+
+    Records of loggers outside the ``tcpls`` hierarchy also name their logger.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = _one_line(record.getMessage())
+        if record.name == "tcpls" or record.name.startswith("tcpls."):
+            return f"tcpls: {message}"
+        return f"tcpls: {record.name}: {message}"
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to the current ``sys.stderr`` (so that a live progress display can redirect it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(debug: bool) -> None:
+    """Warnings as ``tcpls: <message>`` lines; everything, with details, under ``--debug``."""
+    handler = _StderrHandler()
+    if debug:
+        handler.setFormatter(logging.Formatter("tcpls: %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_CleanFormatter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        # asyncio logs unretrieved exceptions with tracebacks; the commands report errors
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tcpls`` console script."""
     parser = build_parser()
@@ -755,13 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     debug = bool(getattr(args, "debug", False)) or bool(os.environ.get("TCPLS_DEBUG"))
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="tcpls: %(levelname)s %(name)s: %(message)s",
-    )
-    if not debug:
-        # asyncio logs unretrieved exceptions with tracebacks; the commands report errors
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    configure_logging(debug)
     func: Callable[[argparse.Namespace], Any] = args.func
     if not asyncio.iscoroutinefunction(func):
         status: int = func(args)  # synchronous commands (lab) report their own errors

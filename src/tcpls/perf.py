@@ -1,15 +1,24 @@
 """``tcpls perf``: goodput measurement between two hosts, modelled on iperf3.
 
 The server (``tcpls perf -s``) accepts sessions; the client opens ``-P``
-streams. Each stream starts with one request line::
+streams. Each stream starts with one request line from the client::
 
-    TCPLSPERF1 {"direction": "upload"|"download", "seconds": T, "bytes": N}\\n
+    TCPLSPERF2 {"direction": "upload"|"download", "seconds": T, "bytes": N}\\n
 
-Upload: the client sends until the time or byte limit, then ends the stream;
-the server counts and answers with a JSON line ``{"bytes": n, "seconds": s}``.
-Download (``-R``): the server sends until the limit, then ends the stream.
-The client shows a live progress display and a final table, or one JSON
-object with ``--json``.
+(``seconds`` or ``bytes`` may be ``null``, but not both). The server answers at once
+with the line ``TCPLSPERF2 OK\\n``, or with ``{"error": "<reason>"}\\n`` and the
+end of the stream for a request it cannot serve. Then:
+
+* upload: the client sends until the time or byte limit, then ends the stream;
+  the server counts and answers with a JSON line ``{"bytes": n, "seconds": s}``
+  and ends the stream;
+* download (``-R``): the server sends until the limit, then ends the stream.
+
+The immediate answer lets a client tell within seconds that its peer is not a
+perf server (an echo server sends the request back, ``openssl s_server`` sends
+nothing), and a timed test is bounded as a whole: its length, plus the wait for
+the answer, plus a few seconds of grace. The client shows a live progress
+display and a final table, or one JSON object with ``--json``.
 """
 
 from __future__ import annotations
@@ -27,11 +36,46 @@ from tcpls.aio.session import Session
 from tcpls.aio.streams import StreamReader, StreamWriter
 from tcpls.errors import TCPLSError
 
-__all__ = ["PerfResult", "StreamResult", "perf_handler", "run_client"]
+__all__ = [
+    "NotAPerfServer",
+    "PerfError",
+    "PerfRefused",
+    "PerfResult",
+    "PerfTimeout",
+    "StreamResult",
+    "perf_handler",
+    "run_client",
+]
 
-MAGIC = b"TCPLSPERF1 "
+MAGIC = b"TCPLSPERF2 "
+#: The server's answer to a request it accepts.
+ACCEPTED = MAGIC + b"OK\n"
 _BLOCK = os.urandom(1 << 20)
 _MAX_REQUEST = 4096
+
+
+class PerfError(TCPLSError):
+    """A perf test failed for a reason of the perf protocol."""
+
+
+class NotAPerfServer(PerfError):
+    """The peer did not answer the perf request like a perf server; ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the server is not a tcpls perf server ({reason})")
+        self.reason = reason
+
+
+class PerfRefused(PerfError):
+    """The perf server refused the request (``{"error": reason}``), e.g. another version."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the perf server refused the test: {reason}")
+        self.reason = reason
+
+
+class PerfTimeout(PerfError):
+    """A timed test went on past its length plus the grace period."""
 
 
 @dataclass
@@ -119,19 +163,62 @@ async def _send_for(writer: StreamWriter, seconds: float | None, limit: int | No
 
 async def _serve_stream(reader: StreamReader, writer: StreamWriter) -> None:
     # the client going away or sending nonsense affects only this stream
-    with contextlib.suppress(TCPLSError, OSError, ValueError):
+    with contextlib.suppress(TCPLSError, OSError):
         await _answer(reader, writer)
 
 
+async def _refuse(writer: StreamWriter, reason: str) -> None:
+    writer.write(json.dumps({"error": reason}).encode() + b"\n")
+    writer.write_eof()
+    await writer.wait_closed()
+
+
+def _parse_request(line: bytes) -> tuple[str, float | None, int | None]:
+    """(direction, seconds, bytes) of a request line; ``ValueError`` with a reason if invalid."""
+    if not line.startswith(MAGIC):
+        raise ValueError(f"not a tcpls perf request (expected {MAGIC.decode().strip()})")
+    try:
+        request = json.loads(line[len(MAGIC) :])
+    except ValueError:
+        raise ValueError("the request is not valid JSON") from None
+    if not isinstance(request, dict):
+        raise ValueError("the request is not a JSON object")
+    direction = request.get("direction")
+    seconds = request.get("seconds")
+    limit = request.get("bytes")
+    if direction not in ("upload", "download"):
+        raise ValueError("direction must be upload or download")
+    if seconds is not None and (
+        not isinstance(seconds, int | float) or isinstance(seconds, bool) or not seconds > 0
+    ):
+        raise ValueError("seconds must be a positive number")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise ValueError("bytes must be a non-negative integer")
+    if seconds is None and limit is None:
+        raise ValueError("the request sets neither seconds nor bytes")
+    return direction, seconds, limit
+
+
 async def _answer(reader: StreamReader, writer: StreamWriter) -> None:
-    line = await reader.readline()
-    if not line.startswith(MAGIC) or len(line) > _MAX_REQUEST:
-        writer.write(b'{"error": "not a tcpls perf request"}\n')
-        writer.write_eof()
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        await _refuse(writer, "request line too long")
         return
-    request = json.loads(line[len(MAGIC) :])
-    if request.get("direction") == "download":
-        await _send_for(writer, request.get("seconds"), request.get("bytes"))
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            await _refuse(writer, "request without a line end")
+        return
+    try:
+        if len(line) > _MAX_REQUEST:
+            raise ValueError("request line too long")
+        direction, seconds, limit = _parse_request(line)
+    except ValueError as exc:
+        await _refuse(writer, str(exc))
+        return
+    writer.write(ACCEPTED)
+    if direction == "download":
+        await _send_for(writer, seconds, limit)
         await writer.wait_closed()
         return
     start = time.monotonic()
@@ -154,6 +241,56 @@ async def perf_handler(session: Session) -> None:
 # ------------------------------------------------------------------------- client
 
 
+async def _await_answer(reader: StreamReader, request: bytes, timeout: float) -> None:
+    """Wait for the server's answer to ``request``; raise unless it accepts."""
+    try:
+        async with asyncio.timeout(timeout):
+            line = await reader.readuntil(b"\n")
+    except TimeoutError:
+        raise NotAPerfServer(f"no answer to the perf request within {timeout:g} s") from None
+    except asyncio.LimitOverrunError:
+        raise NotAPerfServer("its answer is not a perf answer") from None
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise NotAPerfServer("its answer is not a perf answer") from None
+        raise NotAPerfServer("it ended the stream without answering") from None
+    if line == ACCEPTED:
+        return
+    if line == request:
+        raise NotAPerfServer("it sent the request back, like an echo server")
+    try:
+        refusal = json.loads(line)
+    except ValueError:
+        refusal = None
+    if isinstance(refusal, dict) and isinstance(refusal.get("error"), str):
+        reason = "".join(c if c.isprintable() else "?" for c in refusal["error"][:200])
+        raise PerfRefused(reason)
+    raise NotAPerfServer("its answer is not a perf answer")
+
+
+async def _read_count(reader: StreamReader) -> int:
+    """The server's byte count at the end of an upload."""
+    try:
+        line = await reader.readuntil(b"\n")
+        reply = json.loads(line)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+        reply = None
+    count = reply.get("bytes") if isinstance(reply, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise PerfError("the perf server ended the upload without a valid byte count")
+    return count
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of ``group`` that is not a cancellation."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
+
+
 async def run_client(
     session: Session,
     *,
@@ -163,20 +300,33 @@ async def run_client(
     reverse: bool = False,
     on_interval: Any = None,
     interval: float = 1.0,
+    answer_timeout: float = 5.0,
+    grace: float = 5.0,
 ) -> PerfResult:
-    """Run the perf test over ``session``; ``on_interval(elapsed, bytes, rate)`` is called."""
+    """Run the perf test over ``session``; ``on_interval(elapsed, bytes, rate)`` is called.
+
+    Every stream waits at most ``answer_timeout`` seconds for the server to
+    accept its request (:class:`NotAPerfServer` otherwise, or
+    :class:`PerfRefused` when the server refuses). A timed test (``seconds``
+    without ``total_bytes``) ends within ``answer_timeout + seconds + grace``
+    or raises :class:`PerfTimeout`. Session failures raise their own
+    :class:`~tcpls.errors.TCPLSError` or :class:`OSError`: one exception, never
+    a group.
+    """
     if streams > 1 and not session.tcpls_negotiated:
         raise TCPLSError(
             "TCPLS was not negotiated (plain TLS 1.3 fallback): only one stream is possible"
         )
     direction = "download" if reverse else "upload"
     per_stream = total_bytes // streams if total_bytes is not None else None
+    if per_stream is None and not seconds:
+        raise ValueError("give seconds or total_bytes")
     request = (
         MAGIC
         + json.dumps(
             {
                 "direction": direction,
-                "seconds": None if per_stream else seconds,
+                "seconds": None if per_stream is not None else seconds,
                 "bytes": per_stream,
             }
         ).encode()
@@ -187,13 +337,19 @@ async def run_client(
     )
     counters = [StreamResult(0) for _ in range(streams)]
     start = time.monotonic()
+    accepted = asyncio.Event()  # the clock of the reports starts with the first answer
 
     async def one(index: int) -> None:
+        nonlocal start
         reader, writer = await session.open_stream()
         counter = counters[index]
         counter.stream_id = writer.stream_id
         writer.write(request)
+        await _await_answer(reader, request, answer_timeout)
         t0 = time.monotonic()
+        if not accepted.is_set():
+            start = t0
+            accepted.set()
         if reverse:
             while data := await reader.read(1 << 20):
                 counter.bytes += len(data)
@@ -213,11 +369,11 @@ async def run_client(
             await writer.drain()
             counter.bytes += len(chunk)
         writer.write_eof()
-        reply = json.loads(await reader.readline() or b"{}")
+        counter.confirmed = await _read_count(reader)
         counter.seconds = time.monotonic() - t0
-        counter.confirmed = reply.get("bytes")
 
     async def ticker() -> None:
+        await accepted.wait()
         last_bytes, last_time = 0, start
         while True:
             await asyncio.sleep(interval)
@@ -231,11 +387,20 @@ async def run_client(
                 on_interval(now - start, done, rate)
             last_bytes, last_time = done, now
 
+    bound = answer_timeout + seconds + grace if seconds and per_stream is None else None
     tick = asyncio.create_task(ticker())
     try:
-        async with asyncio.TaskGroup() as group:
-            for i in range(streams):
-                group.create_task(one(i))
+        async with asyncio.timeout(bound):
+            async with asyncio.TaskGroup() as group:
+                for i in range(streams):
+                    group.create_task(one(i))
+    except TimeoutError:
+        raise PerfTimeout(
+            f"the {seconds:g} s test did not finish within {bound:g} s: "
+            "the server stopped answering or the network stalled"
+        ) from None
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
     finally:
         tick.cancel()
     result.seconds = time.monotonic() - start

@@ -68,6 +68,10 @@ async def download(
     reader, writer = await session.open_stream()
     writer.write(f"GET {args.path}\r\n".encode())
     writer.write_eof()
+    header = await reader.readuntil(b"\n")  # OK <size>, or ERR <code> <reason>
+    if not header.startswith(b"OK "):
+        raise SystemExit(f"{args.path}: {header.decode(errors='replace').strip()}")
+    size = int(header[3:])
     digest = hashlib.sha256()
     total = 0
     times: list[tuple[float, int]] = []  # (monotonic time of a chunk, bytes before it)
@@ -90,6 +94,8 @@ async def download(
             # migrate while the download goes on (reading must not wait for it)
             migration = asyncio.ensure_future(migrate(session, args.migrate_to))
     seconds = time.monotonic() - start
+    if total != size:
+        raise SystemExit(f"{args.path}: {total} of {size} bytes")
     if migration is not None:
         await migration
     gaps = sorted(
