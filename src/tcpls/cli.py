@@ -29,6 +29,7 @@ from tcpls.errors import (
     CertificateVerificationError,
     ConfigurationError,
     ConnectionClosedError,
+    NotTLSError,
     PeerAlert,
     ProtocolError,
     TCPLSError,
@@ -83,6 +84,8 @@ def describe_error(exc: BaseException, target: str = "") -> str:
     text = _one_line(str(exc))
     if isinstance(exc, CertificateVerificationError):
         return f"certificate verification failed for{where or ' the peer'}: {_strip(text)}"
+    if isinstance(exc, NotTLSError):
+        return f"{target or 'the peer'} is not a TLS {exc.peer}: it sent {exc.sent}"
     if isinstance(exc, PeerAlert):
         return f"the peer{where} rejected the connection: {text}"
     if isinstance(exc, ProtocolError):

@@ -22,6 +22,7 @@ __all__ = [
     "HandshakeFailure",
     "IllegalParameter",
     "InternalError",
+    "NotTLSError",
     "PeerAlert",
     "ProtocolError",
     "RecordOverflow",
@@ -98,6 +99,20 @@ class DecodeError(ProtocolError):
     """Malformed or truncated message, frame or extension body (``decode_error``)."""
 
     alert = AlertDescription.decode_error
+
+
+class NotTLSError(DecodeError):
+    """The bytes received are not TLS records at all (an HTTP server, say).
+
+    ``sent`` describes the first bytes in words; ``peer`` is ``"server"`` or
+    ``"client"`` once the receiving side is known, else ``"peer"``.
+    """
+
+    def __init__(self, sent: str, peer: str = "peer") -> None:
+        self.sent = sent
+        self.peer = peer
+        who = f"a TLS {peer}" if peer != "peer" else "speaking TLS"
+        super().__init__(f"the peer is not {who}: it sent {sent}")
 
 
 class UnexpectedMessage(ProtocolError):

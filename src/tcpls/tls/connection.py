@@ -51,6 +51,7 @@ from tcpls.errors import (
     DecodeError,
     IllegalParameter,
     InternalError,
+    NotTLSError,
     PeerAlert,
     ProtocolError,
     RecordOverflow,
@@ -82,12 +83,10 @@ from tcpls.tls.record import (
     TAG_SIZE,
     CipherSuite,
     ContentType,
-    NotTLSError,
     RecordProtection,
     RecordReader,
     RecordWriter,
     TrafficKeys,
-    describe_bytes,
     plaintext_record,
     scratch,
 )
@@ -570,10 +569,7 @@ class TLSConnection:
         try:
             self._process_records()
         except NotTLSError as exc:
-            peer = "server" if self.is_client else "client"
-            self._fail(
-                DecodeError(f"the peer is not a TLS {peer}: it sent {describe_bytes(exc.preview)}")
-            )
+            self._fail(NotTLSError(exc.sent, "server" if self.is_client else "client"))
         except TCPLSError as exc:
             self._fail(exc)
         except Exception as exc:  # a bug: report it cleanly, keep the traceback in the log

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from tcpls.errors import BadRecordMac, DecodeError, RecordOverflow, UnexpectedMessage
+from tcpls.errors import BadRecordMac, DecodeError, NotTLSError, RecordOverflow, UnexpectedMessage
 
 __all__ = [
     "HEADER_SIZE",
@@ -41,7 +41,6 @@ __all__ = [
     "TAG_SIZE",
     "CipherSuite",
     "ContentType",
-    "NotTLSError",
     "RecordProtection",
     "RecordReader",
     "RecordWriter",
@@ -234,17 +233,6 @@ class RecordProtection:
         return content_type, bytes(out[:length])
 
 
-class NotTLSError(DecodeError):
-    """The bytes received are not TLS records at all (an HTTP server, say).
-
-    ``preview`` holds the first bytes, for a message that says what the peer sent.
-    """
-
-    def __init__(self, preview: bytes) -> None:
-        self.preview = preview
-        super().__init__(f"the peer does not speak TLS: it sent {describe_bytes(preview)}")
-
-
 def describe_bytes(data: bytes) -> str:
     """A short, printable account of unexpected bytes: the text, or the first bytes in hex."""
     text = data.split(b"\r")[0].split(b"\n")[0][:48]
@@ -354,7 +342,9 @@ class RecordReader:
             return None
         content_type, version, length = _HEADER.unpack_from(self._buf, start)
         if version >> 8 != 0x03 or not 20 <= content_type <= 23:
-            raise NotTLSError(bytes(self._view[start : min(self._end, start + 64)]))
+            raise NotTLSError(
+                describe_bytes(bytes(self._view[start : min(self._end, start + 64)]))
+            )
         if length > MAX_CIPHERTEXT:
             raise RecordOverflow(f"record of {length} bytes exceeds 2^14 + 256")
         end = start + HEADER_SIZE + length
