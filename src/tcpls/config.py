@@ -147,6 +147,8 @@ class SessionTuning:
     session_receive_buffer: int = 16 * 1024 * 1024
     #: Per-stream high-water mark of bytes written and not yet sent: ``drain()`` waits above it.
     stream_send_buffer: int = 1024 * 1024
+    #: The same for all the streams of a session together.
+    session_send_buffer: int = 16 * 1024 * 1024
     #: Stream bytes sent and not yet acknowledged, per session, above which no new data is
     #: sent (they are kept for reinjection; TCP flow control normally bounds them).
     max_unacked_bytes: int = 16 * 1024 * 1024
@@ -254,6 +256,15 @@ class ServerConfig:
     alpn_protocols: Sequence[str] | None = None
     #: Issue session tickets for PSK resumption.
     session_tickets: bool = True
+    #: Sessions open at once; a new one beyond is refused (``user_canceled``).
+    max_sessions: int = 4096
+    #: Accepted TCP connections whose ClientHello has not come yet; more are reset.
+    max_pending_connections: int = 512
+    #: Seconds an accepted connection has to send its ClientHello.
+    hello_timeout: float = 5.0
+    #: Estimated memory of all sessions (buffers and per-session costs), bytes; beyond
+    #: it new sessions are refused and the largest sessions are ended first.
+    memory_budget: int = 192 * 1024 * 1024
     #: TCP_USER_TIMEOUT in seconds for accepted connections; ``None``: tuning default.
     user_timeout: float | None = None
     #: TLS extension codepoints for TCPLS (W1).
@@ -284,6 +295,11 @@ class ServerConfig:
         parse_cipher_suites(self.cipher_suites)
         if not 1 <= self.max_connections <= 256:
             raise ConfigurationError("max_connections must be between 1 and 256")
+        for name in ("max_sessions", "max_pending_connections", "memory_budget"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1")
+        if self.hello_timeout <= 0:
+            raise ConfigurationError("hello_timeout must be positive")
 
     @property
     def effective_user_timeout(self) -> float | None:

@@ -19,6 +19,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosedError",
     "DecodeError",
+    "HandshakeCanceled",
     "HandshakeFailure",
     "IllegalParameter",
     "InternalError",
@@ -29,6 +30,7 @@ __all__ = [
     "TCPLSError",
     "UnexpectedMessage",
     "alert_name",
+    "raisable",
 ]
 
 
@@ -145,6 +147,16 @@ class HandshakeFailure(ProtocolError):
     alert = AlertDescription.handshake_failure
 
 
+class HandshakeCanceled(ProtocolError):
+    """A server refuses to start a session now (too many sessions, out of memory).
+
+    Sent as ``user_canceled`` followed by ``close_notify`` (RFC 8446 §6.1: canceling
+    a handshake for a reason unrelated to a protocol failure).
+    """
+
+    alert = AlertDescription.user_canceled
+
+
 class InternalError(ProtocolError):
     """A local failure unrelated to the peer (``internal_error``)."""
 
@@ -163,3 +175,17 @@ class PeerAlert(TCPLSError):
     def __init__(self, alert: int, message: str = "") -> None:
         self.alert = alert
         super().__init__(message or f"peer sent alert {alert_name(alert)} ({alert})")
+
+
+def raisable(error: TCPLSError) -> TCPLSError:
+    """A copy of a stored ``error`` (same class, message and alert) to raise.
+
+    A session keeps the error that ended it. Raising that object itself would attach
+    the frames it passes through to it, and those frames refer back to the session: a
+    reference cycle that keeps a finished session's memory until a full garbage
+    collection. Each raise gets its own copy instead.
+    """
+    copy = error.__class__.__new__(error.__class__)
+    copy.__dict__.update(error.__dict__)
+    copy.args = error.args
+    return copy

@@ -109,13 +109,12 @@ def test_wrong_server_name_is_rejected(pki: DevPKI) -> None:
 
 def test_silent_and_slow_clients_are_dropped(pki: DevPKI) -> None:
     """A connection that never sends a ClientHello, or never finishes its handshake,
-    is closed after handshake_timeout: it cannot hold server resources for ever."""
+    is closed after hello_timeout: it cannot hold server resources for ever."""
     import socket
     import time
 
-    tuning = tcpls.SessionTuning(handshake_timeout=0.3)
     config = tcpls.ServerConfig(
-        certfile=str(pki.cert_file), keyfile=str(pki.key_file), tuning=tuning
+        certfile=str(pki.cert_file), keyfile=str(pki.key_file), hello_timeout=0.3
     )
 
     async def run() -> None:

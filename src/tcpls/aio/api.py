@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -14,8 +15,7 @@ from tcpls.config import ClientConfig, ServerConfig
 from tcpls.core.endpoint import ServerEndpoint, client_session
 from tcpls.core.scheduler import SchedulerName
 from tcpls.core.session import Session as CoreSession
-from tcpls.core.state import SessionState
-from tcpls.errors import TCPLSError
+from tcpls.errors import InternalError, TCPLSError
 from tcpls.tls.connection import TLSConnection
 
 __all__ = ["Server", "connect", "serve"]
@@ -205,6 +205,14 @@ class Server:
         self._sessions: dict[CoreSession, Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        #: Accepted connections whose ClientHello has not come yet.
+        self._pending: set[ConnectionProtocol] = set()
+        #: The memory of all sessions, as last estimated (see :meth:`_watch_memory`).
+        self.memory_use = 0
+        self._over_budget = False
+        self._watch: asyncio.TimerHandle | None = None
+        self._refusals = _RateLimitedLog()
+        endpoint.session_gate = self._session_gate
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -225,10 +233,42 @@ class Server:
         """The sessions currently open."""
         return list(self._sessions.values())
 
-    def _protocol_factory(self) -> ConnectionProtocol:
+    def _protocol_factory(self) -> asyncio.BaseProtocol:
+        config = self._endpoint.config
+        if len(self._pending) >= config.max_pending_connections:
+            self._refusals.log(
+                "refusing connections: %d are already waiting for their ClientHello "
+                "(max_pending_connections)",
+                len(self._pending),
+            )
+            return _Refused()
         # No session yet: the first ClientHello says whether this connection starts
         # one or joins one (then it needs none).
-        return ConnectionProtocol(None, 0, pending=self._endpoint.new_connection(), server=self)
+        protocol = ConnectionProtocol(
+            None, 0, pending=self._endpoint.new_connection(), server=self
+        )
+        self._pending.add(protocol)
+        return protocol
+
+    def _pending_ended(self, protocol: ConnectionProtocol) -> None:
+        self._pending.discard(protocol)
+
+    def _session_gate(self) -> str | None:
+        """Why a new session may not start now, or ``None`` (*Server limits*)."""
+        config = self._endpoint.config
+        reason = None
+        if self._closing:
+            reason = "the server is shutting down"
+        elif len(self._sessions) >= config.max_sessions:
+            reason = f"{len(self._sessions)} sessions are open (max_sessions)"
+        elif self._over_budget:
+            reason = (
+                f"the sessions hold about {self.memory_use >> 20} MiB "
+                f"(memory_budget {config.memory_budget >> 20} MiB)"
+            )
+        if reason is not None:
+            self._refusals.log("refusing a new session: %s", reason)
+        return reason
 
     def _adopt(self, protocol: ConnectionProtocol, core: CoreSession) -> Session:
         """A pending connection started a handshake: give it its session."""
@@ -236,14 +276,42 @@ class Server:
         self._sessions[core] = session
         protocol.session = session
         session._attach(protocol)
-        loop = asyncio.get_running_loop()
-        loop.call_later(core.tuning.handshake_timeout, self._handshake_deadline, session)
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(
+                _WATCH_INTERVAL, self._watch_memory
+            )
         return session
 
-    def _handshake_deadline(self, session: Session) -> None:
-        if session._core.state is SessionState.HANDSHAKE:
-            logger.debug("a client did not complete its handshake in time")
-            session.abort()
+    def _watch_memory(self) -> None:
+        """Every quarter second while sessions exist: estimate their memory, shed the largest
+        while the total is above ``memory_budget`` (*Server limits* in docs/design.md)."""
+        self._watch = None
+        if not self._sessions:
+            self.memory_use = 0
+            self._over_budget = False
+            return
+        budget = self._endpoint.config.memory_budget
+        uses = [(core.memory_use(), session) for core, session in self._sessions.items()]
+        total = sum(use for use, _ in uses)
+        if total > budget:
+            uses.sort(key=lambda item: item[0], reverse=True)
+            for use, session in uses:
+                if total <= budget:
+                    break
+                peer = session.get_extra_info("peername")
+                logger.warning(
+                    "ending the session of %s, the largest (about %d KiB): the server "
+                    "is over its memory budget (%d MiB)",
+                    _format_peer(peer),
+                    use >> 10,
+                    budget >> 20,
+                )
+                session._core.abort(InternalError("the server is over its memory budget"))
+                session._process()
+                total -= use
+        self.memory_use = total
+        self._over_budget = total > budget * 0.9
+        self._watch = asyncio.get_running_loop().call_later(_WATCH_INTERVAL, self._watch_memory)
 
     async def _listen(self, host: str | None, port: int, **kwargs: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -319,6 +387,12 @@ class Server:
     def close(self) -> None:
         """Stop listening and close every session gracefully."""
         self._closing = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        for protocol in list(self._pending):
+            if protocol.transport is not None:
+                protocol.transport.abort()
         for server in self._servers:
             server.close()
         for session in list(self._sessions.values()):
@@ -352,6 +426,43 @@ class Server:
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
         await self.wait_closed()
+
+
+#: Seconds between two estimates of the sessions' memory.
+_WATCH_INTERVAL = 0.25
+
+
+class _Refused(asyncio.Protocol):
+    """A connection accepted beyond ``max_pending_connections``: reset at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
+
+
+class _RateLimitedLog:
+    """One warning a second at most for a repeated refusal, with how many it stands for."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self._interval = interval
+        self._last = -interval
+        self._missed = 0
+
+    def log(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            self._missed += 1
+            return
+        if self._missed:
+            message += f" ({self._missed} more refused in the last second)"
+        self._last, self._missed = now, 0
+        logger.warning(message, *args)
+
+
+def _format_peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "a client"
 
 
 async def serve(

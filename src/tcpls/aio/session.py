@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import ipaddress
 import logging
 import socket
@@ -34,7 +33,7 @@ from tcpls.core.events import (
     StreamOpened,
 )
 from tcpls.core.session import Session as CoreSession
-from tcpls.errors import ConnectionClosedError, TCPLSError
+from tcpls.errors import ConnectionClosedError, TCPLSError, raisable
 from tcpls.tls.events import ConnectionFailed, JoinRequested
 
 __all__ = ["ConnectionInfo", "ConnectionProtocol", "Session"]
@@ -46,6 +45,8 @@ _FLUSH_BUDGET = 256 * 1024
 _DISCARD = memoryview(bytearray(64 * 1024))
 #: Seconds a closed session keeps reading a connection until the peer's FIN.
 _LINGER = 5.0
+#: The same after an error (the peer may be hostile: it holds the connection less).
+_ERROR_LINGER = 1.0
 #: TCP_USER_TIMEOUT while the peer advertises a zero window (see Session._flow_guard).
 ZERO_WINDOW_TIMEOUT = 120.0
 
@@ -97,6 +98,11 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         self.tuned = False  # multipath send queues applied (Session._tune_buffers)
         self.user_timeout_relaxed = False
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: Server side: ends a connection whose ClientHello does not come in time.
+        self._hello_timer: asyncio.TimerHandle | None = None
+        #: Closes the transport if the peer's FIN does not come after ours.
+        self.linger: asyncio.TimerHandle | None = None
+        self._discarding = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -106,30 +112,48 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
             self.session._attach(self)
         elif self.pending is not None:
             # a peer that never completes its ClientHello does not keep the connection
-            timeout = self.pending.handshake_timeout
-            asyncio.get_running_loop().call_later(timeout, self._pending_timeout)
+            timeout = self.pending.hello_timeout
+            self._hello_timer = asyncio.get_running_loop().call_later(
+                timeout, self._pending_timeout
+            )
         if not self.connected.done():
             self.connected.set_result(None)
 
     def _pending_timeout(self) -> None:
+        self._hello_timer = None
         if self.pending is not None and self.transport is not None:
-            self.pending = None
+            self._pending_done()
             self.transport.abort()
+
+    def _pending_done(self) -> None:
+        """The connection stopped waiting for its ClientHello (adopted, routed or ended)."""
+        self.pending = None
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+        if self._server is not None:
+            self._server._pending_ended(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         session = self.session
         if session is None and self.pending is not None:
             return self.pending.tls.get_buffer()
-        if session is None or self.connection_id not in session._core.connections:
-            # the session let go of this connection (removed, failed): discard what comes
+        core = session._core if session is not None else None
+        if core is None or core.closed or self.connection_id not in core.connections:
+            # the session ended or let go of this connection: what comes is dropped
+            # (read only to see the peer's FIN, so that closing sends no RST)
+            self._discarding = True
             return _DISCARD
-        return session._core.get_buffer(self.connection_id)
+        self._discarding = False
+        return core.get_buffer(self.connection_id)
 
     def buffer_updated(self, nbytes: int) -> None:
         session = self.session
         if session is None:
             if self.pending is not None:
                 self._pending_input(nbytes)
+            return
+        if self._discarding:
             return
         session._core.buffer_updated(self.connection_id, nbytes, session._loop.time())
         session._process()
@@ -141,18 +165,18 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         tls = pending.tls
         tls.buffer_updated(nbytes)
         if pending.session is not None:  # the ClientHello started a handshake
-            self.pending = None
+            self._pending_done()
             session = self._server._adopt(self, pending.session)
             session._core.poll_connection(0, session._loop.time())
             session._process()
             return
         while (event := tls.next_event()) is not None:
             if isinstance(event, JoinRequested):
-                self.pending = None
+                self._pending_done()
                 self._server._route_join(self, tls, event.token)
                 return
             if isinstance(event, ConnectionFailed):  # not TLS: the alert, then close
-                self.pending = None
+                self._pending_done()
                 if self.transport is not None:
                     data = tls.data_to_send()
                     if data:
@@ -174,6 +198,12 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.connected.done():
             self.connected.set_exception(exc or ConnectionClosedError("connection lost"))
+            self.connected.exception()  # retrieved: whoever waits gets its own error
+        if self.pending is not None:
+            self._pending_done()
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
         session = self.session
         if session is None:
             return
@@ -191,7 +221,9 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         if self.session is not None:
             self.session._paused.discard(self.connection_id)
-            self.session._process()
+            # Not at once: the transport calls this from inside its write handler,
+            # where closing it would report the connection lost twice.
+            self.session._schedule_flush()
 
 
 class Session:
@@ -497,6 +529,13 @@ class Session:
     async def wait_established(self) -> None:
         """Wait for the handshake; raise its error if it failed."""
         await asyncio.shield(self._established)
+        core = self._core
+        if core.tcpls is None:  # the session ended before its handshake completed
+            raise (
+                raisable(core.error)
+                if core.error is not None
+                else ConnectionClosedError("the session closed during the handshake")
+            )
 
     def close(self) -> None:
         """Start a graceful close: flush, wait for ACKs, ``close_notify``, FIN (W20)."""
@@ -675,7 +714,9 @@ class Session:
                 ):
                     protocol.eof_written = True
                     _write_eof(transport)
-                if conn is None or conn.status in (ConnectionStatus.FAILED,):
+                if core.closed:
+                    continue  # _finish() ends every connection, after the last alert
+                if conn is None or conn.status is ConnectionStatus.FAILED:
                     transport.close()
                 elif core.connection_drained(cid):
                     _write_eof(transport)
@@ -848,14 +889,18 @@ class Session:
             return
         error = core.error
         if not self._established.done():
-            self._established.set_exception(
-                error or ConnectionClosedError("the session closed during the handshake")
-            )
-            self._established.exception()  # mark retrieved: connect() reports it
+            self._established.set_result(None)  # wait_established() raises the error
         for reader in self._readers.values():
             reader._wakeup()
         for writer in self._writers.values():
             writer._wakeup()
+        # The application keeps the pairs it holds; the session lets go of them (they
+        # refer back to it: a reference cycle would keep the session's memory).
+        self._readers.clear()
+        self._writers.clear()
+        if error is not None:  # streams not accepted yet can no longer be completed
+            while not self._incoming.empty():
+                self._incoming.get_nowait()
         self._incoming.put_nowait(None)
         for task in list(self._tasks):
             task.cancel()
@@ -872,11 +917,15 @@ class Session:
             data = core.transmit(cid, self._loop.time())  # the alert, if any
             if data and not transport.is_closing():
                 transport.write(data)
-            if error is None and not protocol.peer_eof and not transport.is_closing():
+            if not protocol.peer_eof and not transport.is_closing():
                 # Read on until the peer's FIN: closing with unread bytes would send an
-                # RST, which can destroy data the peer has not read yet.
+                # RST, which can destroy what the peer has not read yet (our last data,
+                # or the alert that says why the session ended). What comes is dropped.
                 _write_eof(transport)
-                self._loop.call_later(_LINGER, transport.close)
+                if self._reading_paused:
+                    transport.resume_reading()
+                linger = _LINGER if error is None else _ERROR_LINGER
+                protocol.linger = self._loop.call_later(linger, transport.close)
             else:
                 transport.close()
         self._closed.set_result(None)
@@ -886,7 +935,7 @@ class Session:
 
 def _about_join(error: TCPLSError, host: str, port: int) -> TCPLSError:
     """``error`` (same class and alert) with a message that names the join's address."""
-    named = copy.copy(error)
+    named = raisable(error)
     named.args = (f"joining {host}:{port} failed: {error}",)
     return named
 

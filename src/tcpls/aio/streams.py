@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from tcpls.errors import ConnectionClosedError
+from tcpls.errors import ConnectionClosedError, raisable
 
 if TYPE_CHECKING:
     from tcpls.aio.session import Session
@@ -78,7 +78,7 @@ class StreamReader:
         if self._core.closed and not stream.recv.complete:
             error = self._core.error
             raise (
-                error
+                raisable(error)
                 if error is not None
                 else ConnectionClosedError("the session closed before the stream ended")
             )
@@ -227,9 +227,9 @@ class StreamWriter:
             if self._core.closed:
                 error = self._core.error
                 if error is not None:
-                    raise error
+                    raise raisable(error)
                 raise ConnectionClosedError("the session is closed")
-            if self._buffered() <= limit:
+            if self._buffered() <= limit and not self._core.send_blocked:
                 return
             self._drain_waiter = self._session._loop.create_future()
             try:

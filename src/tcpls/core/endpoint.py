@@ -18,7 +18,7 @@ from tcpls.config import ClientConfig, ServerConfig, parse_cipher_suites
 from tcpls.core.scheduler import SchedulerName
 from tcpls.core.session import Session
 from tcpls.core.tokens import TokenRegistry
-from tcpls.errors import ConfigurationError
+from tcpls.errors import ConfigurationError, HandshakeCanceled
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.engine import HandshakeEngine, TicketStore
 from tcpls.tls.hello import ClientHelloInfo, check_client_hello
@@ -106,6 +106,8 @@ class ServerEndpoint:
         )
         self._accepted_suites = probe.cipher_suites
         self._accepted_groups = probe.groups
+        #: Says why no new session may start now (too many, out of memory), or ``None``.
+        self.session_gate: Callable[[], str | None] | None = None
 
     def new_connection(self) -> PendingConnection:
         """A newly accepted TCP connection, before its first ClientHello is read.
@@ -154,6 +156,9 @@ class ServerEndpoint:
 
     def _check_hello(self, info: ClientHelloInfo) -> None:
         check_client_hello(info, self._accepted_suites, self._accepted_groups)
+        refusal = self.session_gate() if self.session_gate is not None else None
+        if refusal is not None:
+            raise HandshakeCanceled(refusal)
 
     def _make_engine(self, session: Session) -> HandshakeEngine:
         config = self.config
@@ -227,7 +232,7 @@ class PendingConnection:
         self._endpoint = endpoint
         self.tls = endpoint._make_tls(self._start_session)
         #: Seconds the peer has to send its ClientHello.
-        self.handshake_timeout = endpoint.config.tuning.handshake_timeout
+        self.hello_timeout = endpoint.config.hello_timeout
 
     def _start_session(self) -> HandshakeEngine:
         session = self._endpoint._make_session()

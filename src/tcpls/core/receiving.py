@@ -265,6 +265,7 @@ class ReceivingMixin(SessionBase):
         recv = stream.recv
         self.receive_buffered -= recv.buffered
         self.reassembly_held -= recv.held
+        self.send_pending_total -= stream.send_pending
         if not stream.local:
             self._peer_open -= 1
 

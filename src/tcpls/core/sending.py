@@ -119,6 +119,7 @@ class SendingMixin(SessionBase):
                 offset += chunk
             stream.on_acked(stream.send_next, n, False)
             stream.send_next = end
+            self._sent_new(n)
             self.writable.add(0)
         if stream.fin_queued and not stream.fin_sent and stream.send_next == stream.send.end:
             stream.fin_sent = True
@@ -139,6 +140,7 @@ class SendingMixin(SessionBase):
         cap = self.tuning.max_unacked_bytes
         half_buffer = self.tuning.stream_send_buffer // 2
         sent = 0
+        first = stream.send_next
         while tls.pending_output < budget and self.unacked_bytes < cap:
             offset = stream.send_next
             pending = send.end - offset
@@ -160,6 +162,7 @@ class SendingMixin(SessionBase):
             else:
                 self._stream_acked(stream, offset, n, fin)
         conn.records_sent += sent
+        self._sent_new(stream.send_next - first)
         if not stream.has_data_to_send:
             self._sendable.pop(sid, None)
 
@@ -238,6 +241,13 @@ class SendingMixin(SessionBase):
                     acked = self.streams.get(stream_id)
                     if acked is not None:
                         self._stream_acked(acked, offset, length, fin)
+
+    def _sent_new(self, n: int) -> None:
+        """``n`` bytes written by the application left for the first time."""
+        self.send_pending_total -= n
+        if self._send_full and self.send_pending_total <= self.tuning.session_send_buffer // 2:
+            self._send_full = False
+            self.writable.update(self.streams)  # every drain() may return
 
     def _send_acks(self, conn: Connection, now: float) -> None:
         """One record holding the ACKs that are due, and nothing else."""
@@ -329,6 +339,7 @@ class SendingMixin(SessionBase):
                     del sendable[sid]
                     continue
                 stream.send_next = offset + n
+                self._sent_new(n)
                 if pending > half_buffer >= pending - n:
                     self.writable.add(sid)  # drain() may return
                 if fin:

@@ -92,6 +92,10 @@ _ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type
 _MIN_STREAM_CHUNK = 512
 #: Seconds without traffic after which the connections give their record buffers back.
 TRIM_AFTER = 1.0
+#: What an idle session and each of its TCP connections cost beyond their buffers
+#: (Python objects, the handshake state kept for the exporter), measured in bytes.
+SESSION_COST = 32 * 1024
+CONNECTION_COST = 8 * 1024
 
 
 class Session(ReceivingMixin, SendingMixin):
@@ -560,6 +564,7 @@ class Session(ReceivingMixin, SendingMixin):
             raise ConnectionClosedError(f"stream {stream_id} was closed for writing")
         if data:
             stream.send.append(data)
+            self.send_pending_total += len(data)
             self._sendable[stream_id] = None
 
     def send_eof(self, stream_id: int) -> None:
@@ -593,6 +598,34 @@ class Session(ReceivingMixin, SendingMixin):
         if connection_id is not None and connection_id not in self.connections:
             raise ValueError(f"no connection {connection_id} in this session")
         stream.pin = connection_id
+
+    @property
+    def send_blocked(self) -> bool:
+        """Whether the streams together hold more unsent bytes than ``session_send_buffer``.
+
+        ``drain()`` then waits, whatever its own stream holds, until half of it left.
+        """
+        if self.send_pending_total > self.tuning.session_send_buffer:
+            self._send_full = True
+        return self._send_full
+
+    def memory_use(self) -> int:
+        """An estimate of the memory this session holds, in bytes (for a server's budget).
+
+        A fixed cost per session and per connection, the record buffers of each
+        connection, received data not read yet (reassembly included), and stream
+        bytes not sent yet or not acknowledged yet.
+        """
+        total = (
+            SESSION_COST
+            + self.receive_buffered
+            + self.reassembly_held
+            + self.send_pending_total
+            + self.unacked_bytes
+        )
+        for conn in self.connections.values():
+            total += CONNECTION_COST + conn.tls.buffer_memory
+        return total
 
     @property
     def reading_paused(self) -> bool:
@@ -843,13 +876,37 @@ class Session(ReceivingMixin, SendingMixin):
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
+        if error is not None:
+            error.__traceback__ = None  # kept in error: it must not hold frames alive
         self.error = error or self._close_error
         if self._registry is not None:
             self._registry.revoke(self)
+        self._release()
+        self._events.append(SessionClosed(error))
+
+    def _release(self) -> None:
+        """The session ended: free what can no longer be used (*Ownership* in docs/design.md).
+
+        Out-of-order data can never be completed and unsent or unacknowledged data can
+        never be delivered; only what arrived in order stays, for the application to
+        read. The record handlers are dropped, so nothing ties the connections back
+        to the session.
+        """
         for stream in self.streams.values():
             self.readable.add(stream.id)
             self.writable.add(stream.id)
-        self._events.append(SessionClosed(error))
+            stream.recv.release()
+            stream.release_send()
+        self.reassembly_held = 0
+        self.send_pending_total = 0
+        self.unacked_bytes = 0
+        self._control.clear()
+        self._sendable.clear()
+        self._acks_pending.clear()
+        for conn in self.connections.values():
+            conn.sent_log.clear()
+            conn.tls.detach()
+            conn.tls.trim()
 
     def _fail(self, error: TCPLSError) -> None:
         """A fatal error: alert on every connection, the session is closed (W14)."""

@@ -91,6 +91,10 @@ class SessionBase:
         self.reassembly_held = 0
         #: Memory of the in-order stream data the application has not read, all streams.
         self.receive_buffered = 0
+        #: Bytes the application wrote on all streams that never left yet.
+        self.send_pending_total = 0
+        #: drain() waits on the session's send budget until half of it left.
+        self._send_full = False
         #: Streams the peer opened that are not gone yet.
         self._peer_open = 0
         #: Reading is paused because the unread data of all streams exceeds the budget.

@@ -192,6 +192,13 @@ class SendBuffer:
                 index += 1
         self._cursor = (index, chunk_offset)
 
+    def clear(self) -> None:
+        """Drop every byte held (the session ended); the offsets stay."""
+        self._chunks = []
+        self._head = 0
+        self.base = self.end
+        self._cursor = (0, self.end)
+
     def release(self, offset: int) -> None:
         """Drop the whole chunks that end at or below ``offset`` (acknowledged data)."""
         chunks = self._chunks
@@ -470,6 +477,12 @@ class Stream:
             self.fin_ack_seen = True
         if self.fin_ack_seen and self.acked_to >= self.send.end:
             self.fin_acked = True
+
+    def release_send(self) -> None:
+        """Forget what was to be sent or sent again (the session ended)."""
+        self.send.clear()
+        self.send_next = self.send.end
+        self.send_retransmit.clear()
 
     # -- receive side ---------------------------------------------------------
 

@@ -49,6 +49,7 @@ from tcpls.errors import (
     BadRecordMac,
     ConnectionClosedError,
     DecodeError,
+    HandshakeCanceled,
     IllegalParameter,
     InternalError,
     NotTLSError,
@@ -250,6 +251,11 @@ class TLSConnection:
         return self.state is ConnectionState.ESTABLISHED and not self.close_notify_sent
 
     @property
+    def buffer_memory(self) -> int:
+        """Bytes held by this connection's record buffers now."""
+        return self._reader.capacity + self._writer.capacity + len(self._hs_buffer)
+
+    @property
     def pending_output(self) -> int:
         """Bytes sealed and waiting in :meth:`data_to_send`."""
         return len(self._writer)
@@ -415,6 +421,14 @@ class TLSConnection:
                 held, self._held_bytes = self._held_bytes, bytearray()
                 self.receive_data(held)
 
+    def detach(self) -> None:
+        """Drop every callback into the owner (its session ended): no reference cycles."""
+        self.on_data = None
+        self.hello_check = None
+        self._engine_factory = None
+        if self.engine is not None:
+            self.engine.detach()
+
     def trim(self) -> None:
         """Give back the record buffers while nothing is pending (an idle connection)."""
         self._reader.trim()
@@ -556,6 +570,10 @@ class TLSConnection:
         # The error outlives this call (session.error): drop the frames it references.
         error.__traceback__ = None
         self.error = error
+        if isinstance(error, HandshakeCanceled):
+            send_alert = False
+            self._send_alert(AlertDescription.user_canceled, _ALERT_WARNING)
+            self._send_alert(AlertDescription.close_notify, _ALERT_WARNING)
         if send_alert and isinstance(error, ProtocolError) and not self._alert_sent:
             self._alert_sent = True
             try:
@@ -671,6 +689,12 @@ class TLSConnection:
             raise DecodeError("malformed alert")
         level, description = body[0], body[1]
         if description == AlertDescription.close_notify:
+            if self.state is not ConnectionState.ESTABLISHED:
+                raise ConnectionClosedError(
+                    "the server canceled the handshake (it is full or shutting down)"
+                    if self.is_client
+                    else "the client canceled the handshake"
+                )
             self.close_notify_received = True
             self._events.append(CloseNotifyReceived())
         elif description == AlertDescription.user_canceled and level == _ALERT_WARNING:
@@ -765,6 +789,8 @@ class TLSConnection:
 
     def _complete_handshake(self, engine: HandshakeEngine) -> None:
         self.state = ConnectionState.ESTABLISHED
+        self._engine_factory = None  # needed for the ClientHello only
+        engine.detach()
         self._hold_input = True
         self._ccs_allowed = False
         self.tcpls = engine.tcpls_negotiated

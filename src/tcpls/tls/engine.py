@@ -111,6 +111,10 @@ _KEYLOG_LABELS = {
 SecretCallback = Callable[[bool, Epoch, CipherSuite, bytes], None]
 
 
+def _noop_secret(is_write: bool, epoch: Epoch, suite: CipherSuite, secret: bytes) -> None:
+    return None
+
+
 class SessionTicket:
     """A TLS 1.3 session ticket a client can use to resume (PSK, no 0-RTT).
 
@@ -326,6 +330,14 @@ class HandshakeEngine:
     def traffic_secret(self, is_write: bool, epoch: Epoch) -> bytes | None:
         """The traffic secret of one direction and epoch, once installed."""
         return self._secrets.get((is_write, epoch))
+
+    def detach(self) -> None:
+        """Drop the callbacks into the owners (token provider, secrets): the handshake is over.
+
+        They would otherwise form reference cycles that keep a finished session alive.
+        """
+        self._token_provider = None
+        self._on_secret = _noop_secret
 
     # -- driving -------------------------------------------------------------
 

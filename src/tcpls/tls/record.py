@@ -377,6 +377,11 @@ class RecordWriter:
     def __len__(self) -> int:
         return self._end
 
+    @property
+    def capacity(self) -> int:
+        """The size of the buffer now (0 when it was given back)."""
+        return len(self._buf)
+
     def reserve(self, size: int) -> memoryview:
         """A writable view of at least ``size`` bytes at the end of the pending data."""
         if self._end + size > len(self._buf):

@@ -1,0 +1,1 @@
+"""Adversarial tests: a hostile but authenticated client against a live ``tcpls serve --echo``."""
