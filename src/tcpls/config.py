@@ -1,7 +1,7 @@
 """Configuration of tcpls clients and servers: frozen dataclasses with sensible defaults.
 
 :class:`ClientConfig` and :class:`ServerConfig` hold what a user chooses;
-:class:`SessionTuning` holds the protocol constants of DECISIONS W8–W13
+:class:`SessionTuning` holds the protocol constants of design.md (Tokens to Backpressure)
 (ACK policy, buffers, timeouts) that both sides share. Files named in a config
 are read when a connection or server starts, and a missing or unreadable file
 raises :class:`tcpls.errors.ConfigurationError` with one clear sentence.
@@ -127,16 +127,19 @@ def load_private_key(path: str | os.PathLike[str], password: bytes | None = None
 
 @dataclass(frozen=True)
 class SessionTuning:
-    """Protocol constants shared by clients and servers (DECISIONS W8, W9, W11, W13).
+    """Protocol constants and limits shared by clients and servers.
+
+    See the design notes: ACK policy, Failure detection, Backpressure, Limit violations,
+    Timers.
 
     The defaults are the project's normative values; tests shorten the timers.
     """
 
-    #: Send an ACK after this many ack-eliciting records on a connection (W9).
+    #: Send an ACK after this many ack-eliciting records on a connection (design: ACK policy).
     ack_records: int = 16
-    #: ... or after this many bytes of records (W9).
+    #: ... or after this many bytes of records (design: ACK policy).
     ack_bytes: int = 256 * 1024
-    #: ... or at the latest after this delay, in seconds (W9).
+    #: ... or at the latest after this delay, in seconds (design: ACK policy).
     ack_delay: float = 0.025
     #: Largest plaintext per record (16 KiB; smaller records help aggregation).
     max_record_size: int = 16384
@@ -159,9 +162,10 @@ class SessionTuning:
     #: Memory of the out-of-order stream data held for reassembly across the session;
     #: more ends the session (illegal_parameter).
     max_reassembly_bytes: int = 16 * 1024 * 1024
-    #: TCP_USER_TIMEOUT on every socket, seconds (W11); ``None`` leaves the kernel default.
+    #: TCP_USER_TIMEOUT on every socket, seconds; ``None`` leaves the kernel default
+    #: (design: Failure detection).
     user_timeout: float | None = 2.0
-    #: Send a Ping when data is outstanding and nothing arrived for this long (W11).
+    #: Send a Ping when data is outstanding and nothing arrived for this long, seconds.
     ping_after: float = 1.0
     #: ... and declare the connection failed if the Ping is not answered within this.
     ping_timeout: float = 1.0
@@ -199,19 +203,19 @@ class ClientConfig:
     server_name: str | None = None
     #: NSS key log file for Wireshark; default: ``$SSLKEYLOGFILE`` when set.
     keylog_file: str | None = None
-    #: TCP_USER_TIMEOUT in seconds for every connection (W11); ``None``: tuning default.
+    #: TCP_USER_TIMEOUT in seconds for every connection; ``None``: the tuning's.
     user_timeout: float | None = None
     #: Offer TCPLS; when false (or the server does not answer it) the session is plain TLS.
     tcpls: bool = True
     #: TLS 1.3 cipher suites in preference order (names or :class:`CipherSuite`).
     cipher_suites: Sequence[str | CipherSuite] | None = None
-    #: ALPN protocols; when set, the server must select one (W21).
+    #: ALPN protocols; when set, the server must select one (design: ALPN).
     alpn_protocols: Sequence[str] | None = None
-    #: A ticket from an earlier session, for PSK resumption (no 0-RTT, W16).
+    #: A ticket from an earlier session, for PSK resumption (no 0-RTT, design: Early data).
     session_ticket: Any = None
     #: Seconds allowed for the TCP connect.
     connect_timeout: float = 10.0
-    #: TLS extension codepoints for TCPLS (W1).
+    #: TLS extension codepoints for TCPLS (design: Extension codepoints).
     codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS
     #: Protocol constants.
     tuning: SessionTuning = field(default_factory=SessionTuning)
@@ -246,13 +250,13 @@ class ServerConfig:
     keylog_file: str | None = None
     #: Accept TCPLS; when false the server is a plain TLS 1.3 server.
     tcpls: bool = True
-    #: Connections allowed per session, the initial one included (tokens issued; W8).
+    #: Connections allowed per session, the initial one included (tokens issued; design: Tokens).
     max_connections: int = 4
-    #: Extra addresses (``"ip:port"``) advertised to clients with New Address (W18).
+    #: Extra addresses (``"ip:port"``) advertised to clients with New Address (design: Addresses).
     advertise: Sequence[str] = ()
     #: TLS 1.3 cipher suites in preference order.
     cipher_suites: Sequence[str | CipherSuite] | None = None
-    #: ALPN protocols (W21).
+    #: ALPN protocols (design: ALPN).
     alpn_protocols: Sequence[str] | None = None
     #: Issue session tickets for PSK resumption.
     session_tickets: bool = True
@@ -267,7 +271,7 @@ class ServerConfig:
     memory_budget: int = 192 * 1024 * 1024
     #: TCP_USER_TIMEOUT in seconds for accepted connections; ``None``: tuning default.
     user_timeout: float | None = None
-    #: TLS extension codepoints for TCPLS (W1).
+    #: TLS extension codepoints for TCPLS (design: Extension codepoints).
     codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS
     #: Protocol constants.
     tuning: SessionTuning = field(default_factory=SessionTuning)

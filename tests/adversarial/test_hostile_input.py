@@ -1,7 +1,7 @@
 """Hostile input the server already handles: regression cover, with the alert each must get.
 
 Malformed bytes before and after the handshake, bad hellos, forged and reused join
-tokens, frames that break the protocol's rules. DECISIONS W14: malformed or truncated
+tokens, frames that break the protocol's rules. design: Alerts: malformed or truncated
 frame, unknown frame type: ``decode_error``; a client's New Token: ``unexpected_message``;
 bad token, stream parity: ``illegal_parameter``; AEAD failure: ``bad_record_mac``. Every
 case ends, like the others of the suite, with a good client served and the peak RSS

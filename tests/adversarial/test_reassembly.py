@@ -2,7 +2,7 @@
 
 Each case sends Stream frames for stream 0 that never start at offset 0 (so nothing is
 ever delivered to the application) and then measures the server's peak RSS above its
-baseline. DECISIONS W13: out-of-order data held for reassembly is bounded per session;
+baseline. design: Backpressure: out-of-order data held for reassembly is bounded per session;
 exceeding the bound closes the session instead of growing memory. The budget must count
 what the data really costs, not only its payload bytes.
 """
@@ -135,8 +135,8 @@ def test_duplicate_out_of_order_chunk_is_not_stored_again(arena: Arena, peak_res
     )
     arena.expect(
         synced and client.alert is None,
-        f"duplicates are legal (W10: receivers deduplicate by offset) but the session "
-        f"ended (alert {client.alert})",
+        "duplicates are legal (design: Retransmission: receivers deduplicate by offset) "
+        f"but the session ended (alert {client.alert})",
     )
     arena.finish()
 

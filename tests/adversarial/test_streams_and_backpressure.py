@@ -1,12 +1,12 @@
 """Streams opened en masse, data sent and never read back, a peer that stops reading.
 
 The hostile client opens streams the cheap way (a Stream frame for stream N opens every
-client stream below it, W12), sends on many streams while never reading the echo, and
+client stream below it, design: Streams), sends on many streams while never reading the echo, and
 stops reading its socket while the server has data and an ACK to send. The server must
 refuse or stay bounded in memory and CPU, and keep serving others.
 
-The last case is about the server's own backpressure (W13): when its application does
-not read, it stops reading the socket; that must not make either end declare the
+The last case is about the server's own backpressure (design: Backpressure): when its
+application does not read, it stops reading the socket; that must not make either end declare the
 connection failed. It runs in-process (``tcpls.serve`` / ``tcpls.connect``) because the
 echo server always reads.
 """

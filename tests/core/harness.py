@@ -2,7 +2,7 @@
 
 No sockets, a fake clock. Each :class:`Link` is one TCP connection: bytes
 written on one side are delivered, in order, on the next :meth:`Harness.pump`
-unless the link is cut. Cutting models the failures of W11:
+unless the link is cut. Cutting models the failures of design: Failure detection:
 
 * ``reset``: both ends see the connection lost at once (RST);
 * ``blackhole``: bytes silently vanish; nobody is told (a timeout must notice);

@@ -1,4 +1,4 @@
-"""ACK policy (W9) and the retransmission log (W10).
+"""ACK policy (design: ACK policy) and the retransmission log (design: Retransmission).
 
 The receiving side is driven record by record (``send_over`` / ``inject``) on a fake
 clock, and what it emits is opened with the peer's keys, so every assertion names the
@@ -64,7 +64,7 @@ def _idle(h: Harness) -> None:
     assert deadline is None or deadline > h.now + DEFAULT.ack_delay
 
 
-# ---------------------------------------------------------------- W9 timing
+# ---------------------------------------------------------------- design: ACK policy timing
 
 
 def test_defaults_are_those_of_w9() -> None:
@@ -232,7 +232,9 @@ def test_new_token_elicits_an_ack_from_the_client(pki: DevPKI) -> None:
 
 
 def test_pending_ack_rides_on_a_data_record(pki: DevPKI) -> None:
-    """W9: prefer to append the ACK to an outgoing data record (W5: after the Stream frame)."""
+    """design: ACK policy: prefer to append the ACK to an outgoing data record (design: Records:
+    after the Stream frame).
+    """
     h = established(pki)
     seqs = _client_records(h, 2)
     h.server.send(h.server.open_stream(), b"reply")
@@ -245,7 +247,7 @@ def test_pending_ack_rides_on_a_data_record(pki: DevPKI) -> None:
 
 
 def test_no_ack_for_a_connection_nothing_arrived_on(pki: DevPKI) -> None:
-    """W9: never ACK a connection from which nothing was received."""
+    """design: ACK policy: never ACK a connection from which nothing was received."""
     h = Harness(pki, tuning=SessionTuning(idle_timeout=None))
     h.pump()
     server_conn = h.server.connections[0]
@@ -306,7 +308,8 @@ def test_unreliable_mode_sends_no_acks_and_keeps_no_log(pki: DevPKI) -> None:
     assert h.client.unacked_bytes == 0
 
 
-# ---------------------------------------------------------------- W10: the retransmission log
+# ---------------------------------------------------------------- design: Retransmission: the
+# retransmission log
 
 
 def test_stream_records_are_logged_until_acknowledged(pki: DevPKI) -> None:
@@ -401,7 +404,8 @@ def test_records_hold_logged_and_unlogged_frames_together(pki: DevPKI) -> None:
 
 
 def test_frames_of_a_failed_connection_are_sent_again(pki: DevPKI) -> None:
-    """W10/W11: frames (not ciphertext) of unacknowledged records go out on another
+    """design: Retransmission, Failure detection: frames (not ciphertext) of unacknowledged records
+    go out on another
     connection and the receiver delivers the data exactly once."""
     h = established(pki)
     link = h.join()
@@ -424,7 +428,7 @@ def test_frames_of_a_failed_connection_are_sent_again(pki: DevPKI) -> None:
 
 
 def test_stream_and_ack_in_one_record_are_both_applied(pki: DevPKI) -> None:
-    """The common data-path record [Stream][ACK] (W5)."""
+    """The common data-path record [Stream][ACK] (design: Records)."""
     h = established(pki)
     seqs = _client_records(h, 3)
     conn = h.client.connections[0]
@@ -452,7 +456,8 @@ def test_several_acks_in_one_record(pki: DevPKI) -> None:
     assert not h.client.closed
 
 
-# ---------------------------------------------------------------- W11: Ping probes
+# ---------------------------------------------------------------- design: Failure detection: Ping
+# probes
 
 
 def test_ping_probe_when_data_is_outstanding_and_nothing_arrives(pki: DevPKI) -> None:

@@ -1,4 +1,4 @@
-"""Closing (W20, draft-04 §4.5): close_notify handshakes, waiting for ACKs before
+"""Closing (design: Closing, draft-04 §4.5): close_notify handshakes, waiting for ACKs before
 close_notify, simultaneous close, plain TLS fallback close, removing one connection."""
 
 from __future__ import annotations
@@ -245,7 +245,8 @@ def test_reply_after_peer_closed_is_not_truncated(pki: DevPKI) -> None:
     _assert_clean(h)
 
 
-# ---------------------------------------------------------------- plain TLS fallback (W17)
+# ---------------------------------------------------------------- plain TLS fallback (design:
+# Fallback)
 
 
 def test_plain_tls_close_handshake(pki: DevPKI) -> None:
@@ -325,7 +326,9 @@ def _pending(session: Session) -> list[SessionEvent]:
 
 
 def test_fin_without_close_notify_and_unacked_data_is_a_failure(pki: DevPKI) -> None:
-    """W20/W11: FIN while the receiver of the FIN still has unacknowledged records."""
+    """design: Closing, Failure detection: FIN while the receiver of the FIN still has
+    unacknowledged records.
+    """
     h = established(pki)
     h.join()
     sid = h.server.open_stream()

@@ -1,4 +1,5 @@
-"""Failover (draft-04 §4.2.3, DECISIONS W10, W11): reset, silent and half-joined
+"""Failover (draft-04 §4.2.3, design: Retransmission, Failure detection): reset, silent and half-
+joined
 connections, break-before-make, simultaneous reinjection, and a property test.
 
 Every transfer is checked byte for byte with :class:`Flow`: each direction of each
@@ -200,7 +201,8 @@ def test_acknowledged_data_is_not_reinjected(pki: DevPKI) -> None:
     _assert_reinjected(tap, mark, "client", 0, unacked)
 
 
-# ---------------------------------------------------------------- 2. silent connections (W11)
+# ---------------------------------------------------------------- 2. silent connections (design:
+# Failure detection)
 
 
 class TokensStarved(AssertionError):
@@ -319,7 +321,7 @@ def test_answered_ping_keeps_a_briefly_stalled_connection(pki: DevPKI) -> None:
 
 def test_ping_answered_by_an_ack_on_another_connection(pki: DevPKI) -> None:
     """The server never writes on connection 1, so nothing ever arrives there; the
-    client's Pings on 1 are answered by ACK(1) travelling on connection 0 (W9: any
+    client's Pings on 1 are answered by ACK(1) travelling on connection 0 (design: ACK policy: any
     connection may carry an ACK), and connection 1 stays."""
     h = established(pki, tuning=FAST)
     h.join()
@@ -422,7 +424,8 @@ def test_join_reset_before_it_completes_leaves_the_session_alone(pki: DevPKI, ph
     flow.finish_all()
     flow.run(limit=5)
     flow.check()
-    # nothing was received on the join connection, so nobody sends an ACK for it (W9)
+    # nothing was received on the join connection, so nobody sends an ACK for it (design: ACK
+    # policy)
     for side in ("client", "server"):
         acks = [a for a in acks_in(tap.sent_by(side, 0)) if a.connection_id == seq]
         assert acks == [], side
@@ -628,7 +631,7 @@ def test_client_without_rejoin_closes_with_its_last_connection(pki: DevPKI) -> N
 
 @pytest.mark.parametrize("closing", ["client", "both"])
 def test_failure_during_a_graceful_close(pki: DevPKI, closing: str) -> None:
-    """close() waits for every ACK (W20); a connection failing meanwhile is reinjected
+    """close() waits for every ACK (design: Closing); a connection failing meanwhile is reinjected
     and the close still ends cleanly."""
     h = established(pki)
     link = h.join()
@@ -840,7 +843,7 @@ class _Scenario:
             ends += ((h.server, link.server_id, h.client, link.client_id),)
             for remover, cid, peer, peer_cid in ends:
                 if remover.connection_drained(cid):
-                    remover.finish_removal(cid)  # FIN without close_notify (W20)
+                    remover.finish_removal(cid)  # FIN without close_notify (design: Closing)
                     if link.state == "up":
                         peer.receive_eof(peer_cid, h.now)
                         link.state = "closed"
@@ -962,7 +965,8 @@ class _Scenario:
                 else:
                     h.server.remove_connection(link.server_id)
         elif kind == "withdraw":
-            # the client's connection went to an address the server now withdraws (W18)
+            # the client's connection went to an address the server now withdraws (design:
+            # Addresses)
             link = self.pick(op[1], spare=True)
             if link is not None:
                 self.addresses += 1

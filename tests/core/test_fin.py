@@ -1,4 +1,5 @@
-"""FIN and final sizes (W4, W12): zero-length FIN, data beyond the final size,
+"""FIN and final sizes (design: Stream frames, Streams): zero-length FIN, data beyond the final
+size,
 a final size that changes, duplicate FINs."""
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def _expect_illegal(h: Harness, frames: list[list[StreamFrame]]) -> None:
     assert isinstance(h.server.error, IllegalParameter)
     assert SessionClosed(h.server.error) in drain_events(h.server)
     h.pump()
-    # the alert went out and ended the client too (W14)
+    # the alert went out and ended the client too (design: Alerts)
     assert h.client.closed
     assert AlertDescription.illegal_parameter in alerts_received(h.client, h.client_events)
     assert isinstance(h.client.error, PeerAlert) and h.client.error.alert == 47

@@ -1,6 +1,6 @@
-"""Several TCP connections in one session (draft-04 §4.2, §5.2.4-5.2.8; DECISIONS W7,
-W8, W10, W18, W20): ACKs that travel on another connection, joins (held during the
-handshake, refused, replenished), the schedulers, migration and addresses.
+"""Several TCP connections in one session (draft-04 §4.2, §5.2.4-5.2.8; design: Joins,
+Tokens, Retransmission, Addresses, Closing): ACKs that travel on another connection, joins
+(held during the handshake, refused, replenished), the schedulers, migration and addresses.
 
 Every transfer is checked byte for byte with :class:`Flow`.
 """
@@ -157,7 +157,7 @@ def test_ack_for_a_removed_connection_is_ignored(pki: DevPKI) -> None:
 
 
 def test_join_during_the_handshake_is_held_until_the_client_finished(pki: DevPKI) -> None:
-    """W8 / draft-04 §4.2.2: token 1 comes in the handshake; a join with it reaches the
+    """design: Tokens / draft-04 §4.2.2: token 1 comes in the handshake; a join with it reaches the
     server before the client Finished and is answered only once Finished is verified."""
     h = Harness(pki)
     hello = h.client.transmit(0, h.now)
@@ -296,7 +296,7 @@ def test_tokens_are_replenished_with_new_sequences_as_connections_leave(pki: Dev
         if round_ % 2:
             h.cut(link, "reset")
         else:
-            # a graceful removal (W20) counts as leaving too
+            # a graceful removal (design: Closing) counts as leaving too
             h.client.remove_connection(link.client_id)
             h.run_until(lambda cid=link.client_id: h.client.connection_drained(cid), limit=2)
             h.client.finish_removal(link.client_id)
@@ -317,7 +317,7 @@ def test_tokens_are_replenished_with_new_sequences_as_connections_leave(pki: Dev
 
 
 def test_token_sequences_stop_at_255(pki: DevPKI) -> None:
-    """W8: at most 255 joins per session; afterwards no token is handed out."""
+    """design: Tokens: at most 255 joins per session; afterwards no token is handed out."""
     h = established(pki, max_connections=2)
     for _ in range(254):
         link = h.join()
@@ -444,7 +444,7 @@ def test_backup_primary_is_the_lowest_usable_connection(pki: DevPKI) -> None:
     h, tap = _two_connections(pki, "backup")
     flow = Flow(h)
     sid = flow.open("client")
-    h.client.remove_connection(0)  # migrate away from connection 0 (W20)
+    h.client.remove_connection(0)  # migrate away from connection 0 (design: Closing)
     flow.send("client", sid, 600_000)
     flow.finish_all()
     flow.run(limit=5)
@@ -481,7 +481,7 @@ def test_scheduler_can_change_at_run_time(pki: DevPKI) -> None:
 
 
 def _remove(h: Harness, link: Link, *, limit: float = 2.0) -> None:
-    """Remove the client's connection of ``link`` as the I/O layer would (W20)."""
+    """Remove the client's connection of ``link`` as the I/O layer would (design: Closing)."""
     cid = link.client_id
     h.client.remove_connection(cid)
     assert h.client.connections[cid].status is ConnectionStatus.DRAINING
@@ -531,7 +531,8 @@ def test_migration_away_from_a_connection_loses_nothing(pki: DevPKI) -> None:
 
 def test_migration_with_data_flowing_both_ways_loses_nothing(pki: DevPKI) -> None:
     """The server keeps writing on the connection being removed: at FIN it still has
-    unacknowledged records there, so it treats the FIN as a failure (W20) and reinjects."""
+    unacknowledged records there, so it treats the FIN as a failure (design: Closing) and
+    reinjects."""
     h = established(pki)
     link = h.join()
     settle(h)
@@ -620,7 +621,7 @@ def test_advertised_address_reaches_the_client_and_withdrawal_removes_connection
 
 
 def test_address_frames_are_reinjected_after_a_failure(pki: DevPKI) -> None:
-    """W10: New Address and Remove Address are retransmittable."""
+    """design: Retransmission: New Address and Remove Address are retransmittable."""
     h = established(pki)
     link = h.join()
     settle(h)

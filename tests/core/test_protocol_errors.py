@@ -1,4 +1,5 @@
-"""Protocol violations at the session level (W12, W14, W15, W19): which error the
+"""Protocol violations at the session level (design: Streams, Alerts, KeyUpdate, Stream Change and
+Padding): which error the
 offended session ends with, and that the matching alert reaches the offender."""
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _check_failure(
     h.pump()
     events = h.client_events if offender is h.client else h.server_events
     assert alert in alerts_received(offender, events)
-    # W14: a fatal alert closes the whole session of the offender too
+    # design: Alerts: a fatal alert closes the whole session of the offender too
     assert offender.closed
     assert isinstance(offender.error, PeerAlert) and offender.error.alert == alert
     # the failed session refuses further use
@@ -67,7 +68,8 @@ def _check_failure(
         session.open_stream()
 
 
-# ---------------------------------------------------------------- stream ID parity (W12)
+# ---------------------------------------------------------------- stream ID parity (design:
+# Streams)
 
 
 @pytest.mark.parametrize("sid", [1, 3, 7, 2**31 + 1])
@@ -101,7 +103,8 @@ def test_zero_length_fin_for_a_wrong_parity_stream(pki: DevPKI) -> None:
     _check_failure(h, victim="server", error=IllegalParameter, alert=AlertDescription(47))
 
 
-# ---------------------------------------------------------------- New Token (W8, W14)
+# ---------------------------------------------------------------- New Token (design: Tokens,
+# Alerts)
 
 
 def test_new_token_from_a_client_is_unexpected(pki: DevPKI) -> None:
@@ -122,7 +125,8 @@ def test_new_token_with_sequence_zero_is_illegal(pki: DevPKI) -> None:
     _check_failure(h, victim="client", error=IllegalParameter, alert=AlertDescription(47))
 
 
-# ---------------------------------------------------------------- malformed records (W14)
+# ---------------------------------------------------------------- malformed records (design:
+# Alerts)
 
 
 @pytest.mark.parametrize("kind", [0x0A, 0x10, 0x7F, 0xFF])
@@ -154,7 +158,8 @@ def test_unknown_frame_type_from_the_server(pki: DevPKI) -> None:
     _check_failure(h, victim="client", error=DecodeError, alert=AlertDescription(50))
 
 
-# ---------------------------------------------------------------- New Address (W14, W18)
+# ---------------------------------------------------------------- New Address (design: Alerts,
+# Addresses)
 
 
 def _new_address_v(version: int, address: bytes) -> bytes:
@@ -194,7 +199,8 @@ def test_new_and_remove_address_are_applied_idempotently(pki: DevPKI) -> None:
     assert not h.client.closed
 
 
-# ---------------------------------------------------------------- Stream Change (W14, W19)
+# ---------------------------------------------------------------- Stream Change (design: Alerts,
+# Stream Change and Padding)
 
 
 def test_stream_change_with_a_wrong_offset(pki: DevPKI) -> None:
@@ -234,7 +240,8 @@ def test_matching_stream_change_is_accepted(pki: DevPKI) -> None:
 
 
 def test_stream_change_applies_to_the_next_record_only(pki: DevPKI) -> None:
-    """W19: the Stream Change is checked against the *next* record; the records after
+    """design: Stream Change and Padding: the Stream Change is checked against the *next* record;
+    the records after
     that one are not bound by it."""
     h = established(pki)
     inject(h, h.client, h.server, [StreamChange(0, 0)])
@@ -257,7 +264,8 @@ def test_stream_change_is_per_connection(pki: DevPKI) -> None:
     assert h.server.read(0) == b"x" * 100 + b"later"
 
 
-# ---------------------------------------------------------------- ACK (W10, W14)
+# ---------------------------------------------------------------- ACK (design: Retransmission,
+# Alerts)
 
 
 def test_ack_for_a_record_never_sent_is_illegal(pki: DevPKI) -> None:
@@ -291,7 +299,9 @@ def test_ack_for_an_unknown_connection_is_ignored(pki: DevPKI) -> None:
 
 
 def test_key_update_in_tcpls_mode_is_unexpected(pki: DevPKI) -> None:
-    """W15: KeyUpdate is never used in TCPLS mode; receiving one is unexpected_message."""
+    """design: KeyUpdate: KeyUpdate is never used in TCPLS mode; receiving one is
+    unexpected_message.
+    """
     h = established(pki)
     write = h.client.connections[0].tls.write_protection
     assert write is not None

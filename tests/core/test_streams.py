@@ -1,5 +1,6 @@
-"""Streams in the session core: IDs and parity (W12), interleaving, implicit opening,
-reassembly of reordered and duplicated Stream frames, and the reassembly bound (W13)."""
+"""Streams in the session core: IDs and parity (design: Streams), interleaving, implicit
+opening, reassembly of reordered and duplicated Stream frames, and the reassembly bound
+(design: Limit violations)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tests.core.util import (
     seal_raw,
 )
 
-# ---------------------------------------------------------------- IDs and parity (W12)
+# ---------------------------------------------------------------- IDs and parity (design: Streams)
 
 
 def test_stream_ids_client_even_server_odd(pki: DevPKI) -> None:
@@ -116,7 +117,7 @@ def test_interleaved_streams_both_directions_byte_for_byte(pki: DevPKI, connecti
 
 
 def test_several_streams_in_one_record_largest_first(pki: DevPKI) -> None:
-    """W5: the sender puts Stream frames first, the largest at the start."""
+    """design: Records: the sender puts Stream frames first, the largest at the start."""
     h = established(pki)
     tap = Tap(h)
     a, b, c = (h.client.open_stream() for _ in range(3))
@@ -130,7 +131,8 @@ def test_several_streams_in_one_record_largest_first(pki: DevPKI) -> None:
     assert [f.stream_id for f in frames] == [b, c, a]
 
 
-# ---------------------------------------------------------------- implicit opening (W12)
+# ---------------------------------------------------------------- implicit opening (design:
+# Streams)
 
 
 def test_frame_for_higher_client_stream_opens_the_ones_below(pki: DevPKI) -> None:
@@ -191,7 +193,7 @@ def test_default_limit_refuses_huge_stream_id(pki: DevPKI) -> None:
 
 
 def test_closed_stream_is_forgotten_and_late_duplicates_are_ignored(pki: DevPKI) -> None:
-    """W12: gone when both directions finished and everything was read; a reinjected
+    """design: Streams: gone when both directions finished and everything was read; a reinjected
     duplicate for it afterwards is dropped without reopening it."""
     h = established(pki)
     sid = h.client.open_stream()
@@ -373,7 +375,8 @@ def test_session_reassembles_large_frames_delivered_in_one_batch(
     assert h.server.reassembly_held == 0
 
 
-# ---------------------------------------------------------------- reassembly bound (W13)
+# ---------------------------------------------------------------- reassembly bound (design:
+# Backpressure)
 
 
 def test_out_of_order_data_is_bounded_per_session(pki: DevPKI) -> None:
@@ -400,7 +403,7 @@ def test_reassembly_bound_counts_only_data_still_held(pki: DevPKI) -> None:
 
 
 def test_full_receive_buffer_pauses_reading_until_the_application_reads(pki: DevPKI) -> None:
-    """W13: a full in-order buffer pauses reading of the TCP connections."""
+    """design: Backpressure: a full in-order buffer pauses reading of the TCP connections."""
     h = established(pki, tuning=SessionTuning(stream_receive_buffer=10_000))
     inject(h, h.client, h.server, [StreamFrame(0, 0, b"a" * 8000)])
     assert not h.server.reading_paused

@@ -1,4 +1,4 @@
-"""Join tokens (W7, W8): how many the server hands out, their form, replenishing,
+"""Join tokens (design: Joins, Tokens): how many the server hands out, their form, replenishing,
 single use, and the client's handling of New Token frames."""
 
 from __future__ import annotations
@@ -139,7 +139,9 @@ def test_new_token_for_a_connection_in_use_is_ignored(pki: DevPKI) -> None:
 
 
 def test_new_tokens_of_a_failed_connection_are_sent_again(pki: DevPKI) -> None:
-    """W10: New Token frames are retransmittable; the client takes them idempotently."""
+    """design: Retransmission: New Token frames are retransmittable; the client takes them
+    idempotently.
+    """
     h = Harness(pki)
     h.pump()  # the record with New Tokens 2 and 3 is not acknowledged yet
     assert h.server.connections[0].sent_log
@@ -158,7 +160,7 @@ def test_reinjected_new_token_is_not_used_for_a_second_join(pki: DevPKI) -> None
     h.pump()  # the record with New Tokens 2 and 3 is not acknowledged yet
     h.join()  # token 1 -> connection 1
     h.join()  # token 2 -> connection 2
-    h.cut(h.links[0], "reset")  # the server reinjects New Tokens 2 and 3 (W10)
+    h.cut(h.links[0], "reset")  # the server reinjects New Tokens 2 and 3 (design: Retransmission)
     h.pump()
     assert 2 not in h.client.tokens  # already used by connection 2
     link = h.join()  # must use a fresh token
@@ -169,7 +171,9 @@ def test_reinjected_new_token_is_not_used_for_a_second_join(pki: DevPKI) -> None
 def test_new_token_for_a_join_in_progress_is_ignored(pki: DevPKI) -> None:
     h = established(pki)
     _, seq = h.client.start_join()  # the TCP connection is still being set up
-    inject(h, h.server, h.client, [NewToken(seq, b"r" * 32)])  # reinjected (W10)
+    inject(
+        h, h.server, h.client, [NewToken(seq, b"r" * 32)]
+    )  # reinjected (design: Retransmission)
     assert seq not in h.client.tokens
     _, other = h.client.start_join()
     assert other != seq

@@ -1,4 +1,4 @@
-"""Interop with OpenSSL's s_server and s_client (plain TLS 1.3 fallback, W17).
+"""Interop with OpenSSL's s_server and s_client (plain TLS 1.3 fallback, design: Fallback).
 
 Certificates come from a test CA generated per session; the client verifies
 the server against it. These tests need the ``openssl`` command (``make test``
@@ -187,7 +187,7 @@ def test_psk_resumption_against_s_server(pki: DevPKI) -> None:
 
 
 def test_psk_resumption_survives_early_data_tickets(pki: DevPKI) -> None:
-    """A ticket that allows 0-RTT must not make us offer early data (W16)."""
+    """A ticket that allows 0-RTT must not make us offer early data (design: Early data)."""
     with openssl_server(_server_args(pki, "-rev", "-max_early_data", "16384")) as (_, port):
 
         async def run() -> None:

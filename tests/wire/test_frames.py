@@ -508,7 +508,8 @@ def test_stream_data_ending_in_zeros_is_not_padding() -> None:
     assert parse_frames(encode_frames(frames)) == frames
 
 
-# --------------------------------------------------------------------------- malformed (W14)
+# --------------------------------------------------------------------------- malformed (design:
+# Alerts)
 
 
 @pytest.mark.parametrize("frame_type", range(0x0A, 0x100), ids=lambda t: f"0x{t:02x}")

@@ -254,7 +254,7 @@ class Server:
         self._pending.discard(protocol)
 
     def _session_gate(self) -> str | None:
-        """Why a new session may not start now, or ``None`` (*Server limits*)."""
+        """Why a new session may not start now, or ``None`` (design: Server limits)."""
         config = self._endpoint.config
         reason = None
         if self._closing:
@@ -284,7 +284,7 @@ class Server:
 
     def _watch_memory(self) -> None:
         """Every quarter second while sessions exist: estimate their memory, shed the largest
-        while the total is above ``memory_budget`` (*Server limits* in docs/design.md)."""
+        while the total is above ``memory_budget`` (design: Server limits)."""
         self._watch = None
         if not self._sessions:
             self.memory_use = 0
@@ -364,7 +364,7 @@ class Server:
         target._attach(protocol)
         target._process()
 
-    # -- addresses (W18) -----------------------------------------------------------
+    # -- addresses (design: Addresses) --------------------------------------------------------
 
     def advertise(self, address: str) -> int:
         """Advertise another ``"ip:port"`` of this server to all sessions (New Address)."""

@@ -55,7 +55,7 @@ ZERO_WINDOW_TIMEOUT = 120.0
 class ConnectionInfo:
     """One TCP connection of a session, as reported by ``session.connections``."""
 
-    #: Connection ID (0 for the connection that ran the handshake; W6).
+    #: Connection ID (0 for the connection that ran the handshake; design: Record nonce).
     id: int
     #: ``(host, port)`` of our end.
     local_address: tuple[str, int] | None
@@ -267,7 +267,7 @@ class Session:
 
     @property
     def tcpls_negotiated(self) -> bool:
-        """Whether TCPLS is in use; false means plain TLS 1.3 fallback (W17)."""
+        """Whether TCPLS is in use; false means plain TLS 1.3 fallback (design: Fallback)."""
         return bool(self._core.tcpls)
 
     @property
@@ -311,7 +311,7 @@ class Session:
 
     @property
     def peer_addresses(self) -> dict[int, tuple[str, int]]:
-        """Addresses the peer advertised with New Address, by address ID (W18)."""
+        """Addresses the peer advertised with New Address, by address ID (design: Addresses)."""
         return dict(self._core.peer_addresses)
 
     @property
@@ -343,7 +343,7 @@ class Session:
         await self.wait_established()
         if not self._core.tcpls:
             if self._fallback_stream_taken:
-                raise TCPLSError("plain TLS fallback carries exactly one stream (W17)")
+                raise TCPLSError("plain TLS fallback carries exactly one stream")
             self._fallback_stream_taken = True
             return self._pair(0)
         return self._pair(self._core.open_stream())
@@ -409,7 +409,7 @@ class Session:
             raise TCPLSError("only the client adds connections (draft-04 §4.2)")
         await self.wait_established()
         if not self._core.tcpls:
-            raise TCPLSError("joins need TCPLS; this session fell back to plain TLS (W17)")
+            raise TCPLSError("joins need TCPLS; this session fell back to plain TLS")
         if self._withdrawn(host, port):
             raise TCPLSError(f"the server withdrew {host}:{port}; no new connection may go there")
         timeout = timeout if timeout is not None else self._core.tuning.handshake_timeout
@@ -460,7 +460,7 @@ class Session:
     ) -> ConnectionInfo:
         """Client: move the session to a new connection to ``host:port``.
 
-        Joins the new connection, then retires every other one (W20: no new data
+        Joins the new connection, then retires every other one (design: Closing; no new data
         on them, FIN once their records are acknowledged). No byte is lost or
         duplicated for the application. Returns the new connection's info.
         """
@@ -473,7 +473,7 @@ class Session:
         return info
 
     async def retire(self, connection_id: int, *, timeout: float | None = None) -> None:
-        """Remove one connection gracefully (W20) and wait until it is gone."""
+        """Remove one connection gracefully (design: Closing) and wait until it is gone."""
         if connection_id not in self._core.connections:
             raise ValueError(f"no connection {connection_id} in this session")
         if len(self._core.connections) < 2:
@@ -538,7 +538,10 @@ class Session:
             )
 
     def close(self) -> None:
-        """Start a graceful close: flush, wait for ACKs, ``close_notify``, FIN (W20)."""
+        """Start a graceful close: flush, wait for ACKs, ``close_notify``, FIN.
+
+        See *Closing* in the design notes (design: Closing).
+        """
         self._core.close()
         self._process()
 
@@ -745,7 +748,7 @@ class Session:
         """Keep TCP_USER_TIMEOUT from killing a connection whose peer is merely slow.
 
         Linux applies TCP_USER_TIMEOUT to zero-window probes too: a peer that stops
-        reading for longer than the timeout (a slow application; W13 backpressure)
+        reading for longer than the timeout (a slow application; design: Backpressure)
         would have its connection aborted like a dead path. While the peer
         advertises a zero window the timeout is relaxed to ZERO_WINDOW_TIMEOUT,
         and restored when the window opens.

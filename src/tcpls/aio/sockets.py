@@ -44,7 +44,10 @@ class TcpInfo:
 
 
 def configure_socket(sock: socket.socket, user_timeout: float | None) -> None:
-    """TCP_NODELAY, and TCP_USER_TIMEOUT (W11) when given; errors are ignored."""
+    """TCP_NODELAY, and TCP_USER_TIMEOUT when given (design: Failure detection).
+
+    Errors are ignored: a socket that refuses an option still works.
+    """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if user_timeout is not None:

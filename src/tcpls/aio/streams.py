@@ -218,8 +218,8 @@ class StreamWriter:
         """Wait until the bytes written and not yet sent are below the high-water mark.
 
         Bytes sent but not yet acknowledged by the peer are kept for reinjection
-        (W10) but do not count here: TCP flow control bounds them, and counting
-        them would deadlock a peer that has paused reading (W13) and therefore
+        (design: Retransmission) but do not count here: TCP flow control bounds them, and counting
+        them would deadlock a peer that has paused reading (design: Backpressure) and therefore
         cannot see our ACKs.
         """
         limit = self._core.tuning.stream_send_buffer

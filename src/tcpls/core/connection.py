@@ -4,10 +4,11 @@ A :class:`Connection` wraps the :class:`~tcpls.tls.connection.TLSConnection`
 of one TCP connection of a session and adds what TCPLS keeps per connection:
 
 * receive side: how many records arrived and how many ack-eliciting records
-  wait for an ACK (DECISIONS W9);
+  wait for an ACK (design: ACK policy);
 * send side: the log of retransmittable frames of every record not yet
-  acknowledged, keyed by record sequence number (W10);
-* liveness: when something last arrived and whether a Ping is outstanding (W11);
+  acknowledged, keyed by record sequence number (design: Retransmission);
+* liveness: when something last arrived and whether a Ping is outstanding
+  (design: Failure detection);
 * counters for ``session.connections``.
 """
 
@@ -33,7 +34,7 @@ class ConnectionStatus(Enum):
 
     HANDSHAKE = "handshake"
     ACTIVE = "active"
-    DRAINING = "draining"  # being removed: no new data, waiting for ACKs (W20)
+    DRAINING = "draining"  # being removed: no new data, waiting for ACKs (design: Closing)
     CLOSING = "closing"  # close_notify sent
     CLOSED = "closed"
     FAILED = "failed"
@@ -107,7 +108,7 @@ class Connection:
         return protection.sequence - 1 if protection is not None else -1
 
     def ack_due(self, now: float) -> bool:
-        """Whether an ACK for this connection must go out now (W9)."""
+        """Whether an ACK for this connection must go out now (design: ACK policy)."""
         if self.ack_pending_records == 0:
             return False
         if self.ack_now:

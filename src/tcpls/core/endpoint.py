@@ -90,7 +90,7 @@ class ServerEndpoint:
         self.registry: TokenRegistry[Session] = TokenRegistry()
         path = keylog_path(config.keylog_file)
         self._keylog = KeyLog(path) if path else None
-        #: Addresses advertised to every session, by address ID (W18).
+        #: Addresses advertised to every session, by address ID (design: Addresses).
         self.advertised: dict[int, tuple[str, int]] = dict(
             enumerate(parse_host_port(a) for a in config.advertise)
         )
@@ -193,7 +193,7 @@ class ServerEndpoint:
 
     def withdraw(self, address: str, sessions: Iterable[Session] = ()) -> None:
         """Stop advertising ``"ip:port"``; ``sessions`` get Remove Address (clients then close
-        their connections to it, W18)."""
+        their connections to it, design: Addresses)."""
         target = parse_host_port(address)
         for address_id, known in list(self.advertised.items()):
             if known == target:
@@ -208,7 +208,7 @@ class ServerEndpoint:
 
         Returns ``(session, connection_id)``; ``None`` if the token is invalid,
         used or expired, in which case the join was rejected with
-        ``illegal_parameter`` (W7): only this connection is affected.
+        ``illegal_parameter`` (design: Joins): only this connection is affected.
         """
         entry = self.registry.redeem(token)
         if entry is not None:

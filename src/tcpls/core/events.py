@@ -26,7 +26,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class HandshakeDone:
-    """The session is established; ``tcpls`` is false in plain TLS fallback (W17)."""
+    """The session is established; ``tcpls`` is false in plain TLS fallback (design: Fallback)."""
 
     tcpls: bool
 

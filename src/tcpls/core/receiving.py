@@ -2,11 +2,11 @@
 
 Part of :class:`tcpls.core.session.Session` (a mixin, split out by concern).
 Each decrypted application record of a connection comes here: the data path's
-records (``[Stream]`` or ``[Stream][ACK]``, W5) take a fast path; any other
+records (``[Stream]`` or ``[Stream][ACK]``, design: Records) take a fast path; any other
 record is parsed from its end by :func:`tcpls.wire.frames.parse_frames` and
 its frames applied in wire order. Stream data goes to the stream's
 reassembly buffer, possibly as a view of the record (zero copy); ACKs trim the
-retransmission log (W10) and release acknowledged stream bytes.
+retransmission log (design: Retransmission) and release acknowledged stream bytes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tcpls.wire.frames import (
 
 __all__ = ["ReceivingMixin"]
 
-_STREAM_HEADER = struct.Struct(">HQIB")  # Length, Offset, Stream ID, Type (W3)
+_STREAM_HEADER = struct.Struct(">HQIB")  # Length, Offset, Stream ID, Type (design: Frame layout)
 _ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type
 
 
@@ -62,7 +62,7 @@ class ReceivingMixin(SessionBase):
             self._on_ack(Ack(ack_conn, highest))
             return False
         if conn.expected_stream_change is None and size >= STREAM_HEADER_SIZE:
-            # Fast path for the data path's records: [Stream] or [Stream][ACK] (W5).
+            # Fast path for the data path's records: [Stream] or [Stream][ACK] (design: Records).
             end = size
             kind = content[end - 1]
             ack: tuple[int, int] | None = None
@@ -108,7 +108,7 @@ class ReceivingMixin(SessionBase):
                 eliciting = True
                 conn.ack_now = True
                 # the answer must also travel on the probed connection: sent on
-                # another one, it would not show that this one works (W11)
+                # another one, it would not show that this one works (design: Failure detection)
                 conn.ping_answer = True
             elif kind is NewToken:
                 self._on_new_token(frame)  # type: ignore[arg-type]
@@ -124,7 +124,8 @@ class ReceivingMixin(SessionBase):
                 self._on_remove_address(frame.address_id)  # type: ignore[union-attr]
             elif kind is StreamChange:
                 eliciting = True
-                # W19: announces the first Stream frame of the next record on this connection
+                # it announces the first Stream frame of the next record on this
+                # connection (design: Stream Change and Padding)
                 conn.expected_stream_change = (frame.stream_id, frame.offset)  # type: ignore[union-attr]
         if expected is not None:
             raise UnexpectedMessage(
@@ -135,7 +136,7 @@ class ReceivingMixin(SessionBase):
         return kept
 
     def _ack_eliciting(self, conn: Connection, size: int) -> None:
-        """An ack-eliciting record arrived on ``conn``: schedule its ACK (W9)."""
+        """An ack-eliciting record arrived on ``conn``: schedule its ACK (design: ACK policy)."""
         if not self.reliable:
             return
         conn.ack_pending_records += 1

@@ -3,9 +3,10 @@
 Part of :class:`tcpls.core.session.Session` (a mixin, split out by concern).
 When the transport of a connection can take bytes, :meth:`transmit` builds
 records for it: stream data chosen by the scheduler (the largest Stream frame
-first, W5), then control frames and the ACKs that are due (W9). The stream
-ranges and retransmittable frames of each record are logged under its
-sequence number until acknowledged (W10). A single busy stream with nothing
+first, design: Records), then control frames and the ACKs that are due
+(design: ACK policy). The stream ranges and retransmittable frames of each
+record are logged under its sequence number until acknowledged
+(design: Retransmission). A single busy stream with nothing
 else pending takes a tight loop (:meth:`_fill_bulk`).
 """
 
@@ -34,7 +35,7 @@ from tcpls.wire.frames import (
 __all__ = ["SendingMixin"]
 
 _RETRANSMITTED_CONTROL = (NewToken, NewAddress, RemoveAddress, ConnectionReset)
-_ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type (W3)
+_ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type (design: Frame layout)
 #: Stop adding Stream frames to a record when less room than this is left.
 _MIN_STREAM_CHUNK = 512
 
@@ -204,7 +205,7 @@ class SendingMixin(SessionBase):
             if usable and self._sendable:
                 plan = self._plan_stream_frames(conn, space)
                 if len(plan) > 1:
-                    plan.sort(key=lambda p: -p[2])  # largest Stream frame first (W5)
+                    plan.sort(key=lambda p: -p[2])  # largest Stream frame first (design: Records)
                 for stream, offset, length, fin in plan:
                     stream.send.copy_into(offset, length, view[pos:])
                     pos = write_stream_header_into(

@@ -15,16 +15,16 @@ records one at a time and hands each application record to
 :meth:`Session._on_record`. Frames are dispatched there: Stream → the stream's
 reassembly buffer; ACK → trim the retransmission log; New Token → spare
 tokens; Ping → ACK at once; Connection Reset → treat the connection as failed.
-In plain TLS fallback (W17) there are no frames: the bytestream is stream 0.
+In plain TLS fallback (design: Fallback) there are no frames: the bytestream is stream 0.
 
 Output (the pull model). When the transport of connection *c* can take more
 bytes, the I/O layer calls :meth:`Session.transmit`. Records are built there:
 stream data first (chosen by the :class:`~tcpls.core.scheduler.Scheduler`,
-largest Stream frame at the start, W5), then control frames and any ACKs that
-are due (W9). The stream ranges and retransmittable frames of each record are
-logged under its sequence number until the peer acknowledges it (W10).
+largest Stream frame at the start, design: Records), then control frames and any ACKs that
+are due (design: ACK policy). The stream ranges and retransmittable frames of each record are
+logged under its sequence number until the peer acknowledges it (design: Retransmission).
 
-Failure (W11). When a connection fails, the frames logged for it are put back
+Failure (design: Failure detection). When a connection fails, the frames logged for it are put back
 at the front of the send queues and go out on another connection; the peer
 deduplicates by stream offset. The survivor tells the peer with ACK +
 Connection Reset. A client left without connections reports it so that the I/O
@@ -86,7 +86,7 @@ logger = logging.getLogger(__name__)
 
 _RETRANSMITTED_CONTROL = (NewToken, NewAddress, RemoveAddress, ConnectionReset)
 _PROBED = frozenset({ConnectionStatus.ACTIVE, ConnectionStatus.DRAINING})
-_STREAM_HEADER = struct.Struct(">HQIB")  # Length, Offset, Stream ID, Type (W3)
+_STREAM_HEADER = struct.Struct(">HQIB")  # Length, Offset, Stream ID, Type (design: Frame layout)
 _ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type
 #: Stop adding Stream frames to a record when less room than this is left.
 _MIN_STREAM_CHUNK = 512
@@ -139,7 +139,7 @@ class Session(ReceivingMixin, SendingMixin):
         return self._registry.issue(self, seq)
 
     def _replenish_tokens(self) -> None:
-        """Server: hand out New Tokens up to the connection limit (W8)."""
+        """Server: hand out New Tokens up to the connection limit (design: Tokens)."""
         if (
             self._registry is None
             or not self.tcpls
@@ -161,7 +161,7 @@ class Session(ReceivingMixin, SendingMixin):
         Returns the new connection, or ``None`` if the session cannot take it
         (closing or closed); the caller then rejects the join. A join that
         arrives while the session is still handshaking is held and answered
-        once the client Finished is verified (W8, draft-04 §4.2.2).
+        once the client Finished is verified (design: Tokens, draft-04 §4.2.2).
         """
         self._outstanding_tokens.discard(sequence)
         if self.state not in (SessionState.HANDSHAKE, SessionState.ESTABLISHED):
@@ -186,7 +186,7 @@ class Session(ReceivingMixin, SendingMixin):
         return seq, self.tokens.pop(seq)
 
     def start_join(self, **tls_kwargs: object) -> tuple[TLSConnection, int]:
-        """Client: a new connection that joins this session with a spare token (W7).
+        """Client: a new connection that joins this session with a spare token (design: Joins).
 
         The connection is registered (status ``handshake``) under the token's
         sequence number, its Connection ID. Call ``tls.start()`` once the TCP
@@ -351,12 +351,12 @@ class Session(ReceivingMixin, SendingMixin):
             conn.tls.process_pending()  # records that came with the handshake
 
     def advertise_address(self, address_id: int, host: str, port: int) -> None:
-        """Announce an extra address of ours with New Address (W18)."""
+        """Announce an extra address of ours with New Address (design: Addresses)."""
         if self.tcpls is not False:  # a plain TLS session has no frames
             self._control.append(NewAddress(address_id, ipaddress.ip_address(host), port))
 
     def withdraw_address(self, address_id: int) -> None:
-        """Withdraw an advertised address with Remove Address (W18)."""
+        """Withdraw an advertised address with Remove Address (design: Addresses)."""
         if self.tcpls is not False:
             self._control.append(RemoveAddress(address_id))
 
@@ -372,7 +372,7 @@ class Session(ReceivingMixin, SendingMixin):
 
         A close_notify on one connection does not end the session's data: bytes
         sent earlier on another connection may still be in flight there, and TCP
-        delivers them before that connection's own close_notify (W20).
+        delivers them before that connection's own close_notify (design: Closing).
         """
         if self.peer_closed or not self._close_notify_seen:
             return
@@ -400,7 +400,7 @@ class Session(ReceivingMixin, SendingMixin):
             self._maybe_closed()
             return
         if self.tcpls and not conn.sent_log and self._others_alive(conn):
-            # FIN without close_notify and nothing unacknowledged: a removal (W20)
+            # FIN without close_notify and nothing unacknowledged: a removal (design: Closing)
             self._connection_closed(conn, None)
             return
         self._connection_failed(
@@ -411,20 +411,20 @@ class Session(ReceivingMixin, SendingMixin):
         if conn.status is ConnectionStatus.HANDSHAKE and conn.id != 0:
             self._join_failed(conn, error)
         elif isinstance(error, ProtocolError | PeerAlert) or not self.tcpls:
-            self._fail(error)  # a fatal alert closes the whole session (W14)
+            self._fail(error)  # a fatal alert closes the whole session (design: Alerts)
         else:
             self._connection_failed(conn, error)
 
     def _join_failed(self, conn: Connection, error: TCPLSError) -> None:
         """A join that never completed failed (a bad token, a lost TCP connection, even
-        one held during the handshake): only that connection is affected (*Joins*)."""
+        one held during the handshake): only that connection is affected (design: Joins)."""
         self._join_tokens.pop(conn.id, None)
         conn.status = ConnectionStatus.FAILED
         self._forget_connection(conn)
         self._events.append(ConnectionRemoved(conn.id, error))
         self._maybe_closed()
 
-    # --------------------------------------------------------- failure (W10/W11)
+    # ------------------------------- failure (design: Retransmission, Failure detection)
 
     def _forget_connection(self, conn: Connection) -> None:
         if self.connections.get(conn.id) is conn:
@@ -499,7 +499,10 @@ class Session(ReceivingMixin, SendingMixin):
         self._maybe_closed()
 
     def remove_connection(self, connection_id: int) -> None:
-        """Retire one connection gracefully (W20): no new data, then FIN once acknowledged."""
+        """Retire one connection gracefully: no new data, then FIN once acknowledged.
+
+        (design: Closing)
+        """
         conn = self.connections.get(connection_id)
         if conn is None or conn.status is not ConnectionStatus.ACTIVE:
             return
@@ -529,10 +532,13 @@ class Session(ReceivingMixin, SendingMixin):
     # --------------------------------------------------------------- streams
 
     def open_stream(self) -> int:
-        """Open a new stream; returns its ID (even for a client, odd for a server; W12)."""
+        """Open a new stream; returns its ID (even for a client, odd for a server).
+
+        (design: Streams)
+        """
         self._check_open()
         if not self.tcpls:
-            raise TCPLSError("plain TLS fallback carries exactly one stream (W17)")
+            raise TCPLSError("plain TLS fallback carries exactly one stream")
         sid = self._next_stream_id
         if sid >= 1 << 32:
             raise TCPLSError("stream IDs exhausted")
@@ -634,7 +640,7 @@ class Session(ReceivingMixin, SendingMixin):
         Reading pauses while one stream holds more unread data than
         ``stream_receive_buffer``, or all streams together more than
         ``session_receive_buffer`` (counted in real memory), and resumes when the
-        application has read half of it (*Backpressure* in docs/design.md).
+        application has read half of it (design: Backpressure).
         """
         budget = self.tuning.session_receive_buffer
         if self._session_full:
@@ -689,9 +695,9 @@ class Session(ReceivingMixin, SendingMixin):
     def handle_timer(self, now: float) -> None:
         """Run the timers that expired (the I/O layer then transmits).
 
-        ACKs (*ACK policy* in docs/design.md): an ACK whose delay has passed becomes
+        ACKs (design: ACK policy): an ACK whose delay has passed becomes
         due; its deadline is cleared, so it is not re-armed while the connection
-        cannot send. Liveness (*Failure detection*): a connection with data
+        cannot send. Liveness (design: Failure detection): a connection with data
         outstanding that received nothing for ``ping_after`` gets a Ping; if the
         Ping is not answered (no ACK for its record, nothing received) within
         ``ping_timeout``, the connection has failed. Probes are suspended while
@@ -802,7 +808,10 @@ class Session(ReceivingMixin, SendingMixin):
     # ------------------------------------------------------------------ closing
 
     def close(self) -> None:
-        """Close gracefully: flush and wait for ACKs, then ``close_notify`` everywhere (W20)."""
+        """Close gracefully: flush and wait for ACKs, then ``close_notify`` everywhere.
+
+        (design: Closing)
+        """
         if self.state is SessionState.CLOSED or self._close_requested:
             return
         self._close_requested = True
@@ -813,7 +822,7 @@ class Session(ReceivingMixin, SendingMixin):
             return
         self.state = SessionState.CLOSING
         self._close_deadline = self.now + self.tuning.close_timeout
-        # close_notify goes out from transmit(), after the ACKs we still owe (W9)
+        # close_notify goes out from transmit(), after the ACKs we still owe (design: ACK policy)
         self._maybe_closed()
 
     def _flushed(self) -> bool:
@@ -885,7 +894,7 @@ class Session(ReceivingMixin, SendingMixin):
         self._events.append(SessionClosed(error))
 
     def _release(self) -> None:
-        """The session ended: free what can no longer be used (*Ownership* in docs/design.md).
+        """The session ended: free what can no longer be used (design: Ownership).
 
         Out-of-order data can never be completed and unsent or unacknowledged data can
         never be delivered; only what arrived in order stays, for the application to
@@ -909,7 +918,7 @@ class Session(ReceivingMixin, SendingMixin):
             conn.tls.trim()
 
     def _fail(self, error: TCPLSError) -> None:
-        """A fatal error: alert on every connection, the session is closed (W14)."""
+        """A fatal error: alert on every connection, the session is closed (design: Alerts)."""
         if self.state is SessionState.CLOSED:
             return
         for conn in self.connections.values():

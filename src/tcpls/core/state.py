@@ -76,7 +76,7 @@ class SessionBase:
         self.session_tickets: list[object] = []
         #: Client: spare join tokens by sequence number.
         self.tokens: dict[int, bytes] = {}
-        #: Addresses the peer advertised (W18), by address ID.
+        #: Addresses the peer advertised (design: Addresses), by address ID.
         self.peer_addresses: dict[int, tuple[str, int]] = {}
         self._removed_addresses: set[int] = set()
         #: Addresses the peer withdrew: no new connection may go to them (draft-04 §5.2.8).
@@ -108,8 +108,8 @@ class SessionBase:
         self._close_deadline: float | None = None
         #: Why the session closed itself cleanly (idle), reported as its error.
         self._close_error: TCPLSError | None = None
-        #: Connections with received records waiting for an ACK (W9), in the order they
-        #: got them (a dict, so that ACKs leave in a reproducible order).
+        #: Connections with received records waiting for an ACK, in the order they got
+        #: them (a dict, so that ACKs leave in a reproducible order; design: ACK policy).
         self._acks_pending: dict[Connection, None] = {}
         #: Stream bytes sent and not yet acknowledged, over all connections.
         self.unacked_bytes = 0

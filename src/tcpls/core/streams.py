@@ -1,20 +1,20 @@
 """Stream state: send buffers kept until acknowledged, receive reassembly by offset.
 
-A TCPLS stream (draft-04 §4.1, DECISIONS W12) is bidirectional and identified
+A TCPLS stream (draft-04 §4.1, design: Streams) is bidirectional and identified
 by a 32-bit ID: even IDs are opened by the client, odd IDs by the server. Each
 direction ends with FIN; the final size is ``offset + length`` of the Stream
-frame that carries FIN (W4).
+frame that carries FIN (design: Stream frames).
 
 :class:`SendBuffer` keeps the bytes the application wrote, from the first byte
 not yet acknowledged to the last byte written. The scheduler copies from it into
 records (:meth:`SendBuffer.copy_into`); an acknowledged prefix is released.
-Retransmission after a failure reads the same bytes again (W10: frames, never
+Retransmission after a failure reads the same bytes again (design: Retransmission; frames, never
 ciphertext, are sent again).
 
 :class:`ReceiveBuffer` delivers bytes in order. Frames may arrive out of order
 (aggregation over several connections) or twice (reinjection after failover):
 data below the delivered offset is dropped, data above it waits in a heap until
-the gap is filled. The session bounds the out-of-order bytes it holds (W13).
+the gap is filled. The session bounds the out-of-order bytes it holds (design: Backpressure).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ HELD_OVERHEAD = 128
 
 
 def chunk_cost(chunk: bytes | memoryview) -> int:
-    """The memory one received chunk really holds (see *Receive memory* in docs/design.md).
+    """The memory one received chunk really holds (design: Receive memory).
 
     A copied chunk costs its bytes plus :data:`CHUNK_OVERHEAD`; a view costs the whole
     record buffer it pins plus :data:`VIEW_OVERHEAD`.
@@ -225,7 +225,7 @@ class ReceiveBuffer:
     a whole record buffer. :meth:`receive` reports whether it kept such a view,
     and the caller then must not reuse the record buffer.
 
-    Memory is counted as it really is (see *Receive memory* in docs/design.md):
+    Memory is counted as it really is (design: Receive memory):
     a kept view costs its whole record buffer, and every chunk costs a fixed
     overhead for the Python objects that hold it. :attr:`buffered` is the cost
     of the in-order bytes the application has not read, :attr:`held` the cost of
@@ -488,5 +488,8 @@ class Stream:
 
     @property
     def closed(self) -> bool:
-        """Both directions finished and everything was read (W12: the stream is gone)."""
+        """Both directions finished and everything was read: the stream is gone.
+
+        (design: Streams)
+        """
         return self.fin_acked and self.recv.at_eof

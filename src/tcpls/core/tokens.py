@@ -1,4 +1,4 @@
-"""Join tokens (draft-04 §4.2, §5.2.5; DECISIONS W7, W8).
+"""Join tokens (draft-04 §4.2, §5.2.5; design: Joins, Tokens).
 
 Only the server issues tokens: 32 bytes from a CSPRNG, single use, not
 correlatable with each other. A token's sequence number becomes the Connection

@@ -21,14 +21,14 @@ it.
 
 Decrypted application data is handed to ``on_data`` (a callable taking a
 ``memoryview`` that is valid only during the call) as each record is opened:
-for plain TLS (W17) it is the bytestream, for TCPLS it is a record's frames.
+for plain TLS (design: Fallback) it is the bytestream, for TCPLS it is a record's frames.
 Without a handler, data accumulates and :meth:`~TLSConnection.read_data`
 returns it.
 
 Four ways to start: :meth:`TLSConnection.client` and :meth:`TLSConnection.server`
 run a full handshake (a server also recognises joins when ``accept_joins``);
 :meth:`TLSConnection.join_client` joins a new TCP connection to an existing
-TCPLS session with a token (draft-04 §4.2.1, DECISIONS W7), and a server answers
+TCPLS session with a token (draft-04 §4.2.1, design: Joins), and a server answers
 such a join with :meth:`TLSConnection.accept_join` or
 :meth:`TLSConnection.reject_join` after the :class:`JoinRequested` event.
 
@@ -219,7 +219,7 @@ class TLSConnection:
         codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS,
         **kwargs: object,
     ) -> TLSConnection:
-        """A client joining this TCP connection to a session with ``token`` (W7).
+        """A client joining this TCP connection to a session with ``token`` (design: Joins).
 
         ``read_keys``/``write_keys`` are the session's application traffic keys
         (server's and client's); ``connection_id`` is the token's sequence number.
@@ -442,7 +442,7 @@ class TLSConnection:
         """Plain TLS only: send KeyUpdate and switch to the next write keys (RFC 8446 §4.6.3)."""
         self._check_can_send()
         if self.tcpls:
-            raise RuntimeError("KeyUpdate is not used in TCPLS mode (DECISIONS W15)")
+            raise RuntimeError("KeyUpdate is not used in TCPLS mode")
         self._send_key_update(request_peer_update)
 
     # -- joins (server side) ---------------------------------------------------
@@ -818,7 +818,7 @@ class TLSConnection:
             self._report_tickets(self.engine)
         elif msg_type == HandshakeType.key_update:
             if self.tcpls:
-                raise UnexpectedMessage("KeyUpdate is not allowed in TCPLS mode (W15)")
+                raise UnexpectedMessage("KeyUpdate is not allowed in TCPLS mode")
             if len(message) != 5:
                 raise DecodeError("malformed KeyUpdate")
             request = message[4]

@@ -7,11 +7,11 @@ callback, but has no record layer. :class:`HandshakeEngine` wraps one
 ``aioquic.tls.Context`` and adds what TCPLS over TCP needs:
 
 * the ``tcpls`` extension in the ClientHello and, only when offered, in
-  EncryptedExtensions, plus a ``tcpls_token`` in EncryptedExtensions (W8);
+  EncryptedExtensions, plus a ``tcpls_token`` in EncryptedExtensions (design: Tokens);
 * traffic secrets out (for the record layer and the NSS key log), and the
   exporter master secret;
 * certificate verification on by default (a CA file or data, else certifi);
-* PSK resumption with server-side ticket storage, with 0-RTT disabled (W16);
+* PSK resumption with server-side ticket storage, with 0-RTT disabled (design: Early data);
 * aioquic's exceptions mapped onto :mod:`tcpls.errors`.
 
 The hellos of a join, which runs no handshake, are in :mod:`tcpls.tls.hello`.
@@ -258,7 +258,7 @@ class HandshakeEngine:
             ctx.new_session_ticket_cb = self._on_new_ticket
             if session_ticket is not None:
                 ticket = session_ticket._ticket
-                ticket.max_early_data_size = None  # never offer 0-RTT (W16)
+                ticket.max_early_data_size = None  # never offer 0-RTT (design: Early data)
                 ctx.session_ticket = ticket
             if tcpls:
                 ctx.handshake_extensions = [(codepoints.tcpls, b"")]
@@ -388,7 +388,7 @@ class HandshakeEngine:
         self, direction: tls.Direction, epoch: tls.Epoch, suite: tls.CipherSuite, secret: bytes
     ) -> None:
         if epoch not in _EPOCHS:
-            return  # 0-RTT keys: never used (W16)
+            return  # 0-RTT keys: never used (design: Early data)
         ours = _EPOCHS[epoch]
         is_write = direction == tls.Direction.ENCRYPT
         self.cipher_suite = CipherSuite(int(suite))
@@ -434,7 +434,7 @@ class HandshakeEngine:
             return  # a plain TLS server ignores the TCPLS extensions
         if cp.tcpls_join in received:
             # Joins are answered by the record layer before the engine runs;
-            # a join reaching a full handshake is a protocol error (W7).
+            # a join reaching a full handshake is a protocol error (design: Joins).
             raise IllegalParameter("tcpls_join in a ClientHello that starts a new session")
         if cp.tcpls in received:
             decode_tcpls(received[cp.tcpls])

@@ -30,7 +30,7 @@ class HandshakeCompleted:
     """The handshake finished; application data may flow.
 
     ``tcpls`` says whether TCPLS was negotiated (otherwise the connection is
-    plain TLS 1.3, W17). ``token`` is the ``tcpls_token`` a client received.
+    plain TLS 1.3, design: Fallback). ``token`` is the ``tcpls_token`` a client received.
     ``joined`` is true for a connection joined to an existing session.
     """
 
@@ -71,7 +71,8 @@ class TransportEnded:
     """The TCP connection delivered EOF after the handshake.
 
     ``close_notify_received`` tells a clean end (``close_notify`` came first)
-    from a truncation; what a bare EOF means is the session's decision (W11, W20).
+    from a truncation; what a bare EOF means is the session's decision
+    (design: Failure detection, Closing).
     """
 
     close_notify_received: bool

@@ -1,4 +1,4 @@
-"""Hello messages of a TCPLS join (draft-04 §4.2.1, DECISIONS W7), and a light ClientHello parse.
+"""Hello messages of a TCPLS join (draft-04 §4.2.1, design: Joins), and a light ClientHello parse.
 
 A server must know whether a new TCP connection starts a session or joins one
 before it runs a handshake: :func:`parse_client_hello` reads just what that

@@ -7,7 +7,7 @@ no handshake state and no streams.
   TCP connections of a TCPLS session share the same keys.
 * :class:`RecordProtection` seals or opens records for one direction of one TCP
   connection. It owns the implicit record sequence number and builds the nonce
-  ``iv XOR (connection_id << 64) XOR sequence`` (draft-04 §4.3, DECISIONS W6).
+  ``iv XOR (connection_id << 64) XOR sequence`` (draft-04 §4.3, design: Record nonce).
   With connection ID 0 this is exactly RFC 8446 §5.3.
 * :class:`RecordReader` cuts a byte stream into records. It owns one receive
   buffer that an ``asyncio.BufferedProtocol`` can fill in place
@@ -143,7 +143,7 @@ class RecordProtection:
 
     ``sequence`` is the implicit record sequence number: it starts at 0 and is
     incremented by every record sealed or opened. The nonce is
-    ``iv XOR (connection_id << 64) XOR sequence`` (DECISIONS W6).
+    ``iv XOR (connection_id << 64) XOR sequence`` (design: Record nonce).
     """
 
     __slots__ = ("_aead", "_base", "connection_id", "keys", "sequence")
@@ -254,7 +254,7 @@ class RecordReader:
     record being read, and doubles, up to ``max_capacity``, whenever a read fills
     all the space offered, so a busy connection reads up to 256 KiB per system
     call. :meth:`trim` gives it back while nothing is pending (an idle
-    connection holds no buffer; *Idle memory* in docs/design.md).
+    connection holds no buffer; design: Idle memory).
     """
 
     __slots__ = ("_buf", "_end", "_need", "_offered", "_start", "_view", "max_capacity")

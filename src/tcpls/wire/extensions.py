@@ -1,4 +1,6 @@
-"""TCPLS TLS extensions: codepoints and bodies (draft-04 §5.1, DECISIONS W1, W2).
+"""TCPLS TLS extensions: codepoints and bodies (draft-04 §5.1).
+
+See the design notes: Extension codepoints, Token encoding, Extension placement.
 
 ``tcpls`` is empty; ``tcpls_join`` and ``tcpls_token`` carry one 32-byte token,
 sent as one length byte (always 32) followed by the token. A receiver also
@@ -25,7 +27,7 @@ TOKEN_SIZE = 32
 
 @dataclass(frozen=True, slots=True)
 class ExtensionCodepoints:
-    """The TLS extension types used for TCPLS (the draft leaves them TBD; W1)."""
+    """The TLS extension types used for TCPLS (design: Extension codepoints)."""
 
     tcpls: int = 100
     tcpls_join: int = 101

@@ -1,4 +1,7 @@
-"""TCPLS frames (draft-piraux-tcpls-04 §5.2; DECISIONS W3, W4, W5, W14, W18, W19).
+"""TCPLS frames (draft-piraux-tcpls-04 §5.2).
+
+See the design notes: Frame layout, Stream frames, Records, Alerts, Addresses, Stream
+Change and Padding.
 
 Layout
 ======
@@ -41,13 +44,14 @@ Two consequences of backward parsing are worth knowing:
   ``Padding(length=n)`` value without a Python loop per byte, and ``encode_frame(Padding(n))``
   writes ``n`` zero bytes, so a parsed record re-encodes to the same bytes.
 
-Errors (W14): an unknown frame type, a truncated frame or a Stream length larger than the
-bytes before its header raises :class:`~tcpls.errors.DecodeError` (``decode_error``); a New
-Address with a version other than 4 or 6 raises :class:`~tcpls.errors.IllegalParameter`
-(``illegal_parameter``). Encoding functions validate the values given by local code and
-raise :class:`ValueError` (or :class:`TypeError` for a value of the wrong type), except the
-two data-path helpers :func:`encode_stream_header` and :func:`write_stream_header_into`,
-which leave range checking to :mod:`struct`.
+Errors (design: Alerts): an unknown frame type, a truncated frame or a Stream length larger
+than the bytes before its header raises :class:`~tcpls.errors.DecodeError`
+(``decode_error``); a New Address with a version other than 4 or 6 raises
+:class:`~tcpls.errors.IllegalParameter` (``illegal_parameter``). Encoding functions
+validate the values given by local code and raise :class:`ValueError` (or
+:class:`TypeError` for a value of the wrong type), except the two data-path helpers
+:func:`encode_stream_header` and :func:`write_stream_header_into`, which leave range
+checking to :mod:`struct`.
 
 Frame values are :class:`typing.NamedTuple` instances. Unlike plain tuples, two frames are
 equal only if they have the same type *and* the same fields (``Ack(0, 5)`` is not equal to
@@ -117,11 +121,11 @@ class FrameType(IntEnum):
     STREAM_CHANGE = 0x09
 
 
-#: Most bytes of frames in one record: the TLS 1.3 plaintext limit, 2**14 (W5).
+#: Most bytes of frames in one record: the TLS 1.3 plaintext limit, 2**14 (design: Records).
 MAX_RECORD_PAYLOAD = 16384
 #: Bytes of a Stream frame besides its data: Length(2) Offset(8) Stream ID(4) Type(1).
 STREAM_HEADER_SIZE = 15
-#: Most stream bytes in one record, when the Stream frame is alone in it (W5).
+#: Most stream bytes in one record, when the Stream frame is alone in it (design: Records).
 MAX_STREAM_DATA = MAX_RECORD_PAYLOAD - STREAM_HEADER_SIZE
 #: Size of one Padding frame; a ``Padding(length=n)`` value stands for ``n`` of them.
 PADDING_SIZE = 1
@@ -194,7 +198,7 @@ class StreamFrame(NamedTuple):
     """A Stream frame (type 0x02, or 0x03 when ``fin``): ``data`` at ``offset`` of a stream.
 
     With ``fin`` the stream's final size is ``offset + len(data)``; a zero-length Stream frame
-    with FIN is legal (W4).
+    with FIN is legal (design: Stream frames).
 
     ``data`` as returned by :func:`parse_frames` is a ``memoryview`` slice of the record when
     the record was given as a ``memoryview`` (no copy: the caller must copy the data before the
@@ -313,7 +317,7 @@ def _frame_hash(self: tuple[object, ...]) -> int:
 
 # A named tuple compares and hashes like a plain tuple, which would make Ack(0, 5) equal to
 # StreamChange(0, 5) and RemoveAddress(1) equal to ConnectionReset(1). Frames are kept in
-# sets and dicts (retransmission, W10), so equality includes the frame type.
+# sets and dicts (retransmission, design: Retransmission), so equality includes the frame type.
 for _cls in _FRAME_CLASSES:
     _cls.__eq__ = _frame_eq  # type: ignore[method-assign]
     _cls.__ne__ = _frame_ne  # type: ignore[assignment]
@@ -367,7 +371,7 @@ def is_ack_eliciting(frame: Frame) -> bool:
 
 
 def is_retransmittable(frame: Frame) -> bool:
-    """Whether ``frame`` is sent again when its record is lost (W10).
+    """Whether ``frame`` is sent again when its record is lost (design: Retransmission).
 
     Stream, New Token, New Address, Remove Address and Connection Reset are; Padding, ACK,
     Stream Change (connection-specific) and Ping (a probe of one connection) are not.
