@@ -187,3 +187,34 @@ def test_a_full_stream_pauses_reading_by_its_real_memory(pki: DevPKI) -> None:
     assert h.server.reading_paused
     assert h.server.read(0) == b"z" * 500
     assert not h.server.reading_paused
+
+
+# ----------------------------------------------------------------- key usage limits
+
+
+def test_a_tcpls_session_closes_before_its_key_usage_limit(pki: DevPKI) -> None:
+    h = established(pki)
+    assert h.client._aead_limit == 1 << 24  # AES-GCM
+    h.client._aead_limit = h.client.records_sealed + 5
+    sid = h.client.open_stream()
+    for _ in range(20):
+        h.client.send(sid, b"r" * 16000)
+    h.run_until(lambda: h.server.peer_closed, limit=5)
+    # what was written before the limit still arrived: the close is graceful
+    assert len(h.server.read(sid)) == 20 * 16000
+    h.server.close()
+    h.run_until(lambda: h.client.closed and h.server.closed, limit=5)
+    assert "records under one key" in str(h.client.error)
+
+
+def test_plain_tls_changes_its_keys_at_the_limit(pki: DevPKI) -> None:
+    h = Harness(pki, client_tcpls=False)
+    h.pump()
+    h.client._aead_limit = 3
+    for i in range(10):
+        h.client.send(0, bytes([i]) * 20000)
+        h.pump()
+    assert h.server.read(0) == b"".join(bytes([i]) * 20000 for i in range(10))
+    protection = h.client.connections[0].tls.write_protection
+    assert protection is not None and protection.sequence <= 3
+    assert not h.client.closed

@@ -12,12 +12,13 @@ else pending takes a tight loop (:meth:`_fill_bulk`).
 
 from __future__ import annotations
 
+import logging
 import struct
 
 from tcpls.core.connection import Connection, ConnectionStatus, StreamRef
 from tcpls.core.state import SessionBase
 from tcpls.core.streams import Stream
-from tcpls.errors import TCPLSError
+from tcpls.errors import ConnectionClosedError, TCPLSError
 from tcpls.wire.frames import (
     STREAM_HEADER_SIZE,
     Ack,
@@ -33,6 +34,8 @@ from tcpls.wire.frames import (
 )
 
 __all__ = ["SendingMixin"]
+
+logger = logging.getLogger(__name__)
 
 _RETRANSMITTED_CONTROL = (NewToken, NewAddress, RemoveAddress, ConnectionReset)
 _ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type (design: Frame layout)
@@ -84,6 +87,8 @@ class SendingMixin(SessionBase):
             try:
                 if self.tcpls:
                     self._fill_tcpls(conn, budget)
+                    if self.records_sealed >= self._aead_limit:
+                        self._key_limit_reached()
                 else:
                     self._fill_plain(conn, budget)
                 if self._close_requested and self._flushed():
@@ -102,9 +107,28 @@ class SendingMixin(SessionBase):
             self._trimmed = False
         return data
 
+    def _key_limit_reached(self) -> None:
+        """TCPLS: the session's write key sealed as many records as it safely may.
+
+        All the connections of a session share its keys and TCPLS has no KeyUpdate:
+        the session closes, gracefully, before the key's usage limit (design: Key
+        usage limits). Plain TLS updates its keys instead (:meth:`_fill_plain`).
+        """
+        if self._close_requested:
+            return
+        logger.info("closing a session whose key sealed %d records", self.records_sealed)
+        self._close_error = ConnectionClosedError(
+            f"the session sent {self.records_sealed} records under one key, the most "
+            "TLS 1.3 allows for its cipher; a new session is needed"
+        )
+        self.close()
+
     def _fill_plain(self, conn: Connection, budget: int) -> None:
         stream = self.streams[0]
         tls = conn.tls
+        protection = tls.write_protection
+        if protection is not None and protection.sequence >= self._aead_limit:
+            tls.key_update(False)  # plain TLS changes its keys (design: Key usage limits)
         pending = stream.send.end - stream.send_next
         if pending:
             n = min(pending, budget)
@@ -117,6 +141,7 @@ class SendingMixin(SessionBase):
                 stream.send.copy_into(offset, chunk, view)
                 tls.seal_staged(chunk)
                 conn.records_sent += 1
+                self.records_sealed += 1
                 offset += chunk
             stream.on_acked(stream.send_next, n, False)
             stream.send_next = end
@@ -163,6 +188,7 @@ class SendingMixin(SessionBase):
             else:
                 self._stream_acked(stream, offset, n, fin)
         conn.records_sent += sent
+        self.records_sealed += sent
         self._sent_new(stream.send_next - first)
         if not stream.has_data_to_send:
             self._sendable.pop(sid, None)
@@ -228,6 +254,7 @@ class SendingMixin(SessionBase):
                 return
             seq = tls.seal_staged(pos)
             conn.records_sent += 1
+            self.records_sealed += 1
             if conn.ping_pending:
                 conn.ping_pending = False
                 conn.ping_sent_at = now
@@ -265,6 +292,7 @@ class SendingMixin(SessionBase):
         if pos:
             conn.tls.seal_staged(pos, False)
             conn.records_sent += 1
+            self.records_sealed += 1
 
     def _control_frames_for(self, conn: Connection, now: float, usable: bool) -> list[Frame]:
         frames: list[Frame] = []

@@ -71,6 +71,7 @@ from tcpls.tls.events import (
     SessionTicketReceived,
     TransportEnded,
 )
+from tcpls.tls.record import aead_record_limit
 from tcpls.wire.frames import (
     Ack,
     ConnectionReset,
@@ -318,6 +319,7 @@ class Session(ReceivingMixin, SendingMixin):
         self.tcpls = event.tcpls
         self.state = SessionState.ESTABLISHED
         self._app_keys = conn.tls.traffic_keys()
+        self._aead_limit = aead_record_limit(self._app_keys[1].cipher_suite)
         self.handshake_engine = conn.tls.engine
         if event.token is not None and self.is_client:
             self.tokens[1] = event.token

@@ -95,6 +95,10 @@ class SessionBase:
         self.send_pending_total = 0
         #: drain() waits on the session's send budget until half of it left.
         self._send_full = False
+        #: Records sealed with the session's application keys, over all connections,
+        #: and how many its cipher may seal safely (design: Key usage limits).
+        self.records_sealed = 0
+        self._aead_limit: int | float = float("inf")
         #: Streams the peer opened that are not gone yet.
         self._peer_open = 0
         #: Reading is paused because the unread data of all streams exceeds the budget.
@@ -154,6 +158,9 @@ class SessionBase:
         raise NotImplementedError
 
     def remove_connection(self, connection_id: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
         raise NotImplementedError
 
     def _stream_acked(self, stream: Stream, offset: int, length: int, fin: bool) -> None:

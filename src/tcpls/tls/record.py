@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from tcpls.errors import BadRecordMac, DecodeError, NotTLSError, RecordOverflow, UnexpectedMessage
 
 __all__ = [
+    "AES_GCM_RECORD_LIMIT",
     "HEADER_SIZE",
     "MAX_CIPHERTEXT",
     "MAX_PLAINTEXT",
@@ -45,6 +46,7 @@ __all__ = [
     "RecordReader",
     "RecordWriter",
     "TrafficKeys",
+    "aead_record_limit",
     "describe_bytes",
     "hkdf_expand_label",
     "scratch",
@@ -89,6 +91,19 @@ _SUITES: dict[int, tuple[int, type[hashes.HashAlgorithm], type[AESGCM | ChaCha20
 }
 
 IV_SIZE: Final = 12
+
+
+#: Records one key may seal (RFC 8446 §5.5): AES-GCM allows 2^24.5 full-size records for a
+#: safety margin of 2^-57; tcpls stops at 2^24, leaving room to close. ChaCha20-Poly1305's
+#: limit (2^62) is out of reach.
+AES_GCM_RECORD_LIMIT: Final = 1 << 24
+
+
+def aead_record_limit(suite: int) -> int | float:
+    """How many records one key of ``suite`` may seal before it must change."""
+    if suite in (CipherSuite.AES_128_GCM_SHA256, CipherSuite.AES_256_GCM_SHA384):
+        return AES_GCM_RECORD_LIMIT
+    return float("inf")
 
 
 def suite_hash(suite: int) -> hashes.HashAlgorithm:
