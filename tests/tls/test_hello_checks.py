@@ -284,3 +284,12 @@ def test_too_much_declined_early_data_is_refused(pki: DevPKI) -> None:
     pending.session.poll_connection(0, 0.0)
     assert pending.session.closed
     assert isinstance(pending.session.error, BadRecordMac)
+
+
+def test_a_client_hello_larger_than_64_kib_is_refused_early(pki: DevPKI) -> None:
+    pending = _endpoint(pki).new_connection()
+    body = b"\x01" + (100_000).to_bytes(3, "big") + bytes(16000)
+    pending.tls.receive_data(b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body)
+    failure = _failure(pending.tls)
+    assert "too large" in str(failure.error)
+    assert pending.tls.buffer_memory < 64 * 1024  # it never buffered the announced size

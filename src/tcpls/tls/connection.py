@@ -99,6 +99,8 @@ logger = logging.getLogger(__name__)
 
 CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
 MAX_HANDSHAKE_MESSAGE = 256 * 1024
+#: Largest ClientHello a server reads: before it, a connection belongs to no session.
+MAX_CLIENT_HELLO = 64 * 1024
 #: Bytes of early data records a server that declines early data skips (RFC 8446 §4.2.10).
 MAX_SKIPPED_EARLY_DATA = 64 * 1024
 _ALERT_WARNING = 1
@@ -153,7 +155,10 @@ class TLSConnection:
         #: The error that closed the connection, if any.
         self.error: TCPLSError | None = None
 
-        self._reader = RecordReader(receive_buffer_size)
+        # One record at a time until the handshake is done (a stranger's connection
+        # holds little); then up to receive_buffer_size per read.
+        self._reader = RecordReader(0)
+        self._receive_buffer_size = receive_buffer_size
         self._writer = RecordWriter()
         self._events: deque[Event] = deque()
         self._received = bytearray()
@@ -492,6 +497,7 @@ class TLSConnection:
         self.cipher_suite = write_keys.cipher_suite
         self.tcpls = True
         self.joined = True
+        self._reader.max_capacity = max(self._reader.max_capacity, self._receive_buffer_size)
         self.state = ConnectionState.ESTABLISHED
         self._hold_input = True
         self._events.append(
@@ -711,7 +717,10 @@ class TLSConnection:
         buf += fragment
         while len(buf) >= 4:
             length = int.from_bytes(buf[1:4], "big")
-            if length > MAX_HANDSHAKE_MESSAGE:
+            limit = MAX_HANDSHAKE_MESSAGE
+            if not self.is_client and self.engine is None and self._join_keys is None:
+                limit = MAX_CLIENT_HELLO  # no session yet: a stranger's first message
+            if length > limit:
                 raise DecodeError(f"handshake message of {length} bytes is too large")
             if len(buf) < 4 + length:
                 return
@@ -789,6 +798,7 @@ class TLSConnection:
 
     def _complete_handshake(self, engine: HandshakeEngine) -> None:
         self.state = ConnectionState.ESTABLISHED
+        self._reader.max_capacity = max(self._reader.max_capacity, self._receive_buffer_size)
         self._engine_factory = None  # needed for the ClientHello only
         engine.detach()
         self._hold_input = True
