@@ -29,7 +29,7 @@ reassembly backlog at the window's edges (several MB with deep send queues, i.e.
 The report gives, per scenario and record size, the median goodput of
 each mode, ``ratio = both / (A + B)`` and the target, plus what explains a miss: the bytes
 each connection carried in the window (client's ``bytes_received``), the out-of-order bytes
-the client held for reassembly (sampled every 20 ms: ``reassembly_held`` of the session
+the client held for reassembly (sampled every 20 ms: ``reassembly_bytes`` of the session
 core), the RTT/cwnd of every connection (``TCP_INFO``) on both ends, and the server's
 per-connection counters when each stream ended.
 
@@ -179,7 +179,7 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
     async def sample() -> None:
         while True:
             per_conn = {c.id: c.bytes_received for c in session.connections}
-            samples.append((time.monotonic(), per_conn, core.reassembly_held, total))
+            samples.append((time.monotonic(), per_conn, core.reassembly_bytes, total))
             await asyncio.sleep(SAMPLE_EVERY)
 
     sampler = asyncio.ensure_future(sample())

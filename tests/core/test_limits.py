@@ -218,3 +218,11 @@ def test_plain_tls_changes_its_keys_at_the_limit(pki: DevPKI) -> None:
     protection = h.client.connections[0].tls.write_protection
     assert protection is not None and protection.sequence <= 3
     assert not h.client.closed
+
+
+def test_reassembly_bytes_counts_bytes_not_memory(pki: DevPKI) -> None:
+    h = established(pki)
+    inject(h, h.client, h.server, [StreamFrame(0, 1000, b"a" * 300)])
+    inject(h, h.client, h.server, [StreamFrame(0, 1200, b"b" * 300)])  # overlaps by 100
+    assert h.server.reassembly_bytes == 500
+    assert h.server.reassembly_held > 500

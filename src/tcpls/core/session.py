@@ -617,6 +617,14 @@ class Session(ReceivingMixin, SendingMixin):
             self._send_full = True
         return self._send_full
 
+    @property
+    def reassembly_bytes(self) -> int:
+        """Stream bytes held out of order now, over all streams (for measurements).
+
+        :attr:`reassembly_held` is what they cost in memory, which is what limits use.
+        """
+        return sum(stream.recv.held_bytes for stream in self.streams.values())
+
     def memory_use(self) -> int:
         """An estimate of the memory this session holds, in bytes (for a server's budget).
 

@@ -103,6 +103,11 @@ class RangeSet:
         return out
 
     @property
+    def total(self) -> int:
+        """How many integers the ranges cover."""
+        return sum(self._ends) - sum(self._starts)
+
+    @property
     def end(self) -> int:
         """The end of the last range (0 when empty)."""
         return self._ends[-1] if self._ends else 0
@@ -266,6 +271,11 @@ class ReceiveBuffer:
     def memory(self) -> int:
         """What the chunks held by this buffer cost in memory, in bytes."""
         return self.buffered + self.held
+
+    @property
+    def held_bytes(self) -> int:
+        """Stream bytes held out of order (their count, not their memory)."""
+        return self._ranges.total
 
     @property
     def at_eof(self) -> bool:
