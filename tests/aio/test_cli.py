@@ -5,30 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tcpls.devcert import DevPKI
+from tests.aio.cli_util import TCPLS, start_server
 from tests.helpers import free_port, wait_port
-
-TCPLS = [sys.executable, "-m", "tcpls"]
 
 
 def _echo_server(
     pki: DevPKI, *extra: str, stderr: int = subprocess.PIPE
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``tcpls serve --echo`` on a free loopback port, listening when this returns."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
-         "--host", "127.0.0.1", "--port", str(port), "--echo", *extra],
-        stderr=stderr,
-    )  # fmt: skip
-    wait_port(port, proc=proc)  # type: ignore[arg-type]
-    return proc, port
+    return start_server(pki, "--echo", *extra, stderr=stderr)
 
 
 @pytest.fixture

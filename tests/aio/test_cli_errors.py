@@ -27,25 +27,14 @@ from tcpls.errors import (
     PeerAlert,
     TCPLSError,
 )
+from tests.aio.cli_util import TCPLS, running_server
 from tests.helpers import free_port, wait_port
-
-TCPLS = [sys.executable, "-m", "tcpls"]
 
 
 @pytest.fixture
 def echo_port(pki: DevPKI) -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
-         "--host", "127.0.0.1", "--port", str(port), "--echo"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_port(port, proc=proc)
+    with running_server(pki, "--echo") as port:
         yield port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import pytest
 
 import tcpls
 from tcpls.devcert import DevPKI
-from tests.helpers import ThreadServer, free_port, wait_port
+from tests.aio.cli_util import TCPLS, running_server, start_server
+from tests.helpers import ThreadServer
 
-TCPLS = [sys.executable, "-m", "tcpls"]
 OLD = b"the previous version of the file\n"
 
 
@@ -32,14 +31,8 @@ def files(tmp_path: Path) -> Path:
 @pytest.fixture
 def file_server(pki: DevPKI, files: Path) -> Iterator[int]:
     """``tcpls serve --files`` on a free loopback port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
-         "--host", "127.0.0.1", "--port", str(port), "--files", str(files)],
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    proc, port = start_server(pki, "--files", str(files), stderr=subprocess.PIPE)
     try:
-        wait_port(port, proc=proc)
         yield port
     finally:
         proc.send_signal(signal.SIGINT)
@@ -119,18 +112,8 @@ def test_missing_file_creates_no_destination(
 
 
 def test_not_a_file_server(pki: DevPKI, tmp_path: Path) -> None:
-    port = free_port()
-    echo = subprocess.Popen(
-        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
-         "--host", "127.0.0.1", "--port", str(port), "--echo"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_port(port, proc=echo)
+    with running_server(pki, "--echo") as port:
         line = _one_clean_line(_get(pki, port, "/data.bin", tmp_path / "out.bin"))
-    finally:
-        echo.kill()
-        echo.wait()
     assert line.startswith(f"tcpls: 127.0.0.1:{port} is not a tcpls file server (")
     assert not (tmp_path / "out.bin").exists()
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -16,25 +15,14 @@ import pytest
 import tcpls
 from tcpls.devcert import DevPKI
 from tcpls.perf import ACCEPTED, MAGIC, NotAPerfServer, PerfRefused, PerfTimeout, run_client
-from tests.helpers import free_port, openssl_server, wait_port
-
-TCPLS = [sys.executable, "-m", "tcpls"]
+from tests.aio.cli_util import TCPLS, running_server
+from tests.helpers import openssl_server
 
 
 @pytest.fixture
 def echo_server(pki: DevPKI) -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
-         "--host", "127.0.0.1", "--port", str(port), "--echo"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_port(port, proc=proc)
+    with running_server(pki, "--echo") as port:
         yield port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _perf(pki: DevPKI, port: int, *extra: str) -> tuple[subprocess.CompletedProcess[bytes], float]:

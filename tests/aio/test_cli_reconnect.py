@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from tcpls.devcert import DevPKI
-from tests.helpers import free_port, wait_port
+from tests.aio.cli_util import TCPLS, start_server
 
-TCPLS = [sys.executable, "-m", "tcpls"]
 RECONNECTING = "tcpls: every connection to the server failed; reconnecting for up to 2 s"
 
 
@@ -37,14 +35,7 @@ class _Lines:
 
 
 def _server(pki: DevPKI, *mode: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
-         "--host", "127.0.0.1", "--port", str(port), *mode],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    wait_port(port, proc=proc)
-    return proc, port
+    return start_server(pki, *mode)
 
 
 @pytest.fixture
