@@ -118,3 +118,17 @@ def test_idle_connections_give_their_buffers_back(pki: DevPKI) -> None:
     h.client.send(sid, b"more")
     h.pump()
     assert h.server.read(sid) == b"more"
+
+
+def test_closing_a_long_idle_session_starts_its_deadline_now(pki: DevPKI) -> None:
+    """The core's clock only moves with input and timers: close() takes the time."""
+    h = established(pki, tuning=SessionTuning(close_timeout=10.0))
+    h.advance(2.0)  # buffers given back: no timer left until the idle timeout
+    later = h.now + 60.0
+    h.now = later
+    h.client.close(later)
+    h.server.close(later)
+    h.client.handle_timer(later)
+    assert not h.client.closed  # the close deadline is 10 s from now, not from the past
+    h.pump()
+    assert h.client.closed and h.client.error is None

@@ -542,7 +542,7 @@ class Session:
 
         See *Closing* in the design notes (design: Closing).
         """
-        self._core.close()
+        self._core.close(self._loop.time())
         self._process()
 
     def abort(self) -> None:
@@ -768,11 +768,11 @@ class Session:
             if blocked and not protocol.user_timeout_relaxed:
                 set_user_timeout(sock, max(ZERO_WINDOW_TIMEOUT, timeout))
                 protocol.user_timeout_relaxed = True
-                self._core.set_flow_blocked(cid, True)
+                self._core.set_flow_blocked(cid, True, self._loop.time())
             elif not blocked and protocol.user_timeout_relaxed:
                 set_user_timeout(sock, timeout)
                 protocol.user_timeout_relaxed = False
-                self._core.set_flow_blocked(cid, False)
+                self._core.set_flow_blocked(cid, False, self._loop.time())
             conn = self._core.connections.get(cid)
             if protocol.user_timeout_relaxed or cid in self._paused or (conn and conn.sent_log):
                 active = True

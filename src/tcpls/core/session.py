@@ -807,8 +807,12 @@ class Session(ReceivingMixin, SendingMixin):
             else:
                 conn.last_receive = max(conn.last_receive, now)
 
-    def set_flow_blocked(self, connection_id: int, blocked: bool) -> None:
+    def set_flow_blocked(
+        self, connection_id: int, blocked: bool, now: float | None = None
+    ) -> None:
         """The I/O layer saw the peer's TCP window closed (or open again) on a connection."""
+        if now is not None:
+            self.now = now
         conn = self.connections.get(connection_id)
         if conn is not None:
             conn.flow_blocked = blocked
@@ -817,8 +821,11 @@ class Session(ReceivingMixin, SendingMixin):
 
     # ------------------------------------------------------------------ closing
 
-    def close(self) -> None:
+    def close(self, now: float | None = None) -> None:
         """Close gracefully: flush and wait for ACKs, then ``close_notify`` everywhere.
+
+        ``now`` starts the close deadline; without it, the time of the last input or
+        timer is used.
 
         (design: Closing)
         """
@@ -831,6 +838,8 @@ class Session(ReceivingMixin, SendingMixin):
             self._set_closed(None)
             return
         self.state = SessionState.CLOSING
+        if now is not None:
+            self.now = now
         self._close_deadline = self.now + self.tuning.close_timeout
         # close_notify goes out from transmit(), after the ACKs we still owe (design: ACK policy)
         self._maybe_closed()

@@ -432,7 +432,7 @@ class TLSConnection:
         self.hello_check = None
         self._engine_factory = None
         if self.engine is not None:
-            self.engine.detach()
+            self.engine.detach(ended=True)
 
     def trim(self) -> None:
         """Give back the record buffers while nothing is pending (an idle connection)."""

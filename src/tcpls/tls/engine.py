@@ -115,6 +115,12 @@ def _noop_secret(is_write: bool, epoch: Epoch, suite: CipherSuite, secret: bytes
     return None
 
 
+def _noop_traffic_key(
+    direction: tls.Direction, epoch: tls.Epoch, suite: tls.CipherSuite, secret: bytes
+) -> None:
+    return None
+
+
 class SessionTicket:
     """A TLS 1.3 session ticket a client can use to resume (PSK, no 0-RTT).
 
@@ -331,13 +337,22 @@ class HandshakeEngine:
         """The traffic secret of one direction and epoch, once installed."""
         return self._secrets.get((is_write, epoch))
 
-    def detach(self) -> None:
-        """Drop the callbacks into the owners (token provider, secrets): the handshake is over.
+    def detach(self, *, ended: bool = False) -> None:
+        """Drop the callbacks into the owners: the handshake is over (or the session ended).
 
-        They would otherwise form reference cycles that keep a finished session alive.
+        They would otherwise form reference cycles (the engine and its handshake
+        context, the engine and its connection) that keep a finished session alive
+        until a garbage collection. A client keeps the session-ticket callback until
+        its session ends: tickets come after the handshake.
         """
         self._token_provider = None
         self._on_secret = _noop_secret
+        ctx = self._ctx
+        ctx.update_traffic_key_cb = _noop_traffic_key
+        ctx.alpn_cb = None
+        if ended or not self.is_client:
+            ctx.new_session_ticket_cb = None
+            ctx.get_session_ticket_cb = None
 
     # -- driving -------------------------------------------------------------
 
