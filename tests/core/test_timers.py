@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from tcpls.config import SessionTuning
 from tcpls.devcert import DevPKI
+from tcpls.wire.frames import Ping
 from tests.core.harness import Harness
-from tests.core.util import established
+from tests.core.util import Tap, established
 
 
 def test_a_due_ack_that_cannot_be_sent_does_not_rearm_its_timer(pki: DevPKI) -> None:
@@ -112,8 +113,11 @@ def test_idle_connections_give_their_buffers_back(pki: DevPKI) -> None:
     assert reader.capacity > 0
     h.advance(0.5)
     assert reader.capacity > 0
-    h.advance(1.0)
+    for _ in range(8):  # a second without data, then the last probes of the receiver
+        h.advance(1.0)
+    h.advance(0.1)
     assert reader.capacity == 0
+    assert h.server.connections[0].tls.buffer_memory == 0
     assert h.server.read(sid) == b"x" * 300_000
     h.client.send(sid, b"more")
     h.pump()
@@ -132,3 +136,36 @@ def test_closing_a_long_idle_session_starts_its_deadline_now(pki: DevPKI) -> Non
     assert not h.client.closed  # the close deadline is 10 s from now, not from the past
     h.pump()
     assert h.client.closed and h.client.error is None
+
+
+def test_a_receiver_notices_a_path_that_died_in_a_transfer(pki: DevPKI) -> None:
+    """Only receiving, the client has nothing unacknowledged; when its data stops in the
+    middle of a transfer it probes, so a dead path is noticed (and a client can rejoin)."""
+    tuning = SessionTuning(ping_after=0.5, ping_timeout=0.5)
+    h = established(pki, tuning=tuning)
+    sid = h.client.open_stream()
+    h.client.send(sid, b"GET")
+    h.pump()
+    h.server.send(sid, b"d" * 200_000)  # no FIN: more is to come
+    h.pump()
+    h.advance(0.05)  # everything acknowledged
+    assert not h.client.connections[0].sent_log
+    h.cut(h.links[0], "blackhole")
+    for _ in range(20):
+        h.advance(0.1)
+    assert 0 not in h.client.connections  # declared failed after ping_after + ping_timeout
+
+
+def test_a_quiet_receiver_stops_probing(pki: DevPKI) -> None:
+    h = established(pki)
+    sid = h.client.open_stream()
+    h.client.send(sid, b"GET")
+    h.pump()
+    h.server.send(sid, b"d" * 1000)
+    h.pump()
+    tap = Tap(h)
+    for _ in range(30):
+        h.advance(1.0)
+    pings = [f for r in tap.sent_by("client") for f in r.frames if isinstance(f, Ping)]
+    assert 1 <= len(pings) <= 6  # a few probes after the data stopped, then none
+    assert h.client.next_deadline() is None or h.client.next_deadline() > h.now + 60

@@ -258,6 +258,10 @@ class Session:
         #: Where this client connected or joined, for rejoining (break-before-make).
         self._join_targets: list[tuple[str, int, tuple[str, int] | None]] = []
         self._rejoin_task: asyncio.Task[None] | None = None
+        #: Addresses whose connections failed since the last rejoin (tried last).
+        self._failed_targets: set[tuple[str, int]] = set()
+        #: Addresses a join is under way to (a rejoin does not try them again meanwhile).
+        self._joining: set[tuple[str, int]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._multipath_buffers = False
         if core.is_client:
@@ -417,6 +421,10 @@ class Session:
         protocol = ConnectionProtocol(self, cid)
         waiter: asyncio.Future[TCPLSError | None] = self._loop.create_future()
         self._join_waiters[cid] = waiter
+        if (host, port, local_addr) not in self._join_targets:
+            # kept even if this attempt fails: the address may work again for a rejoin
+            self._join_targets.append((host, port, local_addr))
+        self._joining.add((host, port))
         try:
             try:
                 async with asyncio.timeout(timeout):
@@ -432,7 +440,6 @@ class Session:
                 if isinstance(exc, TimeoutError):
                     raise TimeoutError(f"timed out connecting to {host}:{port}") from None
                 raise
-            self._join_targets.append((host, port, local_addr))
             tls.start()
             self._process()
             try:
@@ -446,6 +453,7 @@ class Session:
                 raise TimeoutError(f"joining {host}:{port} timed out") from None
         finally:
             self._join_waiters.pop(cid, None)
+            self._joining.discard((host, port))
         if error is not None:
             raise _about_join(error, host, port)
         return self._info(cid)
@@ -779,6 +787,13 @@ class Session:
         if active:
             self._start_flow_guard()
 
+    def _has_working_connection(self) -> bool:
+        """Whether a connection carries the session (joins still in their hello do not)."""
+        return any(
+            c.status in (ConnectionStatus.ACTIVE, ConnectionStatus.DRAINING)
+            for c in self._core.connections.values()
+        )
+
     def _withdrawn(self, host: str, port: int) -> bool:
         """Whether the server withdrew ``host:port`` (Remove Address)."""
         withdrawn = self._core.withdrawn_addresses
@@ -803,19 +818,28 @@ class Session:
         deadline = self._loop.time() + limit
         attempt_timeout = max(1.0, 2 * (self._user_timeout() or 1.0))
         logger.warning("every connection to the server failed; reconnecting for up to %g s", limit)
-        while not core.connections and not core.closed:
+        while not self._has_working_connection() and not core.closed:
             targets: list[tuple[str, int, tuple[str, int] | None]] = [
                 (host, port, None) for host, port in core.peer_addresses.values()
             ]
             targets += [t for t in reversed(self._join_targets) if t not in targets]
             targets = [t for t in targets if not self._withdrawn(t[0], t[1])]
-            for host, port, local in targets:
+            # not where a join is under way; the addresses that just failed come last
+            ready = [t for t in targets if (t[0], t[1]) not in self._joining]
+            ready.sort(key=lambda t: (t[0], t[1]) in self._failed_targets)
+            for host, port, local in ready:
                 remaining = deadline - self._loop.time()
-                if core.closed or core.connections or not core.tokens or remaining <= 0:
+                if (
+                    core.closed
+                    or self._has_working_connection()
+                    or not core.tokens
+                    or remaining <= 0
+                ):
                     break
                 try:
                     await self.join(host, port, local, timeout=min(attempt_timeout, remaining))
                     logger.warning("reconnected to %s:%d; the session goes on", host, port)
+                    self._failed_targets.clear()
                     return
                 except (OSError, TimeoutError, TCPLSError) as exc:
                     logger.info("reconnecting over %s:%d failed: %s", host, port, exc)
@@ -877,7 +901,13 @@ class Session:
                     if not removal.done():
                         removal.set_result(None)
                 self._removal_waiters.clear()
-                if core.is_client and not core.connections and not core.closed:
+                if event.error is not None and protocol is not None:
+                    peer = _address(
+                        protocol.transport and protocol.transport.get_extra_info("peername")
+                    )
+                    if peer is not None:
+                        self._failed_targets.add(peer)
+                if core.is_client and not self._has_working_connection() and not core.closed:
                     self._start_rejoin()
             elif isinstance(event, PeerClosed):
                 self._incoming.put_nowait(None)  # the peer opens no more streams

@@ -53,6 +53,7 @@ class Connection:
         "expected_stream_change",
         "flow_blocked",
         "id",
+        "last_data",
         "last_receive",
         "local_address",
         "peer_acked",
@@ -82,6 +83,8 @@ class Connection:
         self.ack_deadline: float | None = None
         self.ack_now = False
         self.last_receive = 0.0
+        #: When a record with stream data last arrived (``None``: never).
+        self.last_data: float | None = None
         self.expected_stream_change: tuple[int, int] | None = None
         # send side
         self.records_sent = 0
@@ -106,6 +109,24 @@ class Connection:
         """Sequence number of the last record that decrypted on this connection (-1: none)."""
         protection = self.tls.read_protection
         return protection.sequence - 1 if protection is not None else -1
+
+    def probe_at(self, ping_after: float, quiet_after: float) -> float | None:
+        """When this connection should get a Ping if nothing arrives meanwhile.
+
+        A sender with data outstanding probes after ``ping_after`` of silence. So does a
+        receiver whose data stopped coming less than ``quiet_after`` ago: a path that
+        died in the middle of a transfer must be noticed by the end that is only
+        receiving too, since only a client can join again (design: Failure detection).
+        """
+        if self.ping_pending:
+            return None
+        at = self.last_receive + ping_after
+        if self.sent_log:
+            return at
+        last_data = self.last_data
+        if last_data is not None and at < last_data + quiet_after:
+            return at
+        return None
 
     def ack_due(self, now: float) -> bool:
         """Whether an ACK for this connection must go out now (design: ACK policy)."""

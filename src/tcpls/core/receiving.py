@@ -81,6 +81,7 @@ class ReceivingMixin(SessionBase):
                     )
                     if ack is not None:
                         self._on_ack(Ack(*ack))
+                    conn.last_data = self.now
                     self._ack_eliciting(conn, size)
                     return kept
         return self._on_frames(conn, content)
@@ -99,6 +100,7 @@ class ReceivingMixin(SessionBase):
                         raise UnexpectedMessage("a Stream Change does not match the next record")
                     expected = None
                 kept |= self._on_stream_data(sid, offset, data, fin)
+                conn.last_data = self.now
                 eliciting = True
             elif kind is Ack:
                 self._on_ack(frame)  # type: ignore[arg-type]
@@ -162,6 +164,8 @@ class ReceivingMixin(SessionBase):
         recv = stream.recv
         held, buffered = recv.held, recv.buffered
         kept = recv.receive(offset, data, fin)
+        self._last_activity = self.now  # stream data moves: the session is not idle
+        self._trimmed = False
         if recv.held != held:
             self.reassembly_held += recv.held - held
             if self.reassembly_held > self.tuning.max_reassembly_bytes:

@@ -103,8 +103,7 @@ class SendingMixin(SessionBase):
         data = tls.data_to_send()
         if data:
             conn.bytes_sent += len(data)
-            self._last_activity = now
-            self._trimmed = False
+            self._trimmed = False  # sealing may have taken a buffer again
         return data
 
     def _key_limit_reached(self) -> None:
@@ -273,6 +272,8 @@ class SendingMixin(SessionBase):
     def _sent_new(self, n: int) -> None:
         """``n`` bytes written by the application left for the first time."""
         self.send_pending_total -= n
+        self._last_activity = self.now  # stream data moves: the session is not idle
+        self._trimmed = False
         if self._send_full and self.send_pending_total <= self.tuning.session_send_buffer // 2:
             self._send_full = False
             self.writable.update(self.streams)  # every drain() may return

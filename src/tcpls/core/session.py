@@ -93,6 +93,8 @@ _ACK = struct.Struct(">QIB")  # Highest Record Sequence, Connection ID, Type
 _MIN_STREAM_CHUNK = 512
 #: Seconds without traffic after which the connections give their record buffers back.
 TRIM_AFTER = 1.0
+#: A receiving connection whose stream data stopped less than this long ago is probed.
+QUIET_AFTER = 5.0
 #: What an idle session and each of its TCP connections cost beyond their buffers
 #: (Python objects, the handshake state kept for the exporter), measured in bytes.
 SESSION_COST = 32 * 1024
@@ -318,6 +320,8 @@ class Session(ReceivingMixin, SendingMixin):
             return
         self.tcpls = event.tcpls
         self.state = SessionState.ESTABLISHED
+        self._last_activity = self.now
+        self._trimmed = False
         self._app_keys = conn.tls.traffic_keys()
         self._aead_limit = aead_record_limit(self._app_keys[1].cipher_suite)
         self.handshake_engine = conn.tls.engine
@@ -662,10 +666,9 @@ class Session(ReceivingMixin, SendingMixin):
     # ------------------------------------------------------------------ timers
 
     def _touch(self, now: float) -> None:
-        """Bytes moved at ``now``: the session is not idle."""
+        """Bytes arrived at ``now`` (the handshake deadline starts with the first ones)."""
         self.now = now
-        self._last_activity = now
-        self._trimmed = False
+        self._trimmed = False  # reading may have taken a buffer again
         if self._handshake_deadline is None and self.state is SessionState.HANDSHAKE:
             self._handshake_deadline = now + self.tuning.handshake_timeout
 
@@ -685,8 +688,8 @@ class Session(ReceivingMixin, SendingMixin):
                     continue
                 if c.ping_sent_at is not None:
                     deadlines.append(c.ping_sent_at + tuning.ping_timeout)
-                elif c.sent_log and not c.ping_pending:
-                    deadlines.append(c.last_receive + tuning.ping_after)
+                elif (probe := c.probe_at(tuning.ping_after, QUIET_AFTER)) is not None:
+                    deadlines.append(probe)
         if self._orphaned_since is not None:
             deadlines.append(self._orphaned_since + tuning.rejoin_timeout)
         state = self.state
@@ -743,8 +746,10 @@ class Session(ReceivingMixin, SendingMixin):
                             f"within {tuning.ping_timeout:g} s"
                         ),
                     )
-            elif conn.sent_log and now - conn.last_receive >= tuning.ping_after:
-                conn.ping_pending = True
+            else:
+                probe = conn.probe_at(tuning.ping_after, QUIET_AFTER)
+                if probe is not None and now >= probe:
+                    conn.ping_pending = True
         since = self._orphaned_since
         if since is not None and now - since >= tuning.rejoin_timeout:
             self._set_closed(

@@ -105,7 +105,7 @@ class SessionBase:
         self._session_full = False
         #: The I/O layer does not read the connections (liveness probes wait).
         self._reading_suspended = False
-        #: When bytes last moved; the record buffers were given back since then.
+        #: When stream data last moved (idleness); the record buffers were given back since.
         self._last_activity = 0.0
         self._trimmed = False
         self._handshake_deadline: float | None = None
