@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SRC    := $(wildcard src tests benchmarks)
 
-.PHONY: demo test lint typecheck unit system-deps bench clean
+.PHONY: demo test lint typecheck unit system-deps bench clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
+
+# A longer fuzzing run of one target: make fuzz T=session S=600 (see tests/fuzz/README.md).
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz.run --skip-known $(T) -max_total_time=$(or $(S),300) \
+	  /tmp/tcpls-fuzz-$(T) tests/fuzz/corpus/$(T)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist src/*.egg-info

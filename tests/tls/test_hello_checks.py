@@ -293,3 +293,35 @@ def test_a_client_hello_larger_than_64_kib_is_refused_early(pki: DevPKI) -> None
     failure = _failure(pending.tls)
     assert "too large" in str(failure.error)
     assert pending.tls.buffer_memory < 64 * 1024  # it never buffered the announced size
+
+
+def _join_hello_record() -> bytes:
+    from tcpls.tls.hello import build_join_client_hello
+
+    hello, _ = build_join_client_hello(bytes(32), server_name="localhost")
+    return b"\x16\x03\x01" + len(hello).to_bytes(2, "big") + hello
+
+
+def test_data_after_a_join_hello_fails_the_join_before_anyone_answers_it(pki: DevPKI) -> None:
+    endpoint = _endpoint(pki)
+    pending = endpoint.new_connection()
+    record = _join_hello_record()
+    # the same record with one more byte inside it: a join hello followed by data
+    body = record[5:] + b"\x01"
+    pending.tls.receive_data(b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body)
+    events = _events(pending.tls)
+    assert not [e for e in events if type(e).__name__ == "JoinRequested"]
+    assert [e for e in events if isinstance(e, ConnectionFailed)]
+    assert endpoint.route_join(pending.tls, bytes(32)) is None  # nothing to answer
+
+
+def test_a_waiting_join_that_keeps_sending_fails_and_holds_little(pki: DevPKI) -> None:
+    pending = _endpoint(pki).new_connection()
+    pending.tls.receive_data(_join_hello_record())  # JOIN_WAIT: nobody answered yet
+    junk = b"\x17\x03\x03\x40\x00" + bytes(16384)
+    for _ in range(200):  # 3 MB the join may not send yet
+        pending.tls.receive_data(junk)
+    assert pending.tls.state.value == "closed"
+    assert pending.tls.buffer_memory < 64 * 1024
+    view = pending.tls.get_buffer()
+    assert len(view) > 0  # never an empty buffer (asyncio would treat it as fatal)

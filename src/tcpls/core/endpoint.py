@@ -19,7 +19,7 @@ from tcpls.core.scheduler import SchedulerName
 from tcpls.core.session import Session
 from tcpls.core.tokens import TokenRegistry
 from tcpls.errors import ConfigurationError, HandshakeCanceled
-from tcpls.tls.connection import TLSConnection
+from tcpls.tls.connection import ConnectionState, TLSConnection
 from tcpls.tls.engine import HandshakeEngine, TicketStore
 from tcpls.tls.hello import ClientHelloInfo, check_client_hello
 from tcpls.tls.keylog import KeyLog, keylog_path
@@ -210,6 +210,8 @@ class ServerEndpoint:
         used or expired, in which case the join was rejected with
         ``illegal_parameter`` (design: Joins): only this connection is affected.
         """
+        if tls.state is not ConnectionState.JOIN_WAIT:
+            return None  # the connection failed meanwhile: the token is not used up
         entry = self.registry.redeem(token)
         if entry is not None:
             session, sequence = entry

@@ -101,6 +101,10 @@ CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
 MAX_HANDSHAKE_MESSAGE = 256 * 1024
 #: Largest ClientHello a server reads: before it, a connection belongs to no session.
 MAX_CLIENT_HELLO = 64 * 1024
+#: Bytes a connection keeps while its input is held after the handshake (beyond: it fails).
+_MAX_HELD = 1024 * 1024
+#: Where bytes that are dropped are read into.
+_DISCARD = memoryview(bytearray(4096))
 #: Bytes of early data records a server that declines early data skips (RFC 8446 §4.2.10).
 MAX_SKIPPED_EARLY_DATA = 64 * 1024
 _ALERT_WARNING = 1
@@ -319,8 +323,17 @@ class TLSConnection:
     # -- input -----------------------------------------------------------------
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
-        """Writable space for incoming bytes (``asyncio.BufferedProtocol.get_buffer``)."""
-        return self._reader.get_buffer(sizehint)
+        """Writable space for incoming bytes (``asyncio.BufferedProtocol.get_buffer``).
+
+        Never empty: when the reader is full because input is not being processed (a
+        join not answered yet), the peer sent what it may not, and the connection
+        fails; what comes then is dropped.
+        """
+        view = self._reader.get_buffer(sizehint)
+        if not view:
+            self._overflow()
+            return _DISCARD
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were written into :meth:`get_buffer`; process them."""
@@ -334,6 +347,9 @@ class TLSConnection:
             target = self._reader.get_buffer()
             n = min(len(target), len(mv))
             if n == 0:
+                if not self._hold_input or len(self._held_bytes) > _MAX_HELD:
+                    self._overflow()
+                    return
                 # the buffer is full while input is held (after the handshake):
                 # keep the rest until process_pending()
                 self._held_bytes += mv
@@ -472,6 +488,8 @@ class TLSConnection:
 
     def reject_join(self, error: ProtocolError | None = None) -> None:
         """Refuse the pending join with a plaintext alert (``illegal_parameter`` by default)."""
+        if self.state is ConnectionState.CLOSED:
+            return  # it failed meanwhile (the peer sent more than its ClientHello)
         if self.state is not ConnectionState.JOIN_WAIT:
             raise RuntimeError("no join is pending on this connection")
         self._fail(error or IllegalParameter("invalid, used or expired TCPLS token"))
@@ -570,9 +588,16 @@ class TLSConnection:
 
     # -- internals: input ------------------------------------------------------
 
+    def _overflow(self) -> None:
+        """Input arrives that is not processed and cannot be held: the peer broke the rules."""
+        self._fail(UnexpectedMessage("the peer sent data before its join was answered"))
+
     def _fail(self, error: TCPLSError, *, send_alert: bool = True) -> None:
         if self.state is ConnectionState.CLOSED:
             return
+        if self.state is ConnectionState.JOIN_WAIT:
+            # the join failed before anyone answered it: nobody must answer it now
+            self._events = deque(e for e in self._events if not isinstance(e, JoinRequested))
         # The error outlives this call (session.error): drop the frames it references.
         error.__traceback__ = None
         self.error = error
