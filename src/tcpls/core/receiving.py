@@ -164,8 +164,6 @@ class ReceivingMixin(SessionBase):
         recv = stream.recv
         held, buffered = recv.held, recv.buffered
         kept = recv.receive(offset, data, fin)
-        self._last_activity = self.now  # stream data moves: the session is not idle
-        self._trimmed = False
         if recv.held != held:
             self.reassembly_held += recv.held - held
             if self.reassembly_held > self.tuning.max_reassembly_bytes:

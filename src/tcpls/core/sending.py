@@ -273,7 +273,6 @@ class SendingMixin(SessionBase):
         """``n`` bytes written by the application left for the first time."""
         self.send_pending_total -= n
         self._last_activity = self.now  # stream data moves: the session is not idle
-        self._trimmed = False
         if self._send_full and self.send_pending_total <= self.tuning.session_send_buffer // 2:
             self._send_full = False
             self.writable.update(self.streams)  # every drain() may return

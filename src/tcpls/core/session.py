@@ -665,6 +665,15 @@ class Session(ReceivingMixin, SendingMixin):
 
     # ------------------------------------------------------------------ timers
 
+    def _activity(self) -> float:
+        """When stream data last moved, either way (idleness is measured from it)."""
+        latest = self._last_activity  # sent, or the handshake
+        for conn in self.connections.values():
+            received = conn.last_data
+            if received is not None and received > latest:
+                latest = received
+        return latest
+
     def _touch(self, now: float) -> None:
         """Bytes arrived at ``now`` (the handshake deadline starts with the first ones)."""
         self.now = now
@@ -700,9 +709,9 @@ class Session(ReceivingMixin, SendingMixin):
             if self._close_deadline is not None:
                 deadlines.append(self._close_deadline)
         elif state is SessionState.ESTABLISHED and tuning.idle_timeout is not None:
-            deadlines.append(self._last_activity + tuning.idle_timeout)
+            deadlines.append(self._activity() + tuning.idle_timeout)
         if not self._trimmed and state is not SessionState.CLOSED:
-            deadlines.append(self._last_activity + TRIM_AFTER)
+            deadlines.append(self._activity() + TRIM_AFTER)
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
@@ -782,14 +791,14 @@ class Session(ReceivingMixin, SendingMixin):
         elif (
             state is SessionState.ESTABLISHED
             and tuning.idle_timeout is not None
-            and now - self._last_activity >= tuning.idle_timeout
+            and now - self._activity() >= tuning.idle_timeout
         ):
             logger.info("closing a session idle for %g s", tuning.idle_timeout)
             self._close_error = ConnectionClosedError(
                 f"the session was idle for {tuning.idle_timeout:g} s"
             )
             self.close()
-        if not self._trimmed and now - self._last_activity >= TRIM_AFTER:
+        if not self._trimmed and now - self._activity() >= TRIM_AFTER:
             self._trimmed = True
             for conn in self.connections.values():
                 conn.tls.trim()

@@ -58,9 +58,7 @@ def chunk_cost(chunk: bytes | memoryview) -> int:
     """
     if type(chunk) is memoryview:
         owner = chunk.obj
-        return (len(owner) if isinstance(owner, bytes | bytearray) else chunk.nbytes) + (
-            VIEW_OVERHEAD
-        )
+        return (len(owner) if type(owner) is bytearray else chunk.nbytes) + VIEW_OVERHEAD
     return len(chunk) + CHUNK_OVERHEAD
 
 
@@ -319,10 +317,18 @@ class ReceiveBuffer:
             size = end - delivered
             offset = delivered
         if offset == delivered:
-            keep = size >= RETAIN_MIN and isinstance(data, memoryview)
-            chunk = data if keep and isinstance(data, memoryview) else bytes(data)
-            self._chunks.append(chunk)
-            self.buffered += chunk_cost(chunk)
+            # chunk_cost() inlined: this is the data path
+            if size >= RETAIN_MIN and type(data) is memoryview:
+                keep = True
+                self._chunks.append(data)
+                owner = data.obj
+                self.buffered += (
+                    len(owner) if type(owner) is bytearray else data.nbytes
+                ) + VIEW_OVERHEAD
+            else:
+                keep = False
+                self._chunks.append(bytes(data))
+                self.buffered += size + CHUNK_OVERHEAD
             self._readable += size
             self.delivered = end
             if self._heap:
@@ -387,10 +393,17 @@ class ReceiveBuffer:
         released = 0
         while need:
             chunk = chunks[0]
-            if len(chunk) <= need:
+            size = len(chunk)
+            if size <= need:
                 parts.append(chunks.popleft())
-                released += chunk_cost(chunk)
-                need -= len(chunk)
+                if type(chunk) is memoryview:  # chunk_cost() inlined: the data path
+                    owner = chunk.obj
+                    released += (
+                        len(owner) if type(owner) is bytearray else chunk.nbytes
+                    ) + VIEW_OVERHEAD
+                else:
+                    released += size + CHUNK_OVERHEAD
+                need -= size
             else:
                 parts.append(chunk[:need])
                 rest = chunk[need:]
