@@ -674,8 +674,29 @@ class Session:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self._core.handle_timer(self._loop.time())
+        now = self._loop.time()
+        self._check_slow_peers(now)
+        self._core.handle_timer(now)
         self._process()
+
+    def _check_slow_peers(self, now: float) -> None:
+        """Before a Ping counts as unanswered, ask TCP whether it reached the peer.
+
+        If the kernel holds nothing unacknowledged, the Ping was delivered: the peer is
+        alive and has stopped reading (a slow application), so the connection is not
+        failed (design: Failure detection).
+        """
+        timeout = self._core.tuning.ping_timeout
+        for cid, conn in self._core.connections.items():
+            sent = conn.ping_sent_at
+            if sent is None or now < sent + timeout:
+                continue
+            protocol = self._protocols.get(cid)
+            transport = protocol.transport if protocol is not None else None
+            info = tcp_info(transport.get_extra_info("socket") if transport else None)
+            if info is not None and info.unacked == 0:
+                logger.debug("connection %d: the peer is alive but does not read", cid)
+                self._core.set_peer_slow(cid, now)
 
     def _process(self) -> None:
         if self._processing:

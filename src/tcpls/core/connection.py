@@ -57,6 +57,7 @@ class Connection:
         "last_receive",
         "local_address",
         "peer_acked",
+        "peer_slow",
         "ping_answer",
         "ping_pending",
         "ping_sent_at",
@@ -98,6 +99,9 @@ class Connection:
         #: Set by the I/O layer while the peer advertises a zero TCP window: the
         #: connection is slow, not dead, so Ping probes are suspended.
         self.flow_blocked = False
+        #: Set by the I/O layer when TCP delivered our unanswered Ping to the peer: the
+        #: peer is alive but does not read; cleared when anything arrives again.
+        self.peer_slow = False
 
     @property
     def usable(self) -> bool:

@@ -161,7 +161,9 @@ class SendingMixin(SessionBase):
         send = stream.send
         sid = stream.id
         room = limit - STREAM_HEADER_SIZE
-        log = conn.sent_log if self.reliable else None
+        # after the peer's close_notify on this connection no ACK can come: TCP alone
+        # delivers what we still send there (design: Closing)
+        log = conn.sent_log if self.reliable and not tls.close_notify_received else None
         cap = self.tuning.max_unacked_bytes
         half_buffer = self.tuning.stream_send_buffer // 2
         sent = 0
@@ -213,7 +215,7 @@ class SendingMixin(SessionBase):
         tls = conn.tls
         limit = min(self.tuning.max_record_size, 16384)
         usable = conn.status is ConnectionStatus.ACTIVE
-        reliable = self.reliable
+        reliable = self.reliable and not tls.close_notify_received  # see _fill_bulk
         now = self.now
         if usable and (bulk := self._bulk_stream(conn)) is not None:
             self._fill_bulk(conn, bulk, budget, limit)

@@ -249,6 +249,7 @@ class Session(ReceivingMixin, SendingMixin):
         if conn is None:
             return
         conn.last_receive = now
+        conn.peer_slow = False
         conn.bytes_received += nbytes
         conn.tls.buffer_updated(nbytes)
         self._drain_tls_events(conn)
@@ -267,6 +268,7 @@ class Session(ReceivingMixin, SendingMixin):
         if conn is None:
             return
         conn.last_receive = now
+        conn.peer_slow = False
         conn.bytes_received += len(data)
         conn.tls.receive_data(data)
         self._drain_tls_events(conn)
@@ -369,6 +371,11 @@ class Session(ReceivingMixin, SendingMixin):
     # ------------------------------------------------------------- close_notify
 
     def _on_close_notify(self, conn: Connection) -> None:
+        # The peer sends no record on this connection any more, so no ACK: what we sent
+        # there and it did not acknowledge is in TCP's hands (design: Closing).
+        protection = conn.tls.write_protection
+        if conn.sent_log and protection is not None:
+            self._acknowledge(conn, protection.sequence - 1)
         self._close_notify_seen = True
         self._check_peer_closed()
         self._maybe_closed()
@@ -391,8 +398,8 @@ class Session(ReceivingMixin, SendingMixin):
             self.peer_closed = True
             for stream in self.streams.values():
                 recv = stream.recv
-                if recv.final_size is None:
-                    recv.final_size = recv.delivered
+                if recv.final_size is None and self._close_error is None:
+                    recv.final_size = recv.delivered  # (else the stream stays incomplete)
                 self.readable.add(stream.id)
                 self.writable.add(stream.id)
             self._events.append(PeerClosed())
@@ -451,6 +458,14 @@ class Session(ReceivingMixin, SendingMixin):
             return
         was_handshake = conn.status is ConnectionStatus.HANDSHAKE
         conn.status = ConnectionStatus.FAILED
+        if conn.tls.close_notify_sent and not conn.tls.close_notify_received:
+            # We sent close_notify there, so no ACK of ours told the peer what arrived:
+            # it cannot send again what this connection lost. The session cannot end
+            # cleanly (design: Closing).
+            self._close_error = self._close_error or ConnectionClosedError(
+                f"connection {conn.id} was lost before the peer finished sending on it; "
+                "what it sent there may be missing"
+            )
         if was_handshake and conn.id != 0 and self.state is SessionState.HANDSHAKE:
             self._join_failed(conn, error)  # a held join: the session itself is untouched
             return
@@ -685,15 +700,19 @@ class Session(ReceivingMixin, SendingMixin):
         """When :meth:`handle_timer` must run next (``None``: no timer).
 
         Every deadline is cleared or moved by :meth:`handle_timer` once it has
-        passed, so a deadline in the past fires once and never re-arms itself.
+        passed, so a deadline in the past fires once and never re-arms itself; and
+        :meth:`handle_timer` compares ``now >= start + delay``, the very sum announced
+        here, so no rounding keeps it from firing at the deadline (design: Timers).
         """
+        if self.state is SessionState.CLOSED:
+            return None  # a closed session runs no timer
         tuning = self.tuning
         deadlines: list[float] = [
             c.ack_deadline for c in self._acks_pending if c.ack_deadline is not None
         ]
         if self.tcpls and not self._reading_suspended:
             for c in self.connections.values():
-                if c.status not in _PROBED or c.flow_blocked:
+                if c.status not in _PROBED or c.flow_blocked or c.peer_slow:
                     continue
                 if c.ping_sent_at is not None:
                     deadlines.append(c.ping_sent_at + tuning.ping_timeout)
@@ -710,7 +729,7 @@ class Session(ReceivingMixin, SendingMixin):
                 deadlines.append(self._close_deadline)
         elif state is SessionState.ESTABLISHED and tuning.idle_timeout is not None:
             deadlines.append(self._activity() + tuning.idle_timeout)
-        if not self._trimmed and state is not SessionState.CLOSED:
+        if not self._trimmed:
             deadlines.append(self._activity() + TRIM_AFTER)
         return min(deadlines) if deadlines else None
 
@@ -738,7 +757,7 @@ class Session(ReceivingMixin, SendingMixin):
         for conn in list(self.connections.values()):
             if conn.status not in _PROBED or not probing:
                 continue
-            if conn.flow_blocked:
+            if conn.flow_blocked or conn.peer_slow:
                 conn.ping_sent_at = None
                 continue
             if conn.ping_sent_at is not None:
@@ -747,7 +766,10 @@ class Session(ReceivingMixin, SendingMixin):
                 )
                 if answered:
                     conn.ping_sent_at = None
-                elif now - conn.ping_sent_at >= tuning.ping_timeout:
+                    # the path works: the next probe waits ping_after again, even if the
+                    # answer came on another connection
+                    conn.last_receive = max(conn.last_receive, now)
+                elif now >= conn.ping_sent_at + tuning.ping_timeout:
                     self._connection_failed(
                         conn,
                         ConnectionClosedError(
@@ -760,7 +782,7 @@ class Session(ReceivingMixin, SendingMixin):
                 if probe is not None and now >= probe:
                     conn.ping_pending = True
         since = self._orphaned_since
-        if since is not None and now - since >= tuning.rejoin_timeout:
+        if since is not None and now >= since + tuning.rejoin_timeout:
             self._set_closed(
                 ConnectionClosedError(
                     f"no connection joined again within {tuning.rejoin_timeout:g} s"
@@ -791,14 +813,14 @@ class Session(ReceivingMixin, SendingMixin):
         elif (
             state is SessionState.ESTABLISHED
             and tuning.idle_timeout is not None
-            and now - self._activity() >= tuning.idle_timeout
+            and now >= self._activity() + tuning.idle_timeout
         ):
             logger.info("closing a session idle for %g s", tuning.idle_timeout)
             self._close_error = ConnectionClosedError(
                 f"the session was idle for {tuning.idle_timeout:g} s"
             )
             self.close()
-        if not self._trimmed and now - self._activity() >= TRIM_AFTER:
+        if not self._trimmed and now >= self._activity() + TRIM_AFTER:
             self._trimmed = True
             for conn in self.connections.values():
                 conn.tls.trim()
@@ -820,6 +842,20 @@ class Session(ReceivingMixin, SendingMixin):
                 conn.ping_pending = False
             else:
                 conn.last_receive = max(conn.last_receive, now)
+
+    def set_peer_slow(self, connection_id: int, now: float) -> None:
+        """The I/O layer saw TCP deliver our unanswered Ping: the peer is slow, not gone.
+
+        Its application does not read (its own backpressure), so our Ping waits in its
+        socket. Probes of that connection stop until something arrives from it again
+        (design: Failure detection).
+        """
+        self.now = now
+        conn = self.connections.get(connection_id)
+        if conn is not None:
+            conn.peer_slow = True
+            conn.ping_sent_at = None
+            conn.ping_pending = False
 
     def set_flow_blocked(
         self, connection_id: int, blocked: bool, now: float | None = None
@@ -918,6 +954,7 @@ class Session(ReceivingMixin, SendingMixin):
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
+        self._orphaned_since = None
         if error is not None:
             error.__traceback__ = None  # kept in error: it must not hold frames alive
         self.error = error or self._close_error
