@@ -267,7 +267,8 @@ async def _tcpls_server(control: Control, pki: Pki) -> None:
         return {
             **counters,
             "sessions_open": len(server.sessions),
-            "estimated_memory_kib": server.memory_use // 1024,
+            # the server's own estimate (absent in revisions before the memory budget)
+            "estimated_memory_kib": getattr(server, "memory_use", 0) // 1024,
             # private: the server's store of issued session tickets (bounded)
             "tickets_stored": len(getattr(server._endpoint, "tickets", None) or ()),
             "handler_errors": dict(handler_errors.counts),

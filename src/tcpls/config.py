@@ -9,6 +9,7 @@ raises :class:`tcpls.errors.ConfigurationError` with one clear sentence.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,25 @@ def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
         raise ConfigurationError(
             f"cannot read {what} file {os.fspath(path)}: {exc.strerror}"
         ) from None
+
+
+def _check_ca_file(path: str) -> None:
+    """Raise :class:`ConfigurationError` unless ``path`` is a readable file of PEM CAs.
+
+    Each file version is parsed once (a client checks its configuration at every
+    connection).
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        _read_file(path, "CA")  # raises the right ConfigurationError
+        raise
+    _check_ca_file_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _check_ca_file_version(path: str, mtime_ns: int, size: int) -> None:
+    _check_ca_certificates(_read_file(path, "CA"), f"the CA file {path}")
 
 
 def _check_ca_certificates(data: bytes, what: str) -> None:
@@ -223,7 +243,7 @@ class ClientConfig:
     def check(self) -> None:
         """Raise :class:`ConfigurationError` for unusable values (files are read here)."""
         if self.cafile is not None:
-            _check_ca_certificates(_read_file(self.cafile, "CA"), f"the CA file {self.cafile}")
+            _check_ca_file(self.cafile)
         if self.cadata is not None:
             _check_ca_certificates(self.cadata, "cadata")
         parse_cipher_suites(self.cipher_suites)
