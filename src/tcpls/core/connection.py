@@ -122,8 +122,8 @@ class Connection:
         died in the middle of a transfer must be noticed by the end that is only
         receiving too, since only a client can join again (design: Failure detection).
         """
-        if self.ping_pending:
-            return None
+        if self.ping_pending or self.tls.close_notify_received:
+            return None  # (after close_notify the peer sends nothing more here)
         at = self.last_receive + ping_after
         if self.sent_log:
             return at

@@ -103,6 +103,7 @@ class SendingMixin(SessionBase):
         data = tls.data_to_send()
         if data:
             conn.bytes_sent += len(data)
+            self._last_io = now
             self._trimmed = False  # sealing may have taken a buffer again
         return data
 

@@ -442,6 +442,8 @@ class Session(ReceivingMixin, SendingMixin):
     def _forget_connection(self, conn: Connection) -> None:
         if self.connections.get(conn.id) is conn:
             del self.connections[conn.id]
+        if conn.last_data is not None and conn.last_data > self._last_activity:
+            self._last_activity = conn.last_data  # idleness survives the connection
         self._acks_pending.pop(conn, None)
 
     def _others_alive(self, conn: Connection) -> bool:
@@ -692,6 +694,7 @@ class Session(ReceivingMixin, SendingMixin):
     def _touch(self, now: float) -> None:
         """Bytes arrived at ``now`` (the handshake deadline starts with the first ones)."""
         self.now = now
+        self._last_io = now
         self._trimmed = False  # reading may have taken a buffer again
         if self._handshake_deadline is None and self.state is SessionState.HANDSHAKE:
             self._handshake_deadline = now + self.tuning.handshake_timeout
@@ -730,7 +733,7 @@ class Session(ReceivingMixin, SendingMixin):
         elif state is SessionState.ESTABLISHED and tuning.idle_timeout is not None:
             deadlines.append(self._activity() + tuning.idle_timeout)
         if not self._trimmed:
-            deadlines.append(self._activity() + TRIM_AFTER)
+            deadlines.append(self._last_io + TRIM_AFTER)
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
@@ -820,7 +823,7 @@ class Session(ReceivingMixin, SendingMixin):
                 f"the session was idle for {tuning.idle_timeout:g} s"
             )
             self.close()
-        if not self._trimmed and now >= self._activity() + TRIM_AFTER:
+        if not self._trimmed and now >= self._last_io + TRIM_AFTER:
             self._trimmed = True
             for conn in self.connections.values():
                 conn.tls.trim()

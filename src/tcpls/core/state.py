@@ -108,6 +108,8 @@ class SessionBase:
         #: When stream data last moved (idleness); the record buffers were given back since.
         self._last_activity = 0.0
         self._trimmed = False
+        #: When bytes last moved at all: the record buffers are given back a second later.
+        self._last_io = 0.0
         self._handshake_deadline: float | None = None
         self._close_deadline: float | None = None
         #: Why the session closed itself cleanly (idle), reported as its error.
