@@ -13,14 +13,18 @@ from pathlib import Path
 
 import pytest
 
+_ROOT = Path(__file__).parents[2]
 CASES = sorted(
-    p for p in (Path(__file__).parent / "failover_cases").glob("*.py") if p.stem != "__init__"
+    p
+    for p in (Path(__file__).parent / "failover_cases").glob("*.py")
+    if p.stem not in ("__init__", "common")
 )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[p.stem for p in CASES])
 def test_failover_case(case: Path) -> None:
+    module = f"tests.aio.failover_cases.{case.stem}"
     result = subprocess.run(
-        [sys.executable, str(case)], capture_output=True, text=True, timeout=90
+        [sys.executable, "-m", module], capture_output=True, text=True, timeout=90, cwd=_ROOT
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -682,9 +682,10 @@ class Session:
     def _check_slow_peers(self, now: float) -> None:
         """Before a Ping counts as unanswered, ask TCP whether it reached the peer.
 
-        If the kernel holds nothing unacknowledged, the Ping was delivered: the peer is
-        alive and has stopped reading (a slow application), so the connection is not
-        failed (design: Failure detection).
+        When we have data outstanding and the kernel holds nothing unacknowledged, the
+        Ping was delivered with it: the peer is alive and has stopped reading (a slow
+        application, its own backpressure), so the connection is not failed. A receiver
+        probing for data it waits for gets no such allowance (design: Failure detection).
         """
         timeout = self._core.tuning.ping_timeout
         for cid, conn in self._core.connections.items():
@@ -693,6 +694,8 @@ class Session:
                 continue
             protocol = self._protocols.get(cid)
             transport = protocol.transport if protocol is not None else None
+            if not conn.sent_log:
+                continue  # a receiver probing for data it waits for: silence is failure
             info = tcp_info(transport.get_extra_info("socket") if transport else None)
             if info is not None and info.unacked == 0:
                 logger.debug("connection %d: the peer is alive but does not read", cid)

@@ -1,6 +1,6 @@
 """A failover case (it used to fail): a join under way held back the rejoin.
 
-Run: ``.venv/bin/python tests/aio/failover_cases/pending_join.py`` (loopback, no root needed).
+Run: ``.venv/bin/python -m tests.aio.failover_cases.pending_join`` (loopback, no root needed).
 
 Two paths to one server, each a TCP proxy. The session runs over A. The application joins
 B, but B is dead in a way the TCP handshake does not show (the proxy accepts, then
@@ -25,22 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import tcpls
-from tcpls.devcert import make_test_pki
+from tests.aio.failover_cases.common import idle_server, pump
 
 JOIN_TIMEOUT = 6.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ProxyPath:
@@ -77,71 +69,56 @@ class ProxyPath:
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self.transports.append(up_writer.transport)
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-
-    @staticmethod
-    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.transport.abort()
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
 
 
 async def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        pki = make_test_pki(Path(tmp) / "pki")
-
-        async def handler(session: tcpls.Session) -> None:
-            await session.wait_closed()
-
-        server_config = tcpls.ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.key_file))
-        server = await tcpls.serve(handler, "127.0.0.1", 0, config=server_config)
-        path_a = ProxyPath(server.port)
-        path_b = ProxyPath(server.port, mute=True)
-        await path_a.up()
-        await path_b.up()
-        config = tcpls.ClientConfig(cafile=str(pki.ca_file), server_name="localhost")
-        session = await tcpls.connect("127.0.0.1", path_a.port, config=config)
-        await asyncio.sleep(0.2)  # the New Tokens arrive
-        print(f"spare tokens: {session.spare_tokens}")
-        join = asyncio.ensure_future(session.join("127.0.0.1", path_b.port, timeout=JOIN_TIMEOUT))
-        tokens_after_join: list[int] = []
-        join.add_done_callback(lambda _: tokens_after_join.append(session.spare_tokens))
-        await asyncio.sleep(0.3)  # the join's TCP connection is up, its ClientHello lost
-        path_a.reset()  # A fails, and works again for new connections
-        reset_at = time.monotonic()
-        while any(c.id == 0 for c in session.connections):  # the reset arrives
-            await asyncio.sleep(0.01)
-        print("A reset; A accepts new connections at once; the join to B is under way")
-        came_back = None
-        while time.monotonic() - reset_at < JOIN_TIMEOUT + 8:
-            if any(c.status == "active" for c in session.connections):
-                came_back = time.monotonic() - reset_at
-                break
-            await asyncio.sleep(0.05)
-        with contextlib.suppress(Exception):
-            await join
-        print(
-            f"the join to B ended: {join.exception()!r}; spare tokens then: "
-            f"{tokens_after_join[0]} of 3 (the join's is spent, its ClientHello lost; the "
-            "rejoin holds another)"
-        )
-        code = 1
-        if came_back is None:
-            print("BUG: the session never came back")
-        elif came_back > 1.0:
-            print(f"BUG: the session came back over A only after {came_back:.1f} s")
-        else:
-            print(f"the session came back over A after {came_back:.2f} s")
-            code = 0
-        session.abort()
-        path_a.close()
-        path_b.close()
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 3)
-        return code
+        async with idle_server(tmp) as (server, pki):
+            path_a = ProxyPath(server.port)
+            path_b = ProxyPath(server.port, mute=True)
+            await path_a.up()
+            await path_b.up()
+            config = tcpls.ClientConfig(cafile=str(pki.ca_file), server_name="localhost")
+            session = await tcpls.connect("127.0.0.1", path_a.port, config=config)
+            await asyncio.sleep(0.2)  # the New Tokens arrive
+            print(f"spare tokens: {session.spare_tokens}")
+            join = asyncio.ensure_future(
+                session.join("127.0.0.1", path_b.port, timeout=JOIN_TIMEOUT)
+            )
+            tokens_after_join: list[int] = []
+            join.add_done_callback(lambda _: tokens_after_join.append(session.spare_tokens))
+            await asyncio.sleep(0.3)  # the join's TCP connection is up, its ClientHello lost
+            path_a.reset()  # A fails, and works again for new connections
+            reset_at = time.monotonic()
+            while any(c.id == 0 for c in session.connections):  # the reset arrives
+                await asyncio.sleep(0.01)
+            print("A reset; A accepts new connections at once; the join to B is under way")
+            came_back = None
+            while time.monotonic() - reset_at < JOIN_TIMEOUT + 8:
+                if any(c.status == "active" for c in session.connections):
+                    came_back = time.monotonic() - reset_at
+                    break
+                await asyncio.sleep(0.05)
+            with contextlib.suppress(Exception):
+                await join
+            print(
+                f"the join to B ended: {join.exception()!r}; spare tokens then: "
+                f"{tokens_after_join[0]} of 3 (the join's is spent, its ClientHello lost; the "
+                "rejoin holds another)"
+            )
+            code = 1
+            if came_back is None:
+                print("BUG: the session never came back")
+            elif came_back > 1.0:
+                print(f"BUG: the session came back over A only after {came_back:.1f} s")
+            else:
+                print(f"the session came back over A after {came_back:.2f} s")
+                code = 0
+            session.abort()
+            path_a.close()
+            path_b.close()
+            return code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A failover case (it used to fail): a rejoin tried only addresses that once connected.
 
-Run: ``.venv/bin/python tests/aio/failover_cases/rejoin_targets.py`` (loopback, no root needed).
+Run: ``.venv/bin/python -m tests.aio.failover_cases.rejoin_targets`` (loopback, no root needed).
 
 Two paths to one server, each a TCP proxy: A (the address clients are given) and B (the
 address the server advertises, ``ServerConfig.advertise``). Path A is down when the client
@@ -20,24 +20,16 @@ a client that came in over another address still learns it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import tcpls
-from tcpls.devcert import make_test_pki
+from tests.aio.failover_cases.common import idle_server, pump
+from tests.helpers import free_port
 
 WATCH = 6.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ProxyPath:
@@ -65,76 +57,57 @@ class ProxyPath:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self.transports += [writer.transport, up_writer.transport]
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-
-    @staticmethod
-    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await source.read(65536):
-                sink.write(data)
-                await sink.drain()
-        sink.transport.abort()
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
 
 
 async def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        pki = make_test_pki(Path(tmp) / "pki")
-
-        async def handler(session: tcpls.Session) -> None:
-            await session.wait_closed()
-
         port_b = free_port()
-        server_config = tcpls.ServerConfig(
-            certfile=str(pki.cert_file),
-            keyfile=str(pki.key_file),
-            advertise=(f"127.0.0.1:{port_b}",),
-        )
-        server = await tcpls.serve(handler, "127.0.0.1", 0, config=server_config)
-        path_a = ProxyPath(free_port(), server.port)
-        path_b = ProxyPath(port_b, server.port)
-        await path_b.up()  # A is down for now
+        async with idle_server(tmp, advertise=(f"127.0.0.1:{port_b}",)) as (server, pki):
+            path_a = ProxyPath(free_port(), server.port)
+            path_b = ProxyPath(port_b, server.port)
+            await path_b.up()  # A is down for now
 
-        logs: list[str] = []
+            logs: list[str] = []
 
-        class Keep(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                logs.append(record.getMessage())
+            class Keep(logging.Handler):
+                def emit(self, record: logging.LogRecord) -> None:
+                    logs.append(record.getMessage())
 
-        logging.getLogger("tcpls").addHandler(Keep(logging.INFO))
-        logging.getLogger("tcpls").setLevel(logging.INFO)
+            logging.getLogger("tcpls").addHandler(Keep(logging.INFO))
+            logging.getLogger("tcpls").setLevel(logging.INFO)
 
-        config = tcpls.ClientConfig(cafile=str(pki.ca_file), server_name="localhost")
-        session = await tcpls.connect("127.0.0.1", path_b.port, config=config)
-        await asyncio.sleep(0.2)  # the New Address (B) and New Tokens arrive
-        try:
-            await session.join("127.0.0.1", path_a.port)
-        except OSError as exc:
-            print(f"join over A while A is down: {exc.__class__.__name__}")
-        await path_a.up()
-        path_b.down()
-        print("A is up, B is down: the session lost its only connection")
-        while any(c.id == 0 for c in session.connections):  # the reset arrives
-            await asyncio.sleep(0.01)
-        cut_at = time.monotonic()
-        while time.monotonic() - cut_at < WATCH and not session.connections:
-            await asyncio.sleep(0.1)
-        tried = sorted({line.split()[2] for line in logs if line.startswith("reconnecting over")})
-        print(
-            f"rejoin attempts went to {tried} "
-            f"(A is 127.0.0.1:{path_a.port}, B is 127.0.0.1:{path_b.port})"
-        )
-        if session.connections:
-            print("the session came back over", session.connections[0].remote_address)
-            code = 0
-        else:
-            print(f"BUG: after {WATCH:g} s the session has not tried A, which is up")
-            code = 1
-        session.abort()
-        path_a.down()
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 3)
-        return code
+            config = tcpls.ClientConfig(cafile=str(pki.ca_file), server_name="localhost")
+            session = await tcpls.connect("127.0.0.1", path_b.port, config=config)
+            await asyncio.sleep(0.2)  # the New Address (B) and New Tokens arrive
+            try:
+                await session.join("127.0.0.1", path_a.port)
+            except OSError as exc:
+                print(f"join over A while A is down: {exc.__class__.__name__}")
+            await path_a.up()
+            path_b.down()
+            print("A is up, B is down: the session lost its only connection")
+            while any(c.id == 0 for c in session.connections):  # the reset arrives
+                await asyncio.sleep(0.01)
+            cut_at = time.monotonic()
+            while time.monotonic() - cut_at < WATCH and not session.connections:
+                await asyncio.sleep(0.1)
+            tried = sorted(
+                {line.split()[2] for line in logs if line.startswith("reconnecting over")}
+            )
+            print(
+                f"rejoin attempts went to {tried} "
+                f"(A is 127.0.0.1:{path_a.port}, B is 127.0.0.1:{path_b.port})"
+            )
+            if session.connections:
+                print("the session came back over", session.connections[0].remote_address)
+                code = 0
+            else:
+                print(f"BUG: after {WATCH:g} s the session has not tried A, which is up")
+                code = 1
+            session.abort()
+            path_a.down()
+            return code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A failover case (it used to fail): a receiver missed a connection that died silently.
 
-Run: ``.venv/bin/python tests/aio/failover_cases/silent_receiver.py`` (loopback, no root needed).
+Run: ``.venv/bin/python -m tests.aio.failover_cases.silent_receiver`` (loopback, no root needed).
 
 A download is in progress; the server has sent everything it had so far and the client has
 acknowledged it (nothing of the client's is unacknowledged). Then the path dies silently:
