@@ -218,7 +218,7 @@ class SessionMachine(RuleBasedStateMachine):
                 raise AssertionError(f"{side} read wrong bytes at offset {start + first} of {d}")
             d.read += data
         if not d.eof:
-            # a stream both sides ended and read is forgotten (W12), maybe before we looked
+            # a stream both sides ended and read is forgotten (design: Streams), maybe before we looked
             gone = d.sid in self.known[side] and d.sid not in session.streams
             if (stream is not None and stream.recv.at_eof) or gone:
                 d.eof = True
@@ -374,7 +374,8 @@ class SessionMachine(RuleBasedStateMachine):
             cid = active[index % len(active)]
             link = self.h.link_of(side, cid)
             if link is not None:
-                link.faulted = True  # W20: a removal racing the peer's data may fail it
+                # retiring a connection while the peer still sends on it may fail it
+                link.faulted = True
             session.remove_connection(cid)
             self.h.pump()
         self._settle()

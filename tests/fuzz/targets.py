@@ -517,7 +517,7 @@ def frames(data: bytes) -> None:
 
 
 def extensions(data: bytes) -> None:
-    """The bodies of ``tcpls``, ``tcpls_join`` and ``tcpls_token`` (W2)."""
+    """The bodies of ``tcpls``, ``tcpls_join`` and ``tcpls_token`` (design: Token encoding)."""
     try:
         decode_tcpls(data)
     except DecodeError:
@@ -728,7 +728,7 @@ def session(data: bytes) -> None:
     bytes and FIN on a stream of its own, not yet acknowledged (so fuzzed ACKs meet a real
     retransmission log); bit 6: at the end the receiving application reads every readable
     stream and closes the session; bit 7: the client does not offer TCPLS, so the session
-    is plain TLS (W17) and record contents are stream 0's bytes (no join then).
+    is plain TLS (design: Fallback) and record contents are stream 0's bytes (no join then).
 
     Records are sealed with the sender's real keys (``tests.core.util.inject_raw``). The
     receiver must accept them or end with a clean protocol error and its alert; no
@@ -782,7 +782,7 @@ def session(data: bytes) -> None:
     _check_error_list(h.server, list(h.server_events), "server")
     error = receiver.error
     if isinstance(error, ProtocolError) and receiver.connections:
-        # W14: the offended session ends, and its alert reaches the offender and ends it
+        # (design: Alerts) the offended session ends, and its alert reaches the offender and ends it
         # too (unless the offender's Connection Reset left no connection to send it on)
         told = sender.error
         if not receiver.closed or not (isinstance(told, PeerAlert) and told.alert == error.alert):

@@ -49,7 +49,7 @@ SERVER_B = "10.10.2.2"
 BIG = 64 << 20
 SMALL = 4 << 20
 RATE_MBIT = 150  # 64 MiB take ~3.7 s per path
-#: The plaintext illegal_parameter alert of a rejected join (W7).
+#: The plaintext illegal_parameter alert of a rejected join (design: Joins).
 ALERT_ILLEGAL_PARAMETER = bytes.fromhex("1503030002022f")
 
 
