@@ -218,7 +218,8 @@ class SessionMachine(RuleBasedStateMachine):
                 raise AssertionError(f"{side} read wrong bytes at offset {start + first} of {d}")
             d.read += data
         if not d.eof:
-            # a stream both sides ended and read is forgotten (design: Streams), maybe before we looked
+            # a stream both sides ended and read is forgotten, maybe before we looked
+            # (design: Streams)
             gone = d.sid in self.known[side] and d.sid not in session.streams
             if (stream is not None and stream.recv.at_eof) or gone:
                 d.eof = True

@@ -782,7 +782,8 @@ def session(data: bytes) -> None:
     _check_error_list(h.server, list(h.server_events), "server")
     error = receiver.error
     if isinstance(error, ProtocolError) and receiver.connections:
-        # (design: Alerts) the offended session ends, and its alert reaches the offender and ends it
+        # the offended session ends, and its alert reaches the offender and ends it
+        # (design: Alerts)
         # too (unless the offender's Connection Reset left no connection to send it on)
         told = sender.error
         if not receiver.closed or not (isinstance(told, PeerAlert) and told.alert == error.alert):
