@@ -783,8 +783,8 @@ def session(data: bytes) -> None:
     error = receiver.error
     if isinstance(error, ProtocolError) and receiver.connections:
         # the offended session ends, and its alert reaches the offender and ends it
+        # too, unless the offender's Connection Reset left no connection to send it on
         # (design: Alerts)
-        # too (unless the offender's Connection Reset left no connection to send it on)
         told = sender.error
         if not receiver.closed or not (isinstance(told, PeerAlert) and told.alert == error.alert):
             raise FuzzFailure(
