@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,3 +38,16 @@ def running_server(pki: DevPKI, *mode: str) -> Iterator[int]:
     finally:
         proc.kill()
         proc.wait()
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> int:
+    """Interrupt a ``tcpls serve`` started with ``stderr=subprocess.PIPE`` as a user would
+    (Ctrl-C), check that it printed no traceback, and return its exit code."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert b"Traceback" not in err, err
+    return proc.returncode

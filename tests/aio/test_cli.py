@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tcpls.devcert import DevPKI
-from tests.aio.cli_util import TCPLS, start_server
+from tests.aio.cli_util import TCPLS, start_server, stop_server
 from tests.helpers import free_port, wait_port
 
 
@@ -28,14 +27,7 @@ def serve(pki: DevPKI) -> Iterator[int]:
     try:
         yield port
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        assert b"Traceback" not in err, err
-        assert proc.returncode == 0
+        assert stop_server(proc) == 0
 
 
 def _connect(
@@ -220,6 +212,4 @@ def test_perf_between_two_processes(pki: DevPKI) -> None:
         assert timed.returncode == 0, timed.stderr
         assert b"total" in timed.stdout
     finally:
-        server.send_signal(signal.SIGINT)
-        _, err = server.communicate(timeout=10)
-        assert b"Traceback" not in err
+        stop_server(server)

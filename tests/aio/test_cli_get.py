@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 import tcpls
 from tcpls.devcert import DevPKI
-from tests.aio.cli_util import TCPLS, running_server, start_server
+from tests.aio.cli_util import TCPLS, running_server, start_server, stop_server
 from tests.helpers import ThreadServer
 
 OLD = b"the previous version of the file\n"
@@ -35,13 +34,7 @@ def file_server(pki: DevPKI, files: Path) -> Iterator[int]:
     try:
         yield port
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        assert b"Traceback" not in err, err
+        stop_server(proc)
 
 
 def _get(

@@ -58,14 +58,16 @@ def _check_stderr(lines: list[tuple[float, str]], killed: float, exited: float) 
     return lines[1][1]
 
 
-def test_connect_reports_reconnecting_then_gives_up(
-    pki: DevPKI, processes: list[subprocess.Popen[bytes]]
-) -> None:
+def _echo_session_then_kill_server(
+    pki: DevPKI, processes: list[subprocess.Popen[bytes]], reconnect_timeout: str
+) -> tuple[_Lines, subprocess.Popen[bytes], int, float]:
+    """Start an echo server and ``tcpls connect`` to it, see one line echoed, kill the
+    server; return the client's stderr lines, the client, the port and the kill time."""
     server, port = _server(pki, "--echo")
     processes.append(server)
     client = subprocess.Popen(
         [*TCPLS, "connect", "127.0.0.1", str(port), "--cafile", str(pki.ca_file),
-         "--reconnect-timeout", "2"],
+         "--reconnect-timeout", reconnect_timeout],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -77,7 +79,13 @@ def test_connect_reports_reconnecting_then_gives_up(
     client.stdin.flush()
     assert client.stdout.readline() == b"hello\n"  # the session is up
     server.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
+    return errors, client, port, time.monotonic()
+
+
+def test_connect_reports_reconnecting_then_gives_up(
+    pki: DevPKI, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    errors, client, port, killed = _echo_session_then_kill_server(pki, processes, "2")
     # standard input stays open: the command must not wait for it to end
     assert client.wait(timeout=15) == 1
     exited = time.monotonic()
@@ -124,23 +132,7 @@ def test_get_reports_reconnecting_and_keeps_the_destination(
 def test_reconnect_timeout_zero_gives_up_at_once(
     pki: DevPKI, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    server, port = _server(pki, "--echo")
-    processes.append(server)
-    client = subprocess.Popen(
-        [*TCPLS, "connect", "127.0.0.1", str(port), "--cafile", str(pki.ca_file),
-         "--reconnect-timeout", "0"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    processes.append(client)
-    assert client.stdin is not None and client.stdout is not None
-    errors = _Lines(client.stderr)
-    client.stdin.write(b"hello\n")
-    client.stdin.flush()
-    assert client.stdout.readline() == b"hello\n"
-    server.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
+    errors, client, _, killed = _echo_session_then_kill_server(pki, processes, "0")
     assert client.wait(timeout=15) == 1
     assert time.monotonic() - killed < 2
     lines = [text for _, text in errors.join()]
