@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 import itertools
 import json
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from lab_util import serve_until_signal  # (this folder: run as a script)
 
 import tcpls
 from tcpls.fileserve import make_file_handler
@@ -92,15 +93,7 @@ async def main(args: argparse.Namespace) -> int:
         observed(make_file_handler(args.files)), args.host, args.port, config=config
     )
     emit("serving", port=server.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(server.wait_closed(), 3)
-    return 0
+    return await serve_until_signal(server)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

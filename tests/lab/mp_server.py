@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
+
+from lab_util import serve_until_signal  # (this folder: run as a script)
 
 import tcpls
 from tcpls.fileserve import make_file_handler
@@ -39,15 +39,7 @@ async def main(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
     )
     print(f"serving {server.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(server.wait_closed(), 3)
-    return 0
+    return await serve_until_signal(server)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -44,10 +44,7 @@ import contextlib
 import hashlib
 import json
 import os
-import queue
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -58,7 +55,8 @@ from typing import Any
 
 import pytest
 
-from tcpls.lab import CutMode, Lab, LabError, PathSpec, Side, lab_available
+from tcpls.lab import CutMode, Lab, LabError, PathSpec, lab_available
+from tests.lab.lab_util import JsonProcess
 
 pytestmark = pytest.mark.lab
 
@@ -161,72 +159,6 @@ def build_lab(specs: list[PathSpec]) -> Iterator[Lab]:
 
 
 # -- processes ------------------------------------------------------------------------------
-
-
-class JsonProcess:
-    """A script in a lab namespace whose JSON stdout lines arrive on a queue."""
-
-    def __init__(self, lab: Lab, side: Side, argv: list[str], log: Path) -> None:
-        self.log = log
-        self.name = Path(argv[0]).name
-        err = open(log, "wb")  # noqa: SIM115 - the child holds it
-        self.proc = lab.popen(
-            side,
-            [sys.executable, *argv],
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-        err.close()
-        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.events.put(json.loads(line))
-        self.events.put(None)
-
-    def wait_for(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                item = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no {event!r} within {timeout} s{self.tail()}") from None
-            if item is None:
-                code = self.proc.wait()
-                raise AssertionError(f"{self.name} exited ({code}){self.tail()}")
-            self.seen.append(item)
-            if item["event"] == event:
-                return item
-
-    def drain(self) -> list[dict[str, Any]]:
-        """Every event received so far (``seen`` plus what waits on the queue)."""
-        while True:
-            try:
-                item = self.events.get_nowait()
-            except queue.Empty:
-                return self.seen
-            if item is not None:
-                self.seen.append(item)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def tail(self, size: int = 4000) -> str:
-        with contextlib.suppress(OSError):
-            text = self.log.read_text(errors="replace")[-size:]
-            if text.strip():
-                return f"\n{self.log.name}:\n{text}"
-        return ""
 
 
 def start_server(

@@ -19,17 +19,14 @@ Needs root (skips otherwise). Runtime about 30 s. ``pytest -s`` prints each test
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import queue
 import secrets
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from typing import Any
 import pytest
 
 from tcpls.lab import CutMode, Lab, PathSpec, lab_available
+from tests.lab.lab_util import JsonProcess
 
 pytestmark = pytest.mark.lab
 
@@ -137,66 +135,18 @@ def start_server(
     raise AssertionError(f"the server did not start:\n{log.read_text(errors='replace')}")
 
 
-class Client:
+class Client(JsonProcess):
     """``mp_client.py`` in the client namespace; its JSON events arrive on a queue."""
 
     def __init__(self, lab: Lab, m: Material, log: Path, *args: str) -> None:
-        argv = [sys.executable, str(CLIENT_SCRIPT), "--host", SERVER_A, "--port", str(PORT)]
+        argv = [str(CLIENT_SCRIPT), "--host", SERVER_A, "--port", str(PORT)]
         argv += ["--cafile", m.ca, *args]
-        self.log = log
-        err = open(log, "wb")  # noqa: SIM115
-        self.proc = lab.popen(
-            "client", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
-        )
-        err.close()
-        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.events.put(json.loads(line))
-        self.events.put(None)
-
-    def next(self, timeout: float) -> dict[str, Any]:
-        try:
-            event = self.events.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(
-                f"no event from the client for {timeout} s{self.tail()}"
-            ) from None
-        if event is None:
-            raise AssertionError(f"the client exited (code {self.proc.wait()}){self.tail()}")
-        self.seen.append(event)
-        return event
-
-    def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self.next(max(0.01, deadline - time.monotonic()))
-            if predicate(event):
-                return event
+        super().__init__(lab, "client", argv, log, stdin=subprocess.PIPE)
 
     def result(self, timeout: float = 60) -> dict[str, Any]:
-        event = self.wait_for(lambda e: e["event"] == "result", timeout)
+        event = self.wait_for("result", timeout)
         self.proc.wait(10)
         return event
-
-    def send_line(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def tail(self) -> str:
-        with contextlib.suppress(OSError):
-            text = self.log.read_text(errors="replace")[-3000:]
-            if text.strip():
-                return f"\nclient stderr:\n{text}"
-        return ""
 
 
 def at_a_third(event: dict[str, Any]) -> bool:
@@ -234,9 +184,9 @@ def test_make_before_break(
         "--path", "/big.bin", "--scheduler", "backup", "--user-timeout", "0.5",
         "--join", f"{SERVER_B}:{PORT}",
     )  # fmt: skip
-    connected = client.wait_for(lambda e: e["event"] == "connected")
+    connected = client.wait_for("connected")
     assert sorted(c["id"] for c in connected["connections"]) == [0, 1]
-    progress = client.wait_for(at_a_third)
+    progress = client.wait_until(at_a_third)
     cut_at = time.monotonic()
     lab.cut(0, cut)
     # the data flowed on A (connection 0) until the cut
@@ -268,9 +218,9 @@ def test_break_before_make(lab: Lab, material: Material, tmp_path: Path, cut: Cu
         tmp_path / "client.log",
         "--path", "/big.bin", "--user-timeout", "0.5",
     )  # fmt: skip
-    connected = client.wait_for(lambda e: e["event"] == "connected")
+    connected = client.wait_for("connected")
     assert [c["id"] for c in connected["connections"]] == [0]
-    progress = client.wait_for(at_a_third)
+    progress = client.wait_until(at_a_third)
     cut_at = time.monotonic()
     lab.cut(0, cut)
     result = client.result()
@@ -307,10 +257,10 @@ def test_migration(lab: Lab, material: Material, tmp_path: Path) -> None:
         "--path", "/big.bin", "--user-timeout", "0.5",
         "--migrate-to", f"{SERVER_B}:{PORT}", "--migrate-at", str(BIG // 3),
     )  # fmt: skip
-    connected = client.wait_for(lambda e: e["event"] == "connected")
+    connected = client.wait_for("connected")
     assert [c["id"] for c in connected["connections"]] == [0]
     assert len(_established(lab, SERVER_A)) == 1
-    migrated = client.wait_for(lambda e: e["event"] == "migrated")
+    migrated = client.wait_for("migrated")
     assert [c["id"] for c in migrated["connections"]] == [migrated["id"]]
     (new,) = migrated["connections"]
     assert new["remote"] == [SERVER_B, PORT]
@@ -371,12 +321,12 @@ def test_bad_tokens_rejected(lab: Lab, material: Material, tmp_path: Path) -> No
         "--mode", "tokens", "--path", "/small.bin", "--user-timeout", "0.5",
         "--join", f"{SERVER_B}:{PORT}",
     )  # fmt: skip
-    warmup = client.wait_for(lambda e: e["event"] == "warmup")
+    warmup = client.wait_for("warmup")
     assert warmup["sha256"] == material.small_sha256
-    used = bytes.fromhex(client.wait_for(lambda e: e["event"] == "token")["token"])
-    joined = client.wait_for(lambda e: e["event"] == "joined")
+    used = bytes.fromhex(client.wait_for("token")["token"])
+    joined = client.wait_for("joined")
     assert sorted(c["id"] for c in joined["connections"]) == [0, 1]
-    connected = client.wait_for(lambda e: e["event"] == "connected")
+    connected = client.wait_for("connected")
 
     replies = {
         "random_A": _forged_join(lab, secrets.token_bytes(32), SERVER_A),
