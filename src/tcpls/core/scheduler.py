@@ -28,21 +28,105 @@ from typing import Literal
 from tcpls.core.connection import Connection
 from tcpls.core.streams import Stream
 
-__all__ = ["SCHEDULERS", "Scheduler", "SchedulerName"]
+__all__ = [
+    "SCHEDULERS",
+    "AggregatePolicy",
+    "BackupPolicy",
+    "PinnedPolicy",
+    "Policy",
+    "Scheduler",
+    "SchedulerName",
+]
 
 SchedulerName = Literal["aggregate", "pinned", "backup"]
 SCHEDULERS: tuple[SchedulerName, ...] = ("aggregate", "pinned", "backup")
 
 
-class Scheduler:
-    """A scheduling policy (see the module docstring); change ``name`` at any time."""
+class Policy:
+    """One scheduling policy: which connection an unpinned stream may use."""
 
-    __slots__ = ("name",)
+    #: The policy's name, as the API and the command line spell it.
+    name: SchedulerName
+    #: Every stream may use every usable connection unless the application pinned it
+    #: (the sender then skips the per-stream question: the data path's fast case).
+    spreads = False
+
+    def allows(
+        self, stream: Stream, conn: Connection, connections: Mapping[int, Connection]
+    ) -> bool:
+        """Whether the unpinned ``stream`` (or one whose pinned connection is gone) may
+        put data on ``conn`` now."""
+        raise NotImplementedError
+
+
+class AggregatePolicy(Policy):
+    """Any stream on any usable connection (bandwidth adds up)."""
+
+    name: SchedulerName = "aggregate"
+    spreads = True
+
+    def allows(
+        self, stream: Stream, conn: Connection, connections: Mapping[int, Connection]
+    ) -> bool:
+        return True
+
+
+class BackupPolicy(Policy):
+    """Everything on the primary connection; the others only when it fails."""
+
+    name: SchedulerName = "backup"
+
+    def allows(
+        self, stream: Stream, conn: Connection, connections: Mapping[int, Connection]
+    ) -> bool:
+        return conn.id == Scheduler.primary(connections)
+
+
+class PinnedPolicy(Policy):
+    """Each stream stays on one connection, the least loaded one when it first sends."""
+
+    name: SchedulerName = "pinned"
+
+    def allows(
+        self, stream: Stream, conn: Connection, connections: Mapping[int, Connection]
+    ) -> bool:
+        pin = stream.pin
+        if pin is None or pin not in connections or not connections[pin].usable:
+            stream.pin = _least_loaded(connections, conn)
+        return stream.pin == conn.id
+
+
+_POLICIES: dict[str, type[Policy]] = {
+    "aggregate": AggregatePolicy,
+    "pinned": PinnedPolicy,
+    "backup": BackupPolicy,
+}
+
+
+class Scheduler:
+    """The session's scheduler: the application's pins, then the current policy.
+
+    Set :attr:`name` at any time to change the policy.
+    """
+
+    __slots__ = ("policy",)
 
     def __init__(self, name: SchedulerName = "aggregate") -> None:
-        if name not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {name!r} (choose from {', '.join(SCHEDULERS)})")
-        self.name: SchedulerName = name
+        self.policy: Policy = _policy(name)
+
+    @property
+    def name(self) -> SchedulerName:
+        """The current policy's name."""
+        return self.policy.name
+
+    @name.setter
+    def name(self, name: SchedulerName) -> None:
+        self.policy = _policy(name)
+
+    @property
+    def spreads(self) -> bool:
+        """Whether every unpinned stream may use every usable connection."""
+        return self.policy.spreads
 
     def allows(
         self, stream: Stream, conn: Connection, connections: Mapping[int, Connection]
@@ -54,15 +138,7 @@ class Scheduler:
             if pinned is not None and pinned.usable:
                 return pin == conn.id
             # the pinned connection is gone: fall through to the policy
-        name = self.name
-        if name == "aggregate":
-            return True
-        if name == "backup":
-            return conn.id == self.primary(connections)
-        # pinned: assign on first use, to the least loaded usable connection
-        if pin is None or pin not in connections or not connections[pin].usable:
-            stream.pin = self._least_loaded(connections, conn)
-        return stream.pin == conn.id
+        return self.policy.allows(stream, conn, connections)
 
     @staticmethod
     def primary(connections: Mapping[int, Connection]) -> int | None:
@@ -70,10 +146,17 @@ class Scheduler:
         usable = [c.id for c in connections.values() if c.usable]
         return min(usable) if usable else None
 
-    @staticmethod
-    def _least_loaded(connections: Mapping[int, Connection], default: Connection) -> int:
-        best, best_load = default.id, len(default.sent_log)
-        for c in connections.values():
-            if c.usable and len(c.sent_log) < best_load:
-                best, best_load = c.id, len(c.sent_log)
-        return best
+
+def _policy(name: str) -> Policy:
+    policy = _POLICIES.get(name)
+    if policy is None:
+        raise ValueError(f"unknown scheduler {name!r} (choose from {', '.join(SCHEDULERS)})")
+    return policy()
+
+
+def _least_loaded(connections: Mapping[int, Connection], default: Connection) -> int:
+    best, best_load = default.id, len(default.sent_log)
+    for c in connections.values():
+        if c.usable and len(c.sent_log) < best_load:
+            best, best_load = c.id, len(c.sent_log)
+    return best

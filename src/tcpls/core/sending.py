@@ -70,7 +70,7 @@ class SendingMixin(SessionBase):
     def _sendable_for(self, conn: Connection) -> bool:
         if not self._sendable:
             return False
-        if self.scheduler.name == "aggregate":
+        if self.scheduler.spreads:
             return True
         conns = self.connections
         allows = self.scheduler.allows
@@ -202,7 +202,7 @@ class SendingMixin(SessionBase):
             or self._control
             or conn.ping_pending
             or conn.ping_answer
-            or self.scheduler.name != "aggregate"
+            or not self.scheduler.spreads
         ):
             return None
         if self._acks_pending:
@@ -332,7 +332,7 @@ class SendingMixin(SessionBase):
         streams = self.streams
         conns = self.connections
         allows = self.scheduler.allows
-        aggregate = self.scheduler.name == "aggregate"
+        aggregate = self.scheduler.spreads
         unacked_cap = self.tuning.max_unacked_bytes if self.reliable else 1 << 62
         half_buffer = self.tuning.stream_send_buffer // 2
         for sid in list(sendable):
