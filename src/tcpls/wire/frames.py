@@ -3,25 +3,7 @@
 See the design notes: Frame layout, Stream frames, Records, Alerts, Addresses, Stream
 Change and Padding.
 
-Layout
-======
-
-The content of a decrypted TCPLS record (``TLSInnerPlaintext.content``, inner type 23) is a
-sequence of frames. Each frame is its fields in the order the draft lists them, followed by
-a one-byte type, which is therefore the **last** byte of the frame. Every integer is
-fixed-width big-endian; there are no variable-length integers. Wire order, lowest address
-first (sizes in bytes)::
-
-    0x00 Padding           Type                                                    1
-    0x01 Ping              Type                                                    1
-    0x02 Stream            Data(Length) Length(2) Offset(8) StreamID(4) Type       15 + Length
-    0x03 Stream with FIN   same as 0x02; the low bit of the type byte is FIN
-    0x04 ACK               HighestRecordSequence(8) ConnectionID(4) Type           13
-    0x05 New Token         Token(32) Sequence(1) Type                              34
-    0x06 Connection Reset  ConnectionID(4) Type                                    5
-    0x07 New Address       Port(2) Address(4|16) Version(1) AddressID(1) Type      9 or 21
-    0x08 Remove Address    AddressID(1) Type                                       2
-    0x09 Stream Change     NextRecordStreamID(4) NextOffset(8) Type                13
+The layout of each frame is documented in :mod:`tcpls.wire.layout`.
 
 Backward parsing
 ================
@@ -62,12 +44,35 @@ different types can share a set or a dict.
 from __future__ import annotations
 
 import ipaddress
-import struct
 from collections.abc import Callable, Iterable
-from enum import IntEnum
 from typing import NamedTuple, TypeAlias
 
 from tcpls.errors import DecodeError, IllegalParameter
+from tcpls.wire.layout import (
+    ACK_LAYOUT,
+    ACK_SIZE,
+    CONNECTION_RESET_LAYOUT,
+    CONNECTION_RESET_SIZE,
+    MAX_RECORD_PAYLOAD,
+    MAX_STREAM_DATA,
+    NEW_ADDRESS_V4_LAYOUT,
+    NEW_ADDRESS_V4_SIZE,
+    NEW_ADDRESS_V6_LAYOUT,
+    NEW_ADDRESS_V6_SIZE,
+    NEW_TOKEN_LAYOUT,
+    NEW_TOKEN_SIZE,
+    PADDING_SIZE,
+    PING_SIZE,
+    REMOVE_ADDRESS_SIZE,
+    STREAM_CHANGE_LAYOUT,
+    STREAM_CHANGE_SIZE,
+    STREAM_HEADER_LAYOUT,
+    STREAM_HEADER_SIZE,
+    TOKEN_SIZE,
+    FrameType,
+    encode_stream_header,
+    write_stream_header_into,
+)
 
 __all__ = [
     "ACK_SIZE",
@@ -106,48 +111,6 @@ __all__ = [
 ]
 
 
-class FrameType(IntEnum):
-    """The frame type byte (draft-04 Table 2), the last byte of every frame."""
-
-    PADDING = 0x00
-    PING = 0x01
-    STREAM = 0x02
-    STREAM_FIN = 0x03
-    ACK = 0x04
-    NEW_TOKEN = 0x05
-    CONNECTION_RESET = 0x06
-    NEW_ADDRESS = 0x07
-    REMOVE_ADDRESS = 0x08
-    STREAM_CHANGE = 0x09
-
-
-#: Most bytes of frames in one record: the TLS 1.3 plaintext limit, 2**14 (design: Records).
-MAX_RECORD_PAYLOAD = 16384
-#: Bytes of a Stream frame besides its data: Length(2) Offset(8) Stream ID(4) Type(1).
-STREAM_HEADER_SIZE = 15
-#: Most stream bytes in one record, when the Stream frame is alone in it (design: Records).
-MAX_STREAM_DATA = MAX_RECORD_PAYLOAD - STREAM_HEADER_SIZE
-#: Size of one Padding frame; a ``Padding(length=n)`` value stands for ``n`` of them.
-PADDING_SIZE = 1
-#: Size of a Ping frame.
-PING_SIZE = 1
-#: Size of an ACK frame.
-ACK_SIZE = 13
-#: Size of the token in a New Token frame (the same as :data:`tcpls.wire.extensions.TOKEN_SIZE`).
-TOKEN_SIZE = 32
-#: Size of a New Token frame.
-NEW_TOKEN_SIZE = TOKEN_SIZE + 2
-#: Size of a Connection Reset frame.
-CONNECTION_RESET_SIZE = 5
-#: Size of a New Address frame carrying an IPv4 address.
-NEW_ADDRESS_V4_SIZE = 9
-#: Size of a New Address frame carrying an IPv6 address.
-NEW_ADDRESS_V6_SIZE = 21
-#: Size of a Remove Address frame.
-REMOVE_ADDRESS_SIZE = 2
-#: Size of a Stream Change frame.
-STREAM_CHANGE_SIZE = 13
-
 #: What a Stream frame's data may be: ``bytes`` (or ``bytearray``) built locally, or a
 #: ``memoryview`` slice of the record when :func:`parse_frames` was given a memoryview.
 StreamData: TypeAlias = bytes | bytearray | memoryview
@@ -156,24 +119,6 @@ _U8 = 1 << 8
 _U16 = 1 << 16
 _U32 = 1 << 32
 _U64 = 1 << 64
-
-# Each struct covers the fixed fields of a frame *including* its trailing type byte, so
-# that the fields of a frame ending at ``end`` are unpacked at ``end - SIZE``.
-_STREAM_HEADER = struct.Struct(">HQIB")  # Length, Offset, Stream ID, Type
-_ACK = struct.Struct(">QIB")  # Highest Record Sequence Received, Connection ID, Type
-_NEW_TOKEN = struct.Struct(">32sBB")  # Token, Sequence, Type
-_CONNECTION_RESET = struct.Struct(">IB")  # Connection ID, Type
-_NEW_ADDRESS_V4 = struct.Struct(">HIBBB")  # Port, Address, Version, Address ID, Type
-_NEW_ADDRESS_V6 = struct.Struct(">HQQBBB")  # Port, Address (2 halves), Version, ID, Type
-_STREAM_CHANGE = struct.Struct(">IQB")  # Next Record Stream ID, Next Offset, Type
-
-assert _STREAM_HEADER.size == STREAM_HEADER_SIZE
-assert _ACK.size == ACK_SIZE
-assert _NEW_TOKEN.size == NEW_TOKEN_SIZE
-assert _CONNECTION_RESET.size == CONNECTION_RESET_SIZE
-assert _NEW_ADDRESS_V4.size == NEW_ADDRESS_V4_SIZE
-assert _NEW_ADDRESS_V6.size == NEW_ADDRESS_V6_SIZE
-assert _STREAM_CHANGE.size == STREAM_CHANGE_SIZE
 
 
 # --------------------------------------------------------------------------- frame values
@@ -390,32 +335,6 @@ def _check_uint(name: str, value: object, limit: int) -> None:
         raise ValueError(f"{name} {value} out of range (0 to {limit - 1})")
 
 
-def encode_stream_header(stream_id: int, offset: int, length: int, fin: bool) -> bytes:
-    """The 15 bytes that follow ``length`` bytes of stream data in a Stream frame.
-
-    Data-path helper: values are not range-checked here beyond what :mod:`struct` does
-    (it raises :class:`struct.error` for a value that does not fit its field).
-    """
-    return _STREAM_HEADER.pack(length, offset, stream_id, 3 if fin else 2)
-
-
-def write_stream_header_into(
-    buf: bytearray | memoryview,
-    pos: int,
-    stream_id: int,
-    offset: int,
-    length: int,
-    fin: bool,
-) -> int:
-    """Write a Stream frame header (:func:`encode_stream_header`) at ``buf[pos:pos + 15]``.
-
-    The ``length`` data bytes are expected at ``buf[pos - length:pos]``. Returns
-    ``pos + 15``, the end of the frame. Values are not range-checked beyond :mod:`struct`.
-    """
-    _STREAM_HEADER.pack_into(buf, pos, length, offset, stream_id, 3 if fin else 2)
-    return pos + STREAM_HEADER_SIZE
-
-
 def _encode_into(frame: Frame, out: Callable[[StreamData], object]) -> None:
     """Validate ``frame`` and pass its encoding, in one or two pieces, to ``out``."""
     if type(frame) is StreamFrame:
@@ -427,11 +346,13 @@ def _encode_into(frame: Frame, out: Callable[[StreamData], object]) -> None:
         _check_uint("stream ID", frame.stream_id, _U32)
         _check_uint("stream offset", frame.offset, _U64)
         out(data)
-        out(_STREAM_HEADER.pack(length, frame.offset, frame.stream_id, 3 if frame.fin else 2))
+        out(
+            STREAM_HEADER_LAYOUT.pack(length, frame.offset, frame.stream_id, 3 if frame.fin else 2)
+        )
     elif type(frame) is Ack:
         _check_uint("ACK connection ID", frame.connection_id, _U32)
         _check_uint("ACK highest record sequence", frame.highest_sequence, _U64)
-        out(_ACK.pack(frame.highest_sequence, frame.connection_id, FrameType.ACK))
+        out(ACK_LAYOUT.pack(frame.highest_sequence, frame.connection_id, FrameType.ACK))
     elif type(frame) is Padding:
         if not isinstance(frame.length, int) or frame.length < 1:
             raise ValueError(f"Padding length must be a positive int, not {frame.length!r}")
@@ -445,24 +366,24 @@ def _encode_into(frame: Frame, out: Callable[[StreamData], object]) -> None:
         if len(token) != TOKEN_SIZE:
             raise ValueError(f"a TCPLS token is {TOKEN_SIZE} bytes, not {len(token)}")
         _check_uint("New Token sequence", frame.sequence, _U8)
-        out(_NEW_TOKEN.pack(bytes(token), frame.sequence, FrameType.NEW_TOKEN))
+        out(NEW_TOKEN_LAYOUT.pack(bytes(token), frame.sequence, FrameType.NEW_TOKEN))
     elif type(frame) is ConnectionReset:
         _check_uint("Connection Reset connection ID", frame.connection_id, _U32)
-        out(_CONNECTION_RESET.pack(frame.connection_id, FrameType.CONNECTION_RESET))
+        out(CONNECTION_RESET_LAYOUT.pack(frame.connection_id, FrameType.CONNECTION_RESET))
     elif type(frame) is NewAddress:
         _check_uint("address ID", frame.address_id, _U8)
         _check_uint("port", frame.port, _U16)
         address = frame.address
         if isinstance(address, ipaddress.IPv4Address):
             out(
-                _NEW_ADDRESS_V4.pack(
+                NEW_ADDRESS_V4_LAYOUT.pack(
                     frame.port, int(address), 4, frame.address_id, FrameType.NEW_ADDRESS
                 )
             )
         elif isinstance(address, ipaddress.IPv6Address):
             value = int(address)
             out(
-                _NEW_ADDRESS_V6.pack(
+                NEW_ADDRESS_V6_LAYOUT.pack(
                     frame.port,
                     value >> 64,
                     value & (_U64 - 1),
@@ -481,7 +402,7 @@ def _encode_into(frame: Frame, out: Callable[[StreamData], object]) -> None:
     elif type(frame) is StreamChange:
         _check_uint("Stream Change stream ID", frame.stream_id, _U32)
         _check_uint("Stream Change offset", frame.offset, _U64)
-        out(_STREAM_CHANGE.pack(frame.stream_id, frame.offset, FrameType.STREAM_CHANGE))
+        out(STREAM_CHANGE_LAYOUT.pack(frame.stream_id, frame.offset, FrameType.STREAM_CHANGE))
     else:
         raise TypeError(f"not a TCPLS frame: {frame!r}")
 
@@ -586,7 +507,7 @@ def parse_frames(content: bytes | bytearray | memoryview) -> list[Frame]:
                 if end < STREAM_HEADER_SIZE:
                     raise _truncated("Stream", STREAM_HEADER_SIZE, end)
                 hdr = end - STREAM_HEADER_SIZE
-                length, offset, stream_id, _ = _STREAM_HEADER.unpack_from(view, hdr)
+                length, offset, stream_id, _ = STREAM_HEADER_LAYOUT.unpack_from(view, hdr)
                 start = hdr - length
                 if start < 0:
                     raise DecodeError(
@@ -605,7 +526,7 @@ def parse_frames(content: bytes | bytearray | memoryview) -> list[Frame]:
                 if end < ACK_SIZE:
                     raise _truncated("ACK", ACK_SIZE, end)
                 end -= ACK_SIZE
-                highest, connection_id, _ = _ACK.unpack_from(view, end)
+                highest, connection_id, _ = ACK_LAYOUT.unpack_from(view, end)
                 append(Ack(connection_id, highest))
             elif t == 0:
                 # Look at a few bytes one by one (most runs are short), then gallop.
@@ -624,13 +545,13 @@ def parse_frames(content: bytes | bytearray | memoryview) -> list[Frame]:
                 if end < NEW_TOKEN_SIZE:
                     raise _truncated("New Token", NEW_TOKEN_SIZE, end)
                 end -= NEW_TOKEN_SIZE
-                token, sequence, _ = _NEW_TOKEN.unpack_from(view, end)
+                token, sequence, _ = NEW_TOKEN_LAYOUT.unpack_from(view, end)
                 append(NewToken(sequence, token))
             elif t == 6:
                 if end < CONNECTION_RESET_SIZE:
                     raise _truncated("Connection Reset", CONNECTION_RESET_SIZE, end)
                 end -= CONNECTION_RESET_SIZE
-                connection_id, _ = _CONNECTION_RESET.unpack_from(view, end)
+                connection_id, _ = CONNECTION_RESET_LAYOUT.unpack_from(view, end)
                 append(ConnectionReset(connection_id))
             elif t == 7:
                 if end < 3:
@@ -640,13 +561,15 @@ def parse_frames(content: bytes | bytearray | memoryview) -> list[Frame]:
                     if end < NEW_ADDRESS_V4_SIZE:
                         raise _truncated("New Address (IPv4)", NEW_ADDRESS_V4_SIZE, end)
                     end -= NEW_ADDRESS_V4_SIZE
-                    port, v4, _, address_id, _ = _NEW_ADDRESS_V4.unpack_from(view, end)
+                    port, v4, _, address_id, _ = NEW_ADDRESS_V4_LAYOUT.unpack_from(view, end)
                     append(NewAddress(address_id, ipaddress.IPv4Address(v4), port))
                 elif version == 6:
                     if end < NEW_ADDRESS_V6_SIZE:
                         raise _truncated("New Address (IPv6)", NEW_ADDRESS_V6_SIZE, end)
                     end -= NEW_ADDRESS_V6_SIZE
-                    port, high, low, _, address_id, _ = _NEW_ADDRESS_V6.unpack_from(view, end)
+                    port, high, low, _, address_id, _ = NEW_ADDRESS_V6_LAYOUT.unpack_from(
+                        view, end
+                    )
                     address = ipaddress.IPv6Address((high << 64) | low)
                     append(NewAddress(address_id, address, port))
                 else:
@@ -663,7 +586,7 @@ def parse_frames(content: bytes | bytearray | memoryview) -> list[Frame]:
                 if end < STREAM_CHANGE_SIZE:
                     raise _truncated("Stream Change", STREAM_CHANGE_SIZE, end)
                 end -= STREAM_CHANGE_SIZE
-                stream_id, offset, _ = _STREAM_CHANGE.unpack_from(view, end)
+                stream_id, offset, _ = STREAM_CHANGE_LAYOUT.unpack_from(view, end)
                 append(StreamChange(stream_id, offset))
             else:
                 raise DecodeError(f"unknown TCPLS frame type 0x{t:02x} at offset {end - 1}")
