@@ -32,7 +32,7 @@ system-deps:
 	fi
 
 demo: $(STAMP)
-	$(BIN)/python -m tcpls.demo
+	$(BIN)/python -m tcpls.apps.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)

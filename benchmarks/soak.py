@@ -2,7 +2,7 @@
 
 Everything of one system runs against **one server process** (default
 ``ServerConfig`` apart from the certificate and the cipher suite; the handler is
-``tcpls.cli.echo_handler``), driven by ``--clients`` client processes (default 2)
+``tcpls.apps.echo.echo_handler``), driven by ``--clients`` client processes (default 2)
 that take their commands from the parent. The phases, in this order:
 
 1. **rate**: every client opens and closes sessions as fast as it can (``--concurrency``
@@ -242,7 +242,7 @@ def soak_server(conn: Connection, pki: Pki, system: str, trace_frames: int) -> N
 
 async def _tcpls_server(control: Control, pki: Pki) -> None:
     import tcpls
-    from tcpls.cli import echo_handler
+    from tcpls.apps.echo import echo_handler
 
     counters = {"sessions_started": 0, "sessions_ended": 0, "tcpls_sessions": 0}
     handler_errors = ErrorCounter()
@@ -1170,7 +1170,7 @@ def main(argv: list[str] | None = None) -> int:
                 "settle_min_s": args.settle,
                 "rlimit_nofile": list(nofile),
                 "server": "one process; tcpls: ServerConfig defaults + cert, key, cipher suite; "
-                "handler tcpls.cli.echo_handler. ssl: asyncio.start_server, TLS 1.3 "
+                "handler tcpls.apps.echo.echo_handler. ssl: asyncio.start_server, TLS 1.3 "
                 "SSLContext, echo handler",
                 "cipher_suite": CIPHER_SUITE,
                 "rss": "VmRSS of /proc/PID/status of the server, read by the parent",

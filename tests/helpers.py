@@ -158,7 +158,7 @@ class ThreadServer:
         import asyncio
         import threading
 
-        from tcpls.cli import echo_handler
+        from tcpls.apps.echo import echo_handler
 
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()

@@ -38,7 +38,6 @@ from tcpls.errors import (
 if TYPE_CHECKING:
     from tcpls.aio.api import Server
     from tcpls.aio.session import Session
-    from tcpls.aio.streams import StreamReader, StreamWriter
     from tcpls.config import ClientConfig, ServerConfig
 
 __all__ = ["main"]
@@ -382,35 +381,18 @@ def add_server_options(p: argparse.ArgumentParser, *, required: bool = True) -> 
 # ----------------------------------------------------------------- serve
 
 
-async def echo_stream(reader: StreamReader, writer: StreamWriter) -> None:
-    """Send back every byte of a stream on itself; end our direction after the peer's FIN."""
-    try:
-        while data := await reader.read(256 * 1024):
-            writer.write(data)
-            await writer.drain()
-        writer.write_eof()
-        await writer.wait_closed()
-    except (TCPLSError, OSError) as exc:
-        log.info("stream %d ended: %s", reader.stream_id, exc)
-
-
-async def echo_handler(session: Session) -> None:
-    """Echo every stream of a session."""
-    async with asyncio.TaskGroup() as group:
-        async for reader, writer in session:
-            group.create_task(echo_stream(reader, writer))
-
-
 async def cmd_serve(args: argparse.Namespace) -> int:
     """``tcpls serve``."""
     from tcpls.aio.api import serve
 
     config = server_config(args)
     if args.files:
-        from tcpls.fileserve import make_file_handler
+        from tcpls.apps.fileserve import make_file_handler
 
         handler = make_file_handler(args.files)
     elif args.echo:
+        from tcpls.apps.echo import echo_handler
+
         handler = echo_handler
     else:
         raise CommandError("choose what to serve: --echo or --files DIR", EXIT_USAGE)
@@ -543,7 +525,7 @@ async def cmd_perf(args: argparse.Namespace) -> int:
         if not args.cert or not args.key:
             raise CommandError("perf -s needs --cert and --key", EXIT_USAGE)
         from tcpls.aio.api import serve
-        from tcpls.perf import perf_handler
+        from tcpls.apps.perf import perf_handler
 
         server = await serve(
             perf_handler,
@@ -561,7 +543,13 @@ async def cmd_perf(args: argparse.Namespace) -> int:
 async def _perf_client(args: argparse.Namespace) -> int:
     import json
 
-    from tcpls.perf import NotAPerfServer, format_bytes, format_rate, print_result, run_client
+    from tcpls.apps.perf import (
+        NotAPerfServer,
+        format_bytes,
+        format_rate,
+        print_result,
+        run_client,
+    )
 
     target = f"{args.client}:{args.port}"
     session = await open_session(args, args.client, args.port)
@@ -638,8 +626,8 @@ async def _perf_client(args: argparse.Namespace) -> int:
 
 async def cmd_get(args: argparse.Namespace) -> int:
     """``tcpls get``: download a file with progress and per-connection rates."""
-    from tcpls.fileserve import FileTransferError, NotAFileServer, OutputError, download
-    from tcpls.perf import format_bytes, format_rate
+    from tcpls.apps.fileserve import FileTransferError, NotAFileServer, OutputError, download
+    from tcpls.apps.perf import format_bytes, format_rate
 
     target = f"{args.host}:{args.port}"
     output = _Output(args.output)  # before connecting: a local problem needs no server

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 import tcpls
-from tcpls.cli import echo_handler
+from tcpls.apps.echo import echo_handler
 from tcpls.config import SessionTuning
 from tcpls.devcert import DevPKI
 from tcpls.wire.frames import encode_stream_header

@@ -8,7 +8,7 @@ import os
 import pytest
 
 import tcpls
-from tcpls.cli import echo_handler
+from tcpls.apps.echo import echo_handler
 from tcpls.devcert import DevPKI
 
 

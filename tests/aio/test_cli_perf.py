@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 import tcpls
+from tcpls.apps.perf import ACCEPTED, MAGIC, NotAPerfServer, PerfRefused, PerfTimeout, run_client
 from tcpls.devcert import DevPKI
-from tcpls.perf import ACCEPTED, MAGIC, NotAPerfServer, PerfRefused, PerfTimeout, run_client
 from tests.aio.cli_util import TCPLS, running_server
 from tests.helpers import openssl_server
 
@@ -156,7 +156,7 @@ def test_no_answer_is_not_a_perf_server(pki: DevPKI) -> None:
 
 
 def test_the_server_refuses_other_versions(pki: DevPKI) -> None:
-    from tcpls.perf import perf_handler
+    from tcpls.apps.perf import perf_handler
 
     async def exchange(request: bytes) -> bytes:
         server_config = tcpls.ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.key_file))

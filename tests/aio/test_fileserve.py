@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 import tcpls
-from tcpls import fileserve
-from tcpls.devcert import DevPKI
-from tcpls.fileserve import (
+from tcpls.apps import fileserve
+from tcpls.apps.fileserve import (
     MAX_HEADER,
     DownloadResult,
     FileNotFoundOnServer,
@@ -34,6 +33,7 @@ from tcpls.fileserve import (
     download,
     make_file_handler,
 )
+from tcpls.devcert import DevPKI
 
 Respond = Callable[
     [tcpls.Session, tcpls.StreamReader, tcpls.StreamWriter], Coroutine[Any, Any, None]

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import tcpls
+from tcpls.apps.fileserve import download, make_file_handler
 from tcpls.devcert import DevPKI
-from tcpls.fileserve import download, make_file_handler
 
 
 def _configs(pki: DevPKI, **server: object) -> tuple[tcpls.ServerConfig, tcpls.ClientConfig]:

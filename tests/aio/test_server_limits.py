@@ -11,7 +11,7 @@ import weakref
 import pytest
 
 import tcpls
-from tcpls.cli import echo_handler
+from tcpls.apps.echo import echo_handler
 from tcpls.devcert import DevPKI
 from tcpls.errors import ConnectionClosedError, PeerAlert, raisable
 

@@ -9,7 +9,7 @@ import random
 import pytest
 
 import tcpls
-from tcpls.cli import echo_handler
+from tcpls.apps.echo import echo_handler
 from tcpls.devcert import DevPKI
 
 

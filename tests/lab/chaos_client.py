@@ -1,7 +1,7 @@
 """Concurrent tcpls downloads for the chaos lab test, run as a script in the client namespace.
 
 Each ``--path`` is one transfer in a session of its own: connect over ``--host`` (path A),
-join ``--join`` (path B), download the file with :func:`tcpls.fileserve.download`, close the
+join ``--join`` (path B), download the file with :func:`tcpls.apps.fileserve.download`, close the
 session. ``--concurrency`` transfers run at once. Prints one JSON line per event on stdout,
 each with ``event`` and ``t`` (``time.monotonic()``, comparable with the test's clock):
 
@@ -43,7 +43,7 @@ import traceback
 from typing import Any
 
 import tcpls
-from tcpls.fileserve import download
+from tcpls.apps.fileserve import download
 
 LIVE = ("handshake", "active")
 

@@ -1,6 +1,6 @@
 """A tcpls file server for the chaos and close-time lab tests, run in the server namespace.
 
-The handler of ``tcpls serve --files DIR`` (:func:`tcpls.fileserve.make_file_handler`) with
+The handler of ``tcpls serve --files DIR`` (:func:`tcpls.apps.fileserve.make_file_handler`) with
 the timers of :class:`tcpls.SessionTuning` on the command line, and one JSON line on stdout
 per event, each with ``event`` and ``t`` (``time.monotonic()``, shared by every process of
 the machine):
@@ -30,7 +30,7 @@ from typing import Any
 from lab_util import serve_until_signal  # (this folder: run as a script)
 
 import tcpls
-from tcpls.fileserve import make_file_handler
+from tcpls.apps.fileserve import make_file_handler
 
 
 def emit(event: str, **fields: Any) -> None:

@@ -1,6 +1,6 @@
 """A tcpls file server for the multipath lab tests and benchmarks, run in the server namespace.
 
-Like ``tcpls serve --files DIR`` (same handler: :func:`tcpls.fileserve.make_file_handler`),
+Like ``tcpls serve --files DIR`` (same handler: :func:`tcpls.apps.fileserve.make_file_handler`),
 plus what the command line does not offer: the server's own ``--scheduler`` (the sender of a
 download decides which connection carries the data; ``tcpls serve`` always uses
 ``aggregate``) and ``--record-size`` (``SessionTuning.max_record_size``). Prints
@@ -16,7 +16,7 @@ import sys
 from lab_util import serve_until_signal  # (this folder: run as a script)
 
 import tcpls
-from tcpls.fileserve import make_file_handler
+from tcpls.apps.fileserve import make_file_handler
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -381,7 +381,7 @@ class CloseRound:
 
 async def _close_rounds(m: Material, path: str) -> list[CloseRound]:
     import tcpls
-    from tcpls.fileserve import download
+    from tcpls.apps.fileserve import download
 
     class Discard:
         def write(self, data: bytes, /) -> int:

@@ -1,4 +1,4 @@
-"""``make demo`` / ``python -m tcpls.demo``: a tour of what tcpls does.
+"""``make demo`` / ``python -m tcpls.apps.demo``: a tour of what tcpls does.
 
 Starts a tcpls server on 127.0.0.1 with a throw-away certificate, then:
 
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 import tcpls
-from tcpls.cli import echo_handler
+from tcpls.apps.echo import echo_handler
 from tcpls.devcert import make_test_pki
 
 console = Console()
@@ -113,7 +113,7 @@ async def main() -> int:
                 if not ok:
                     return 1
         console.print()
-        from tcpls import demo_lab
+        from tcpls.apps import demo_lab
 
         skipped = await asyncio.to_thread(demo_lab.run, console, pki, Path(tmp))
         if skipped:

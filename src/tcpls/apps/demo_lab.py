@@ -21,10 +21,10 @@ from rich.console import Console
 from rich.table import Table
 
 import tcpls
+from tcpls.apps.fileserve import download, make_file_handler
+from tcpls.apps.perf import format_rate
 from tcpls.devcert import DevPKI
-from tcpls.fileserve import download, make_file_handler
 from tcpls.lab import Lab, PathSpec, in_namespace, lab_available
-from tcpls.perf import format_rate
 
 __all__ = ["run"]
 

@@ -64,7 +64,8 @@ __all__ = [
     "resolve_path",
 ]
 
-logger = logging.getLogger(__name__)
+# named as before the move to tcpls.apps, so that --debug lines and logging setups keep working
+logger = logging.getLogger("tcpls.fileserve")
 
 #: Longest request line, CRLF included.
 MAX_REQUEST = 4096
