@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tcpls import cli
+from tcpls.cli.errors import describe_error
+from tcpls.cli.logs import configure_logging
 from tcpls.devcert import DevPKI
 from tcpls.errors import (
     CertificateVerificationError,
@@ -126,7 +127,7 @@ def test_http_server_is_not_a_tls_server(http_port: int, tmp_path: Path, command
 )
 @pytest.mark.parametrize("target", ["", "example.net:443"])
 def test_describe_error_is_words(exc: BaseException, target: str) -> None:
-    text = cli.describe_error(exc, target)
+    text = describe_error(exc, target)
     assert text.strip() == text and text
     assert not text.endswith(":")
     assert "\n" not in text
@@ -151,7 +152,7 @@ def restore_logging() -> Iterator[None]:
 def test_warnings_are_one_clean_line(
     restore_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli.configure_logging(debug=False)
+    configure_logging(debug=False)
     logger = logging.getLogger("tcpls.aio.session")
     logger.warning("every connection to the server failed; reconnecting for up to %g s", 2.0)
     logger.info("not shown without --debug")
@@ -168,6 +169,6 @@ def test_warnings_are_one_clean_line(
 def test_debug_keeps_the_details(
     restore_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cli.configure_logging(debug=True)
+    configure_logging(debug=True)
     logging.getLogger("tcpls.aio.session").info("joined %d", 1)
     assert capsys.readouterr().err == "tcpls: INFO tcpls.aio.session: joined 1\n"

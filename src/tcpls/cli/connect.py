@@ -1,0 +1,95 @@
+"""``tcpls connect``: standard input to the server, the server's bytes to standard output."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator
+
+from tcpls.cli.errors import EXIT_OK, CommandError, describe_error
+from tcpls.cli.sessions import open_session
+from tcpls.errors import TCPLSError
+
+__all__ = ["cmd_connect"]
+
+#: The command line's logger (every module of it logs as ``tcpls.cli``).
+log = logging.getLogger("tcpls.cli")
+
+
+async def _stdin_chunks(chunk_size: int = 65536) -> AsyncIterator[bytes]:
+    """Standard input in chunks, read by a daemon thread.
+
+    A read blocked in a thread of the default executor would keep ``asyncio.run``
+    from returning (it waits for that executor) until standard input ends, so a
+    failed session would hang the command; a daemon thread does not. At most a
+    few chunks are read ahead.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | OSError] = asyncio.Queue()
+    room = threading.Semaphore(4)
+    # the raw descriptor: a daemon thread blocked inside sys.stdin.buffer would hold its
+    # lock at interpreter shutdown, which is fatal
+    fd = sys.stdin.fileno()
+
+    def pump() -> None:
+        while True:
+            room.acquire()
+            item: bytes | OSError
+            try:
+                item = os.read(fd, chunk_size)
+            except OSError as exc:
+                item = exc
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: the command is over
+                return
+            if not isinstance(item, bytes) or not item:
+                return
+
+    threading.Thread(target=pump, name="tcpls-stdin", daemon=True).start()
+    while True:
+        item = await queue.get()
+        room.release()
+        if isinstance(item, OSError):
+            raise CommandError(f"cannot read standard input: {item.strerror or item}")
+        if not item:
+            return
+        yield item
+
+
+async def cmd_connect(args: argparse.Namespace) -> int:
+    """``tcpls connect``: standard input to the server, the server's bytes to standard output."""
+    target = f"{args.host}:{args.port}"
+    session = await open_session(args, args.host, args.port)
+    mode = "TCPLS" if session.tcpls_negotiated else "plain TLS 1.3 (peer has no TCPLS)"
+    log.info("connected to %s: %s, %s", target, mode, session.cipher_suite)
+    reader, writer = await session.open_stream()
+
+    async def upload() -> None:
+        async for chunk in _stdin_chunks():
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+
+    out = sys.stdout.buffer
+    upload_task = asyncio.create_task(upload())
+    try:
+        while data := await reader.read(256 * 1024):
+            out.write(data)
+            out.flush()
+    except (TCPLSError, OSError) as exc:
+        upload_task.cancel()
+        session.abort()
+        raise CommandError(describe_error(exc, target)) from None
+    failure = upload_task.exception() if upload_task.done() else None
+    if isinstance(failure, CommandError):
+        raise failure
+    if failure is not None:
+        raise CommandError(describe_error(failure, target))
+    upload_task.cancel()
+    await session.aclose(timeout=5)
+    return EXIT_OK

@@ -1,0 +1,89 @@
+"""Configurations and sessions from the parsed options of a command."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+from tcpls.cli.errors import CommandError, describe_error
+from tcpls.errors import TCPLSError
+
+if TYPE_CHECKING:
+    from tcpls.aio.session import Session
+    from tcpls.config import ClientConfig, ServerConfig
+
+__all__ = ["client_config", "open_session", "server_config"]
+
+#: The command line's logger (every module of it logs as ``tcpls.cli``).
+log = logging.getLogger("tcpls.cli")
+
+
+async def open_session(args: argparse.Namespace, host: str, port: int) -> Session:
+    """Connect with the client options, then make the ``--join`` connections."""
+    from tcpls.aio.api import connect
+
+    target = f"{host}:{port}"
+    local = (args.local, 0) if getattr(args, "local", None) else None
+    try:
+        session = await connect(
+            host,
+            port,
+            config=client_config(args),
+            local_addr=local,
+            scheduler=getattr(args, "scheduler", "aggregate"),
+        )
+    except (TCPLSError, OSError) as exc:
+        raise CommandError(describe_error(exc, target)) from None
+    for join_host, join_port, join_local in getattr(args, "join", []):
+        where = f"{join_host}:{join_port}"
+        try:
+            info = await session.join(
+                join_host, join_port, (join_local, 0) if join_local else None
+            )
+        except (TCPLSError, OSError) as exc:
+            session.abort()
+            raise CommandError(f"cannot join {where}: {describe_error(exc)}") from None
+        log.info("joined connection %d to %s", info.id, where)
+    return session
+
+
+def _ciphers(args: argparse.Namespace) -> list[str] | None:
+    return args.ciphers.split(":") if args.ciphers else None
+
+
+def client_config(args: argparse.Namespace) -> ClientConfig:
+    """A :class:`ClientConfig` from the client options."""
+    from tcpls.config import ClientConfig
+
+    config = ClientConfig(
+        cafile=args.cafile,
+        verify=not args.insecure,
+        server_name=args.server_name,
+        keylog_file=args.keylog,
+        tcpls=not args.no_tcpls,
+        cipher_suites=_ciphers(args),
+        user_timeout=args.user_timeout / 1000 if args.user_timeout else None,
+    )
+    reconnect = getattr(args, "reconnect_timeout", None)
+    if reconnect is None:
+        return config
+    tuning = dataclasses.replace(config.tuning, rejoin_timeout=reconnect)
+    return dataclasses.replace(config, tuning=tuning)
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """A :class:`ServerConfig` from the server options."""
+    from tcpls.config import ServerConfig
+
+    return ServerConfig(
+        certfile=args.cert,
+        keyfile=args.key,
+        keylog_file=args.keylog,
+        tcpls=not args.no_tcpls,
+        cipher_suites=_ciphers(args),
+        user_timeout=args.user_timeout / 1000 if args.user_timeout else None,
+        max_connections=getattr(args, "max_connections", 4),
+        advertise=tuple(getattr(args, "advertise", None) or ()),
+    )
