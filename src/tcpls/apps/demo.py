@@ -26,6 +26,7 @@ import tcpls
 from tcpls.apps.echo import echo_handler
 from tcpls.devcert import make_test_pki
 
+#: Where the tour is printed.
 console = Console()
 
 
@@ -71,6 +72,7 @@ def _negotiated(session: tcpls.Session, title: str) -> Table:
 
 
 async def main() -> int:
+    """Run the tour; the exit status: 1 if an echoed stream came back altered, else 0."""
     with tempfile.TemporaryDirectory() as tmp:
         pki = make_test_pki(tmp)
         server_config = tcpls.ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.key_file))

@@ -28,10 +28,15 @@ from tcpls.lab import Lab, PathSpec, in_namespace, lab_available
 
 __all__ = ["run"]
 
+#: The result of a coroutine run on a :class:`_LoopThread`.
 T = TypeVar("T")
+#: Port of the file server whose scheduler is aggregate (the default).
 PORT = 8443
+#: Port of the file server whose scheduler is backup (the failover part).
 BACKUP_PORT = 8444
+#: Rate of each of the two emulated paths, in Mbit/s.
 RATE_MBIT = 40
+#: Size of the file downloaded, in bytes.
 FILE_SIZE = 24 << 20
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "run_client",
 ]
 
+#: The start of every request line and of the server's acceptance (the protocol's version).
 MAGIC = b"TCPLSPERF2 "
 #: The server's answer to a request it accepts.
 ACCEPTED = MAGIC + b"OK\n"
