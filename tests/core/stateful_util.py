@@ -711,7 +711,7 @@ def _deadlines(session: Session) -> str:
     """What makes up ``session.next_deadline()`` (for the message of a timer that spins)."""
     t = session.tuning
     parts = [f"{'client' if session.is_client else 'server'} {session.state.value}"]
-    for c in session._acks_pending:
+    for c in session.acks.pending:
         parts.append(f"ack {c.id} at {c.ack_deadline}")
     for c in session.connections.values():
         parts.append(

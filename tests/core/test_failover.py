@@ -457,7 +457,7 @@ def test_tokens_of_joins_lost_on_the_way_are_replaced(pki: DevPKI) -> None:
     if len(h.client.tokens) != 3:
         raise TokensStarved(
             f"client tokens {sorted(h.client.tokens)}, "
-            f"server outstanding {sorted(h.server._outstanding_tokens)}"
+            f"server outstanding {sorted(h.server.token_book.outstanding)}"
         )
     assert min(h.client.tokens) > 3  # fresh sequences, never the burnt ones
     h.client.rejoin = True

@@ -14,7 +14,7 @@ import pytest
 
 from tcpls.core.connection import ConnectionStatus
 from tcpls.core.events import ConnectionAdded, ConnectionRemoved, TokenReceived
-from tcpls.core.state import SessionState
+from tcpls.core.session import SessionState
 from tcpls.devcert import DevPKI
 from tcpls.errors import PeerAlert
 from tcpls.wire.frames import Ack, ConnectionReset, NewAddress, RemoveAddress

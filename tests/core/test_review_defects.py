@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from tcpls.core.connection import ConnectionStatus
-from tcpls.core.state import SessionState
+from tcpls.core.session import SessionState
 from tcpls.devcert import DevPKI
 from tcpls.errors import ConnectionClosedError, UnexpectedMessage
 from tcpls.wire.frames import Ack, NewAddress, RemoveAddress, StreamChange

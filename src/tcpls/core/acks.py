@@ -1,0 +1,254 @@
+"""ACKs: the ones we owe the peer, and the records the peer has not acknowledged.
+
+Owns, for one session, the two halves of TCPLS reliability:
+
+* receiving: which connections received ack-eliciting records that wait for an ACK,
+  and when that ACK is due (design: ACK policy);
+* sending: the log of every record sent and not yet acknowledged, per connection,
+  with the stream ranges and retransmittable control frames it carried; an ACK
+  trims it and releases the stream bytes, a failed connection's log goes back to
+  the streams and the control queue (design: Retransmission).
+
+:class:`AckTracker` is the policy TCPLS runs. :class:`NoAcks` keeps no log and sends
+no ACK, for benchmarks that measure what reliability costs; a session takes one or
+the other and nothing else in the data path asks which.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from tcpls.config import SessionTuning
+from tcpls.core.connection import Connection, LogEntry, StreamRef
+from tcpls.core.streamset import StreamSet
+from tcpls.errors import IllegalParameter
+from tcpls.wire.frames import ACK_SIZE, Ack, Frame, FrameType
+
+__all__ = ["AckTracker", "NoAcks"]
+
+#: Highest Record Sequence, Connection ID, Type (design: Frame layout).
+_ACK = struct.Struct(">QIB")
+assert _ACK.size == ACK_SIZE
+
+
+def pack_ack(view: memoryview, pos: int, connection_id: int, highest: int) -> int:
+    """Write an ACK frame at ``pos``; returns the position after it."""
+    _ACK.pack_into(view, pos, highest, connection_id, FrameType.ACK)
+    return pos + ACK_SIZE
+
+
+def unpack_ack(content: memoryview, pos: int = 0) -> tuple[int, int]:
+    """``(connection_id, highest)`` of the ACK frame at ``pos``."""
+    highest, connection_id, _ = _ACK.unpack_from(content, pos)
+    return connection_id, highest
+
+
+class AckTracker:
+    """ACKs owed and records unacknowledged, for one session (see the module docstring)."""
+
+    #: Whether records are logged until acknowledged (closing then waits for the ACKs).
+    logs = True
+
+    def __init__(self, tuning: SessionTuning, streams: StreamSet, control: deque[Frame]) -> None:
+        self.tuning = tuning
+        self._streams = streams
+        self._control = control
+        #: Connections with received records waiting for an ACK, in the order they got
+        #: them (a dict, so that ACKs leave in a reproducible order).
+        self.pending: dict[Connection, None] = {}
+        #: Stream bytes sent and not yet acknowledged, over all connections.
+        self.unacked_bytes = 0
+
+    # ------------------------------------------------------------ ACKs we owe
+
+    def eliciting(self, conn: Connection, size: int, now: float) -> None:
+        """An ack-eliciting record of ``size`` bytes arrived on ``conn``."""
+        conn.ack_pending_records += 1
+        self.pending[conn] = None
+        conn.ack_pending_bytes += size
+        tuning = self.tuning
+        if (
+            conn.ack_pending_records >= tuning.ack_records
+            or conn.ack_pending_bytes >= tuning.ack_bytes
+        ):
+            conn.ack_now = True
+        elif conn.ack_deadline is None:
+            conn.ack_deadline = now + tuning.ack_delay
+
+    def any_due(self, now: float) -> bool:
+        """Whether some ACK must go out now."""
+        return any(c.ack_due(now) for c in self.pending)
+
+    def all_due(self) -> None:
+        """Everything received is acknowledged in the next record (before close_notify)."""
+        for conn in self.pending:
+            conn.ack_now = True
+
+    @staticmethod
+    def _sent(conn: Connection) -> None:
+        conn.ack_pending_records = conn.ack_pending_bytes = 0
+        conn.ack_deadline = None
+        conn.ack_now = False
+
+    def take(self, conn: Connection, now: float, riding: bool) -> list[Frame]:
+        """The ACK frames to put in a record for ``conn``: those due, and with
+        ``riding`` (the record carries data anyway) the one ``conn`` itself owes."""
+        frames: list[Frame] = []
+        for c in list(self.pending):
+            if c.ack_due(now) or (riding and c is conn):
+                frames.append(Ack(c.id, c.highest_received))
+                self._sent(c)
+                del self.pending[c]
+        return frames
+
+    def pack_due(self, view: memoryview, now: float) -> int:
+        """Write the ACKs that are due into ``view``; returns how many bytes."""
+        pos = 0
+        for c in list(self.pending):
+            if c.ack_due(now):
+                pos = pack_ack(view, pos, c.id, c.highest_received)
+                self._sent(c)
+                del self.pending[c]
+        return pos
+
+    def next_deadline(self) -> float | None:
+        """When the earliest delayed ACK becomes due."""
+        deadlines = [c.ack_deadline for c in self.pending if c.ack_deadline is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        """Delayed ACKs whose delay passed become due; their deadline is cleared, so it is
+        not re-armed while the connection cannot send (design: Timers)."""
+        for conn in self.pending:
+            deadline = conn.ack_deadline
+            if deadline is not None and now >= deadline:
+                conn.ack_deadline = None
+                conn.ack_now = True
+
+    # -------------------------------------------------- records unacknowledged
+
+    def log_for(self, conn: Connection) -> deque[LogEntry] | None:
+        """Where to log the records sent on ``conn`` (``None``: not logged, the stream
+        bytes count as acknowledged once sent). After the peer's close_notify on a
+        connection no ACK can come: TCP alone delivers what we still send there
+        (design: Closing)."""
+        return None if conn.tls.close_notify_received else conn.sent_log
+
+    def record_sent(
+        self, conn: Connection, seq: int, refs: list[StreamRef], frames: list[Frame] | None
+    ) -> None:
+        """A record with these stream ranges and retransmittable frames left on ``conn``."""
+        if conn.tls.close_notify_received:
+            self._acked_now(refs)
+            return
+        if refs or frames:
+            conn.sent_log.append((seq, refs, frames))
+            for ref in refs:
+                self.unacked_bytes += ref[2]
+
+    def logged(self, nbytes: int) -> None:
+        """The caller appended records carrying ``nbytes`` stream bytes to a log of
+        :meth:`log_for` itself (the single-stream data path)."""
+        self.unacked_bytes += nbytes
+
+    def _acked_now(self, refs: list[StreamRef]) -> None:
+        streams = self._streams
+        for stream_id, offset, length, fin in refs:
+            stream = streams.table.get(stream_id)
+            if stream is not None:
+                streams.acked(stream, offset, length, fin)
+
+    def cap(self) -> int:
+        """New stream data waits while this many bytes are unacknowledged (memory bound)."""
+        return self.tuning.max_unacked_bytes
+
+    def received(self, conn: Connection | None, ack: Ack) -> None:
+        """The peer sent ``ack`` (``conn``: the connection it acknowledges, if still ours)."""
+        if conn is None:
+            return  # a connection already removed
+        sent = conn.tls.write_protection
+        if sent is None or ack.highest_sequence >= sent.sequence:
+            raise IllegalParameter(
+                f"ACK for record {ack.highest_sequence} of connection {ack.connection_id}, "
+                "which was never sent"
+            )
+        self.acknowledge(conn, ack.highest_sequence)
+
+    def acknowledge(self, conn: Connection, highest: int) -> None:
+        """Records up to ``highest`` on ``conn`` arrived: trim the log, release the bytes."""
+        if highest <= conn.peer_acked:
+            return
+        conn.peer_acked = highest
+        log = conn.sent_log
+        # coalesce contiguous ranges per stream: one acked() call per run
+        runs: dict[int, list[int]] = {}
+        acked_bytes = 0
+        while log and log[0][0] <= highest:
+            _, refs, _ = log.popleft()
+            for sid, offset, length, fin in refs:
+                acked_bytes += length
+                run = runs.get(sid)
+                if run is not None and run[1] == offset:
+                    run[1] = offset + length
+                    run[2] |= fin
+                    continue
+                if run is not None:
+                    self._run_acked(sid, run)
+                runs[sid] = [offset, offset + length, fin]
+        self.unacked_bytes -= acked_bytes
+        for sid, run in runs.items():
+            self._run_acked(sid, run)
+
+    def _run_acked(self, sid: int, run: list[int]) -> None:
+        stream = self._streams.table.get(sid)
+        if stream is not None:
+            start, end, fin = run
+            self._streams.acked(stream, start, end - start, bool(fin))
+
+    def reinject(self, conn: Connection) -> None:
+        """``conn`` failed: what it carried unacknowledged goes out again elsewhere, stream
+        ranges by offset, control frames at the front of the queue."""
+        log = conn.sent_log
+        streams = self._streams
+        control: list[Frame] = []
+        while log:
+            _, refs, frames = log.popleft()
+            for sid, offset, length, fin in refs:
+                self.unacked_bytes -= length
+                streams.resend(sid, offset, length, fin)
+            if frames:
+                control.extend(frames)
+        streams.sort_resends()
+        self._control.extendleft(reversed(control))
+
+    def forget(self, conn: Connection) -> None:
+        """``conn`` is gone: it owes no ACK."""
+        self.pending.pop(conn, None)
+
+    def release(self, connections: list[Connection]) -> None:
+        """The session ended: nothing is owed or kept for sending again."""
+        self.pending.clear()
+        self.unacked_bytes = 0
+        for conn in connections:
+            conn.sent_log.clear()
+
+
+class NoAcks(AckTracker):
+    """No ACKs and no log: what is sent counts as delivered (benchmarks only)."""
+
+    logs = False
+
+    def eliciting(self, conn: Connection, size: int, now: float) -> None:
+        return
+
+    def log_for(self, conn: Connection) -> deque[LogEntry] | None:
+        return None
+
+    def record_sent(
+        self, conn: Connection, seq: int, refs: list[StreamRef], frames: list[Frame] | None
+    ) -> None:
+        self._acked_now(refs)
+
+    def cap(self) -> int:
+        return 1 << 62

@@ -1,0 +1,42 @@
+"""The addresses the peer advertised, and those it withdrew (design: Addresses).
+
+Owns, for one session, what New Address and Remove Address frames told us. A removal
+is remembered even for an address ID not known yet, so that a New Address which
+arrives after its Remove Address (sent again on another connection after a failure)
+stays ignored; a withdrawn address is never used again, not even to rejoin
+(draft-04 §5.2.8).
+"""
+
+from __future__ import annotations
+
+from tcpls.wire.frames import NewAddress
+
+__all__ = ["AddressBook"]
+
+
+class AddressBook:
+    """The peer's extra addresses for one session."""
+
+    __slots__ = ("_removed", "peer", "withdrawn")
+
+    def __init__(self) -> None:
+        #: Addresses the peer advertised, by address ID.
+        self.peer: dict[int, tuple[str, int]] = {}
+        #: Addresses the peer withdrew: no new connection may go to them.
+        self.withdrawn: set[tuple[str, int]] = set()
+        self._removed: set[int] = set()
+
+    def advertised(self, frame: NewAddress) -> None:
+        """The peer sent New Address (ignored if the ID is known or was removed)."""
+        aid = frame.address_id
+        if aid in self._removed or aid in self.peer:
+            return  # MUST ignore (draft-04 §5.2.7)
+        self.peer[aid] = (str(frame.address), frame.port)
+
+    def removed(self, address_id: int) -> tuple[str, int] | None:
+        """The peer sent Remove Address; returns the address withdrawn, if it was known."""
+        self._removed.add(address_id)
+        entry = self.peer.pop(address_id, None)
+        if entry is not None:
+            self.withdrawn.add(entry)
+        return entry

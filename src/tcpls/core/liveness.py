@@ -1,0 +1,132 @@
+"""Liveness: Ping probes and the detection of dead connections.
+
+Owns the probing policy of one session (design: Failure detection). The per-connection
+facts it reads and sets (when something last arrived, whether a Ping is outstanding, on
+which record) live on each :class:`~tcpls.core.connection.Connection`; this module decides
+when a connection gets a Ping and when an unanswered one means the connection failed.
+
+A connection with data outstanding, or whose stream data stopped coming a short while
+ago, gets a Ping after ``ping_after`` of silence; if nothing answers within
+``ping_timeout``, it has failed. Probes are suspended while the I/O layer does not read
+(the answer would wait unread), while the peer's TCP window is closed, and once TCP
+showed that the peer received our Ping but does not read (a slow peer, not a dead one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tcpls.config import SessionTuning
+from tcpls.core.connection import Connection, ConnectionStatus
+from tcpls.errors import ConnectionClosedError
+
+__all__ = ["QUIET_AFTER", "Liveness"]
+
+#: A receiving connection whose stream data stopped less than this long ago is probed.
+QUIET_AFTER = 5.0
+_PROBED = frozenset({ConnectionStatus.ACTIVE, ConnectionStatus.DRAINING})
+
+
+class Liveness:
+    """When the connections of one session are probed, and when they have failed."""
+
+    __slots__ = ("reading_suspended", "tuning")
+
+    def __init__(self, tuning: SessionTuning) -> None:
+        self.tuning = tuning
+        #: The I/O layer does not read the connections: probes wait.
+        self.reading_suspended = False
+
+    def next_deadline(self, connections: Iterable[Connection]) -> float | None:
+        """When a probe is due or an outstanding Ping times out, the earliest."""
+        if self.reading_suspended:
+            return None
+        tuning = self.tuning
+        earliest: float | None = None
+        for c in connections:
+            if c.status not in _PROBED or c.flow_blocked or c.peer_slow:
+                continue
+            if c.ping_sent_at is not None:
+                at: float | None = c.ping_sent_at + tuning.ping_timeout
+            else:
+                at = c.probe_at(tuning.ping_after, QUIET_AFTER)
+            if at is not None and (earliest is None or at < earliest):
+                earliest = at
+        return earliest
+
+    def handle_timer(
+        self, now: float, connections: Iterable[Connection]
+    ) -> list[tuple[Connection, ConnectionClosedError]]:
+        """Schedule the Pings that are due; return the connections whose Ping went
+        unanswered, with the error to fail them with."""
+        failed: list[tuple[Connection, ConnectionClosedError]] = []
+        if self.reading_suspended:
+            return failed
+        tuning = self.tuning
+        for conn in connections:
+            if conn.status not in _PROBED:
+                continue
+            if conn.flow_blocked or conn.peer_slow:
+                conn.ping_sent_at = None
+                continue
+            if conn.ping_sent_at is not None:
+                answered = (
+                    conn.peer_acked >= conn.ping_sequence or conn.last_receive > conn.ping_sent_at
+                )
+                if answered:
+                    conn.ping_sent_at = None
+                    # the path works: the next probe waits ping_after again, even if the
+                    # answer came on another connection
+                    conn.last_receive = max(conn.last_receive, now)
+                elif now >= conn.ping_sent_at + tuning.ping_timeout:
+                    failed.append(
+                        (
+                            conn,
+                            ConnectionClosedError(
+                                f"connection {conn.id} did not answer a Ping "
+                                f"within {tuning.ping_timeout:g} s"
+                            ),
+                        )
+                    )
+            else:
+                probe = conn.probe_at(tuning.ping_after, QUIET_AFTER)
+                if probe is not None and now >= probe:
+                    conn.ping_pending = True
+        return failed
+
+    def set_reading_paused(
+        self, paused: bool, now: float, connections: Iterable[Connection]
+    ) -> None:
+        """The I/O layer paused or resumed reading: while paused, probes stop; when it
+        resumes, the silence of the pause counts against no connection."""
+        if paused == self.reading_suspended:
+            return
+        self.reading_suspended = paused
+        for conn in connections:
+            if paused:
+                conn.ping_sent_at = None
+                conn.ping_pending = False
+            else:
+                conn.last_receive = max(conn.last_receive, now)
+
+    @staticmethod
+    def peer_slow(conn: Connection) -> None:
+        """TCP delivered our unanswered Ping: the peer is alive but does not read. Its
+        probes stop until something arrives from it again."""
+        conn.peer_slow = True
+        conn.ping_sent_at = None
+        conn.ping_pending = False
+
+    @staticmethod
+    def flow_blocked(conn: Connection, blocked: bool, now: float) -> None:
+        """The peer's TCP window closed (or opened again) on ``conn``."""
+        conn.flow_blocked = blocked
+        if not blocked:
+            conn.last_receive = max(conn.last_receive, now)
+
+    @staticmethod
+    def heard_from(conn: Connection, nbytes: int, now: float) -> None:
+        """``nbytes`` arrived on ``conn``: it is alive, and its peer reads again."""
+        conn.last_receive = now
+        conn.peer_slow = False
+        conn.bytes_received += nbytes

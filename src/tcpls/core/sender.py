@@ -1,0 +1,333 @@
+"""Outgoing records: what goes into each record a connection sends.
+
+Owns the record-filling of one session (the pull model): when the transport of a
+connection can take bytes, :meth:`RecordSender.fill` seals records for it, stream data
+first, chosen by the scheduler (the largest Stream frame at the start of the record,
+design: Records), then the control frames and the ACKs that are due (design: ACK
+policy). Each record is reported to the ACK tracker, which logs what must be sent
+again if the connection fails (design: Retransmission), and each stream range to the
+stream set, which keeps the accounting and wakes writers (design: Backpressure).
+
+One loop fills every TCPLS record. A single busy stream with nothing else pending
+takes an inner loop of records of one Stream frame each (the data path of a bulk
+transfer); the receiving end of a transfer sends records of ACKs only. Plain TLS
+(design: Fallback) sends stream 0's bytes as they are.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from tcpls.config import SessionTuning
+from tcpls.core.acks import AckTracker
+from tcpls.core.connection import Connection, ConnectionStatus, StreamRef
+from tcpls.core.scheduler import Scheduler
+from tcpls.core.streams import Stream
+from tcpls.core.streamset import StreamSet
+from tcpls.wire.frames import (
+    Ack,
+    Frame,
+    Ping,
+    encode_frame,
+    frame_size,
+    is_retransmittable,
+)
+from tcpls.wire.layout import STREAM_HEADER_SIZE, write_ack_into, write_stream_header_into
+
+__all__ = ["RecordSender"]
+
+#: Stop adding Stream frames to a record when less room than this is left.
+MIN_STREAM_CHUNK = 512
+#: Most bytes of control frames in one record (the rest is for stream data).
+MAX_CONTROL_BYTES = 4096
+
+#: A Stream frame planned for a record: the stream, offset, length and FIN.
+_Planned = tuple[Stream, int, int, bool]
+
+
+class RecordSender:
+    """Fills the records of one session's connections (see the module docstring)."""
+
+    def __init__(
+        self,
+        tuning: SessionTuning,
+        connections: dict[int, Connection],
+        streams: StreamSet,
+        acks: AckTracker,
+        scheduler: Scheduler,
+        control: deque[Frame],
+    ) -> None:
+        self.tuning = tuning
+        self._connections = connections
+        self._streams = streams
+        self._acks = acks
+        self.scheduler = scheduler
+        self._control = control
+        #: Records sealed with the session's application keys, over all connections,
+        #: and how many its cipher may seal safely (design: Key usage limits).
+        self.records_sealed = 0
+        self.aead_limit: int | float = float("inf")
+
+    def use_connections(self, connections: dict[int, Connection]) -> None:
+        """The session's connection table (owned by its links), for the scheduler."""
+        self._connections = connections
+
+    @property
+    def key_exhausted(self) -> bool:
+        """Whether the session's write key sealed as many records as it safely may."""
+        return self.records_sealed >= self.aead_limit
+
+    # ------------------------------------------------------------ what is due
+
+    def wants(self, conn: Connection) -> bool | None:
+        """Whether there is something to send on ``conn`` now; ``None``: only if the
+        session may send close_notify or an ACK is due (the caller knows)."""
+        tls = conn.tls
+        if tls.pending_output:
+            return True
+        if not tls.can_send:
+            return False
+        if conn.ping_pending or conn.ping_answer:
+            return True
+        if conn.status is ConnectionStatus.ACTIVE:
+            if self._control or self._sendable_for(conn):
+                return True
+        elif conn.status is not ConnectionStatus.DRAINING:
+            return False
+        return None
+
+    def _sendable_for(self, conn: Connection) -> bool:
+        sendable = self._streams.sendable
+        if not sendable:
+            return False
+        if self.scheduler.spreads:
+            return True
+        table = self._streams.table
+        conns = self._connections
+        allows = self.scheduler.allows
+        return any(allows(table[sid], conn, conns) for sid in sendable)
+
+    # ------------------------------------------------------------ plain TLS
+
+    def fill_plain(self, conn: Connection, budget: int, now: float) -> None:
+        """Plain TLS: stream 0's bytes in records, then close_notify after its FIN."""
+        streams = self._streams
+        stream = streams.table[0]
+        tls = conn.tls
+        protection = tls.write_protection
+        if protection is not None and protection.sequence >= self.aead_limit:
+            tls.key_update(False)  # plain TLS changes its keys (design: Key usage limits)
+        first = stream.send_next
+        pending = stream.send.end - first
+        if pending:
+            n = min(pending, budget)
+            view = tls.staging_buffer()
+            size = self.tuning.max_record_size
+            offset, end = first, first + n
+            while offset < end:
+                chunk = min(size, end - offset)
+                stream.send.copy_into(offset, chunk, view)
+                tls.seal_staged(chunk)
+                conn.records_sent += 1
+                self.records_sealed += 1
+                offset += chunk
+            stream.on_acked(first, n, False)  # TCP delivers: nothing is kept
+            streams.sent(stream, first, n, False, now)
+            streams.writable.add(0)
+        if stream.fin_queued and not stream.fin_sent and stream.send_next == stream.send.end:
+            stream.fin_sent = True
+            stream.fin_acked = True
+            tls.close()  # TLS 1.3 close_notify is a half-close
+            streams.writable.add(0)
+        if stream.send_next == stream.send.end:
+            streams.done_sending(stream)
+
+    # ------------------------------------------------------------ TCPLS records
+
+    def fill(self, conn: Connection, budget: int, now: float) -> None:
+        """TCPLS: records for ``conn`` up to about ``budget`` bytes of ciphertext."""
+        tls = conn.tls
+        limit = min(self.tuning.max_record_size, 16384)
+        usable = conn.status is ConnectionStatus.ACTIVE
+        streams = self._streams
+        if usable and (bulk := self._bulk_stream(conn)) is not None:
+            self._fill_bulk(conn, bulk, budget, limit, now)
+        elif not (streams.sendable or self._control or conn.ping_pending or conn.ping_answer):
+            self._send_acks(conn, now)  # the receiving end of a transfer: ACKs only
+            return
+        acks = self._acks
+        while tls.pending_output < budget:
+            control = self._control_frames(conn, now, usable)
+            space = limit - sum(frame_size(f) for f in control)
+            view = tls.staging_buffer()
+            pos = 0
+            refs: list[StreamRef] = []
+            logged: list[Frame] | None = None
+            if usable and streams.sendable:
+                plan = self._plan(conn, space, now)
+                if len(plan) > 1:
+                    plan.sort(key=lambda p: -p[2])  # largest Stream frame first (design: Records)
+                for stream, offset, length, fin in plan:
+                    stream.send.copy_into(offset, length, view[pos:])
+                    pos = write_stream_header_into(
+                        view, pos + length, stream.id, offset, length, fin
+                    )
+                    refs.append((stream.id, offset, length, fin))
+            for frame in control:
+                if type(frame) is Ack:
+                    pos = write_ack_into(view, pos, frame.connection_id, frame.highest_sequence)
+                    continue
+                encoded = encode_frame(frame)
+                view[pos : pos + len(encoded)] = encoded
+                pos += len(encoded)
+                if is_retransmittable(frame):
+                    if logged is None:
+                        logged = []
+                    logged.append(frame)
+            if pos == 0:
+                return
+            seq = tls.seal_staged(pos)
+            conn.records_sent += 1
+            self.records_sealed += 1
+            if conn.ping_pending:
+                conn.ping_pending = False
+                conn.ping_sent_at = now
+                conn.ping_sequence = seq
+            acks.record_sent(conn, seq, refs, logged)
+
+    def _bulk_stream(self, conn: Connection) -> Stream | None:
+        """The one stream to send with :meth:`_fill_bulk`, when nothing else is pending."""
+        sendable = self._streams.sendable
+        if (
+            len(sendable) != 1
+            or self._control
+            or conn.ping_pending
+            or conn.ping_answer
+            or not self.scheduler.spreads
+            or self._acks.pending
+        ):
+            return None
+        stream = self._streams.table.get(next(iter(sendable)))
+        if stream is None or stream.send_retransmit or stream.pin is not None or stream.fin_sent:
+            return None
+        return stream
+
+    def _fill_bulk(
+        self, conn: Connection, stream: Stream, budget: int, limit: int, now: float
+    ) -> None:
+        """The data path of a single busy stream: records of one Stream frame, nothing else."""
+        tls = conn.tls
+        view = tls.staging_buffer()
+        send = stream.send
+        sid = stream.id
+        streams = self._streams
+        room = limit - STREAM_HEADER_SIZE
+        acks = self._acks
+        log = acks.log_for(conn)
+        unacked = acks.unacked_bytes
+        cap = self.tuning.max_unacked_bytes
+        sent = logged = 0
+        while tls.pending_output < budget and unacked + logged < cap:
+            offset = stream.send_next
+            pending = send.end - offset
+            if pending <= 0:
+                break
+            n = pending if pending < room else room
+            fin = stream.fin_queued and n == pending
+            send.copy_into(offset, n, view)
+            seq = tls.seal_staged(write_stream_header_into(view, n, sid, offset, n, fin), False)
+            streams.sent(stream, offset, n, fin, now)
+            sent += 1
+            if log is not None:
+                log.append((seq, [(sid, offset, n, fin)], None))
+                logged += n
+            else:
+                acks.record_sent(conn, seq, [(sid, offset, n, fin)], None)
+        acks.logged(logged)
+        conn.records_sent += sent
+        self.records_sealed += sent
+        if not stream.has_data_to_send:
+            streams.done_sending(stream)
+
+    def _send_acks(self, conn: Connection, now: float) -> None:
+        """One record holding the ACKs that are due, and nothing else."""
+        n = self._acks.pack_due(conn.tls.staging_buffer(), now)
+        if n:
+            conn.tls.seal_staged(n, False)
+            conn.records_sent += 1
+            self.records_sealed += 1
+
+    def _control_frames(self, conn: Connection, now: float, usable: bool) -> list[Frame]:
+        acks = self._acks
+        # due ACKs go out at once; a pending ACK for this connection rides along
+        frames = acks.take(conn, now, bool(self._streams.sendable)) if acks.pending else []
+        if conn.ping_answer and conn.records_received:
+            conn.ping_answer = False
+            if not any(type(f) is Ack and f.connection_id == conn.id for f in frames):
+                frames.append(Ack(conn.id, conn.highest_received))
+        if conn.ping_pending:
+            frames.append(Ping())
+        if usable or conn.status is ConnectionStatus.DRAINING:
+            control = self._control
+            size = sum(frame_size(f) for f in frames)
+            while control and size + frame_size(control[0]) <= MAX_CONTROL_BYTES:
+                frame = control.popleft()
+                frames.append(frame)
+                size += frame_size(frame)
+        return frames
+
+    def _plan(self, conn: Connection, space: int, now: float) -> list[_Planned]:
+        """The Stream frames of the next record for ``conn``, in round-robin order."""
+        plan: list[_Planned] = []
+        streams = self._streams
+        sendable = streams.sendable
+        table = streams.table
+        conns = self._connections
+        allows = self.scheduler.allows
+        spreads = self.scheduler.spreads
+        acks = self._acks
+        unacked_cap = acks.cap()
+        for sid in list(sendable):
+            if space < STREAM_HEADER_SIZE + (MIN_STREAM_CHUNK if plan else 0):
+                break
+            stream = table.get(sid)
+            if stream is None:
+                del sendable[sid]
+                continue
+            if not (spreads and stream.pin is None) and not allows(stream, conn, conns):
+                continue
+            room = space - STREAM_HEADER_SIZE
+            retransmit = stream.send_retransmit
+            if retransmit:
+                offset, length, fin = retransmit[0]
+                base = stream.send.base
+                if offset + length <= base and not fin:
+                    retransmit.pop(0)  # acknowledged meanwhile on another connection
+                    continue
+                if offset < base:
+                    length -= base - offset
+                    offset = base
+                n = min(length, room)
+                if n < length:
+                    retransmit[0] = (offset + n, length - n, fin)
+                    fin = False
+                else:
+                    retransmit.pop(0)
+            else:
+                if acks.unacked_bytes >= unacked_cap:
+                    break  # the peer is not acknowledging: send nothing new (memory bound)
+                offset = stream.send_next
+                pending = stream.send.end - offset
+                n = min(pending, room)
+                fin = stream.fin_queued and not stream.fin_sent and n == pending
+                if n == 0 and not fin:
+                    del sendable[sid]
+                    continue
+                streams.sent(stream, offset, n, fin, now)
+            plan.append((stream, offset, n, fin))
+            space -= STREAM_HEADER_SIZE + n
+            # round robin: move the stream to the end, or drop it when it has nothing left
+            del sendable[sid]
+            if stream.has_data_to_send:
+                sendable[sid] = None
+        return plan

@@ -1,0 +1,63 @@
+"""The session-wide timers, by name (design: Timers).
+
+A session's deadlines are of two kinds. Those tied to each connection (delayed ACKs,
+Ping probes) are computed by their owners, :mod:`tcpls.core.acks` and
+:mod:`tcpls.core.liveness`, from the connections' own state. The others are kept here,
+explicitly: each is set, moved or cancelled by the code that owns the event, and
+:meth:`TimerSet.next` is their minimum. Every timer that fires is cancelled or moved by
+its handler, so a deadline in the past never re-arms itself; handlers compare
+``now >= deadline``, the very value announced, so no rounding keeps a timer from firing.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["Timer", "TimerSet"]
+
+
+class Timer(Enum):
+    """The session-wide timers."""
+
+    #: The TLS handshake must complete (started by the first bytes received).
+    HANDSHAKE = "handshake"
+    #: A graceful close must complete.
+    CLOSE = "close"
+    #: A server session left without connections waits this long for a rejoin.
+    REJOIN = "rejoin"
+    #: A second after the last I/O, the connections give their record buffers back.
+    TRIM = "trim"
+
+
+class TimerSet:
+    """Deadlines by :class:`Timer` (absolute times, on the I/O layer's clock)."""
+
+    __slots__ = ("_at",)
+
+    def __init__(self) -> None:
+        self._at: dict[Timer, float] = {}
+
+    def set(self, timer: Timer, deadline: float) -> None:
+        """Arm (or move) ``timer``."""
+        self._at[timer] = deadline
+
+    def cancel(self, timer: Timer) -> None:
+        """Disarm ``timer``."""
+        self._at.pop(timer, None)
+
+    def get(self, timer: Timer) -> float | None:
+        """The deadline of ``timer``, if armed."""
+        return self._at.get(timer)
+
+    def expired(self, timer: Timer, now: float) -> bool:
+        """Whether ``timer`` is armed and its deadline has come."""
+        deadline = self._at.get(timer)
+        return deadline is not None and now >= deadline
+
+    def next(self) -> float | None:
+        """The earliest deadline armed."""
+        return min(self._at.values()) if self._at else None
+
+    def clear(self) -> None:
+        """Disarm every timer (the session ended)."""
+        self._at.clear()
