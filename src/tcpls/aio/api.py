@@ -1,4 +1,10 @@
-"""The public asyncio entry points: :func:`connect` and :func:`serve`."""
+"""The public asyncio entry points: :func:`connect`, :func:`serve` and :class:`Server`.
+
+This module owns setting sessions up: connecting (from one local address, or from
+several at once), and the server side: listening, the limits on what clients can
+make a server hold (design: Server limits), and the table of a server's sessions
+and of its connections still waiting for their ClientHello.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from tcpls.aio.session import ConnectionProtocol, Session
+from tcpls.aio.driver import SessionDriver
+from tcpls.aio.protocol import ConnectionProtocol
+from tcpls.aio.session import Session
 from tcpls.config import ClientConfig, ServerConfig
 from tcpls.core.endpoint import ServerEndpoint, client_session
 from tcpls.core.scheduler import SchedulerName
@@ -73,13 +81,25 @@ def connect(
     if local_addrs:
         addrs = list(local_addrs)
         return _Connect(lambda: _connect_robust(host, port, config, addrs, scheduler, reliable))
-    return _Connect(lambda: _connect(host, port, config, local_addr, scheduler, reliable))
+    return _Connect(lambda: _connect_one(host, port, config, local_addr, scheduler, reliable))
 
 
 def _effective(config: ClientConfig) -> ClientConfig:
     if config.user_timeout is not None and config.tuning.user_timeout != config.user_timeout:
         config = replace(config, tuning=replace(config.tuning, user_timeout=config.user_timeout))
     return config
+
+
+async def _connect_one(
+    host: str,
+    port: int,
+    config: ClientConfig,
+    local_addr: tuple[str, int] | None,
+    scheduler: SchedulerName,
+    reliable: bool,
+) -> Session:
+    session, _ = await _connect(host, port, config, local_addr, scheduler, reliable)
+    return session
 
 
 async def _connect(
@@ -90,12 +110,15 @@ async def _connect(
     scheduler: SchedulerName,
     reliable: bool,
     sock: socket.socket | None = None,
-) -> Session:
+) -> tuple[Session, SessionDriver]:
+    """A session over a new TCP connection (``sock`` when given, already connected from
+    ``local_addr``), with its driver."""
     config = _effective(config)
     core = client_session(config, host, scheduler=scheduler, reliable=reliable)
     loop = asyncio.get_running_loop()
-    session = Session(core)
-    protocol = ConnectionProtocol(session, 0)
+    driver = SessionDriver(core)
+    session = Session(driver, target=(host, port, local_addr))
+    protocol = ConnectionProtocol(driver, 0)
     try:
         if sock is not None:
             await loop.create_connection(lambda: protocol, sock=sock)
@@ -106,15 +129,14 @@ async def _connect(
             )
     except TimeoutError:
         raise TimeoutError(f"timed out connecting to {host}:{port}") from None
-    session._join_targets.append((host, port, local_addr))
     core.connections[0].tls.start()
-    session._process()
+    driver.process()
     try:
         await asyncio.wait_for(session.wait_established(), config.tuning.handshake_timeout)
     except TimeoutError:
         session.abort()
         raise TimeoutError(f"the TLS handshake with {host}:{port} timed out") from None
-    return session
+    return session, driver
 
 
 async def _tcp_connect(host: str, port: int, local: str, timeout: float) -> socket.socket:
@@ -165,9 +187,9 @@ async def _connect_robust(
                 ready.append(task)
     if winner is None:
         raise errors[0] if errors else OSError(f"cannot connect to {host}:{port}")
-    local_ip = winner.getsockname()[0]
-    session = await _connect(host, port, config, None, scheduler, reliable, sock=winner)
-    session._join_targets[-1] = (host, port, (local_ip, 0))
+    # a rejoin binds the address the session started from
+    local = (winner.getsockname()[0], 0)
+    session, driver = await _connect(host, port, config, local, scheduler, reliable, sock=winner)
 
     async def join_late(task: asyncio.Task[socket.socket]) -> None:
         try:
@@ -180,7 +202,7 @@ async def _connect_robust(
             logger.info("robust establishment: join from %s failed: %s", attempts[task], exc)
 
     for task in [*ready, *pending]:
-        session._background(join_late(task))
+        driver.background(join_late(task))
     return session
 
 
@@ -199,14 +221,14 @@ class Server:
         handler: Handler,
         endpoint: ServerEndpoint,
     ) -> None:
+        """A server that runs ``handler`` for each session of ``endpoint``; it listens once
+        :meth:`listen` is called (:func:`serve` does both)."""
         self._handler = handler
         self._endpoint = endpoint
         self._servers: list[asyncio.AbstractServer] = []
-        self._sessions: dict[CoreSession, Session] = {}
+        self._table = _SessionTable(endpoint, self._session_adopted, self._session_established)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
-        #: Accepted connections whose ClientHello has not come yet.
-        self._pending: set[ConnectionProtocol] = set()
         #: The memory of all sessions, as last estimated (see :meth:`_watch_memory`).
         self.memory_use = 0
         self._over_budget = False
@@ -231,36 +253,42 @@ class Server:
     @property
     def sessions(self) -> list[Session]:
         """The sessions currently open."""
-        return list(self._sessions.values())
+        return list(self._table.sessions.values())
+
+    async def listen(self, host: str | None, port: int, **kwargs: Any) -> None:
+        """Listen on ``host:port`` too (:func:`serve` calls this once); ``kwargs`` go to
+        :meth:`asyncio.loop.create_server`."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._protocol_factory, host, port, **kwargs)
+        self._servers.append(server)
 
     def _protocol_factory(self) -> asyncio.BaseProtocol:
         config = self._endpoint.config
-        if len(self._pending) >= config.max_pending_connections:
+        pending = self._table.pending
+        if len(pending) >= config.max_pending_connections:
             self._refusals.log(
                 "refusing connections: %d are already waiting for their ClientHello "
                 "(max_pending_connections)",
-                len(self._pending),
+                len(pending),
             )
             return _Refused()
         # No session yet: the first ClientHello says whether this connection starts
         # one or joins one (then it needs none).
         protocol = ConnectionProtocol(
-            None, 0, pending=self._endpoint.new_connection(), server=self
+            None, 0, pending=self._endpoint.new_connection(), server=self._table
         )
-        self._pending.add(protocol)
+        pending.add(protocol)
         return protocol
-
-    def _pending_ended(self, protocol: ConnectionProtocol) -> None:
-        self._pending.discard(protocol)
 
     def _session_gate(self) -> str | None:
         """Why a new session may not start now, or ``None`` (design: Server limits)."""
         config = self._endpoint.config
         reason = None
+        sessions = len(self._table.sessions)
         if self._closing:
             reason = "the server is shutting down"
-        elif len(self._sessions) >= config.max_sessions:
-            reason = f"{len(self._sessions)} sessions are open (max_sessions)"
+        elif sessions >= config.max_sessions:
+            reason = f"{sessions} sessions are open (max_sessions)"
         elif self._over_budget:
             reason = (
                 f"the sessions hold about {self.memory_use >> 20} MiB "
@@ -270,32 +298,30 @@ class Server:
             self._refusals.log("refusing a new session: %s", reason)
         return reason
 
-    def _adopt(self, protocol: ConnectionProtocol, core: CoreSession) -> Session:
-        """A pending connection started a handshake: give it its session."""
-        session = Session(core, server=self)
-        self._sessions[core] = session
-        protocol.session = session
-        session._attach(protocol)
+    def _session_adopted(self) -> None:
         if self._watch is None:
             self._watch = asyncio.get_running_loop().call_later(
                 _WATCH_INTERVAL, self._watch_memory
             )
-        return session
 
     def _watch_memory(self) -> None:
         """Every quarter second while sessions exist: estimate their memory, shed the largest
         while the total is above ``memory_budget`` (design: Server limits)."""
         self._watch = None
-        if not self._sessions:
+        table = self._table
+        if not table.sessions:
             self.memory_use = 0
             self._over_budget = False
             return
         budget = self._endpoint.config.memory_budget
-        uses = [(core.memory_use(), session) for core, session in self._sessions.items()]
-        total = sum(use for use, _ in uses)
+        uses = [
+            (core.memory_use(), session, table.drivers[core])
+            for core, session in table.sessions.items()
+        ]
+        total = sum(use for use, _, _ in uses)
         if total > budget:
             uses.sort(key=lambda item: item[0], reverse=True)
-            for use, session in uses:
+            for use, session, driver in uses:
                 if total <= budget:
                     break
                 peer = session.get_extra_info("peername")
@@ -306,19 +332,12 @@ class Server:
                     use >> 10,
                     budget >> 20,
                 )
-                session._core.abort(InternalError("the server is over its memory budget"))
-                session._process()
+                driver.core.abort(InternalError("the server is over its memory budget"))
+                driver.process()
                 total -= use
         self.memory_use = total
         self._over_budget = total > budget * 0.9
         self._watch = asyncio.get_running_loop().call_later(_WATCH_INTERVAL, self._watch_memory)
-
-    async def _listen(self, host: str | None, port: int, **kwargs: Any) -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(self._protocol_factory, host, port, **kwargs)
-        self._servers.append(server)
-
-    # -- callbacks from sessions -------------------------------------------------
 
     def _session_established(self, session: Session) -> None:
         if self._closing:
@@ -343,44 +362,23 @@ class Server:
             if not session.closed:
                 await session.aclose()
 
-    def _session_closed(self, session: Session) -> None:
-        self._sessions.pop(session._core, None)
-
-    def _route_join(self, protocol: ConnectionProtocol, tls: TLSConnection, token: bytes) -> None:
-        """A pending connection is a join: hand it to the session its token belongs to."""
-        transport = protocol.transport
-        routed = self._endpoint.route_join(tls, token)
-        target = self._sessions.get(routed[0]) if routed is not None else None
-        if routed is None or target is None:
-            # rejected (illegal_parameter is queued) or the session is gone
-            if transport is not None:
-                data = tls.data_to_send()
-                if data:
-                    transport.write(data)
-                transport.close()
-            return
-        protocol.session = target
-        protocol.connection_id = routed[1]
-        target._attach(protocol)
-        target._process()
-
     # -- addresses (design: Addresses) --------------------------------------------------------
 
     def advertise(self, address: str) -> int:
         """Advertise another ``"ip:port"`` of this server to all sessions (New Address)."""
         address_id = self._endpoint.advertise(address, self._live_cores())
-        for session in self._sessions.values():
-            session._schedule_flush()
+        for driver in self._table.drivers.values():
+            driver.schedule_flush()
         return address_id
 
     def withdraw(self, address: str) -> None:
         """Withdraw an advertised address (Remove Address): clients close connections to it."""
         self._endpoint.withdraw(address, self._live_cores())
-        for session in self._sessions.values():
-            session._schedule_flush()
+        for driver in self._table.drivers.values():
+            driver.schedule_flush()
 
     def _live_cores(self) -> list[CoreSession]:
-        return [core for core in self._sessions if core.tcpls]
+        return [core for core in self._table.sessions if core.tcpls]
 
     # -- asyncio.Server shape ----------------------------------------------------
 
@@ -390,19 +388,19 @@ class Server:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
-        for protocol in list(self._pending):
+        for protocol in list(self._table.pending):
             if protocol.transport is not None:
                 protocol.transport.abort()
         for server in self._servers:
             server.close()
-        for session in list(self._sessions.values()):
+        for session in list(self._table.sessions.values()):
             session.close()
 
     async def wait_closed(self) -> None:
         """Wait until the listeners and the sessions are closed."""
         for server in self._servers:
             await server.wait_closed()
-        sessions = list(self._sessions.values())
+        sessions = list(self._table.sessions.values())
         if sessions:
             await asyncio.wait([asyncio.ensure_future(s.aclose()) for s in sessions], timeout=10)
         if self._tasks:
@@ -421,11 +419,86 @@ class Server:
             await self.wait_closed()
 
     async def __aenter__(self) -> Server:
+        """The server itself (it is listening already)."""
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        """Close the server and wait until it is closed."""
         self.close()
         await self.wait_closed()
+
+
+class _SessionTable:
+    """A server's sessions, and its connections still waiting for their ClientHello.
+
+    It is what those call back: a pending connection (:class:`PendingOwner`) is adopted
+    into a new session, handed to the session it joins, or forgotten; a session's
+    driver (:class:`SessionObserver`) says when the handshake completed and when the
+    session ended.
+    """
+
+    def __init__(
+        self,
+        endpoint: ServerEndpoint,
+        adopted: Callable[[], None],
+        established: Callable[[Session], None],
+    ) -> None:
+        self._endpoint = endpoint
+        self._adopted = adopted
+        self._established = established
+        #: Accepted connections whose ClientHello has not come yet.
+        self.pending: set[ConnectionProtocol] = set()
+        #: The open sessions, by core session.
+        self.sessions: dict[CoreSession, Session] = {}
+        #: The drivers of the open sessions, by core session.
+        self.drivers: dict[CoreSession, SessionDriver] = {}
+
+    # -- PendingOwner -------------------------------------------------------------
+
+    def pending_ended(self, protocol: ConnectionProtocol) -> None:
+        """``protocol`` no longer waits for its ClientHello."""
+        self.pending.discard(protocol)
+
+    def adopt(self, protocol: ConnectionProtocol, core: CoreSession) -> SessionDriver:
+        """A pending connection started a handshake: give it its session."""
+        driver = SessionDriver(core, observer=self)
+        self.sessions[core] = Session(driver)
+        self.drivers[core] = driver
+        protocol.owner = driver
+        driver.attach(protocol)
+        self._adopted()
+        return driver
+
+    def route_join(self, protocol: ConnectionProtocol, tls: TLSConnection, token: bytes) -> None:
+        """A pending connection is a join: hand it to the session its token belongs to."""
+        transport = protocol.transport
+        routed = self._endpoint.route_join(tls, token)
+        target = self.drivers.get(routed[0]) if routed is not None else None
+        if routed is None or target is None:
+            # rejected (illegal_parameter is queued) or the session is gone
+            if transport is not None:
+                data = tls.data_to_send()
+                if data:
+                    transport.write(data)
+                transport.close()
+            return
+        protocol.owner = target
+        protocol.connection_id = routed[1]
+        target.attach(protocol)
+        target.process()
+
+    # -- SessionObserver ----------------------------------------------------------
+
+    def session_established(self, core: CoreSession) -> None:
+        """The handshake completed: the server runs its handler."""
+        session = self.sessions.get(core)
+        if session is not None:
+            self._established(session)
+
+    def session_closed(self, core: CoreSession) -> None:
+        """The session ended: forget it."""
+        self.sessions.pop(core, None)
+        self.drivers.pop(core, None)
 
 
 #: Seconds between two estimates of the sessions' memory.
@@ -485,5 +558,5 @@ async def serve(
     """
     endpoint = ServerEndpoint(config, scheduler=scheduler, reliable=reliable)
     server = Server(handler, endpoint)
-    await server._listen(host, port, **listen_kwargs)
+    await server.listen(host, port, **listen_kwargs)
     return server

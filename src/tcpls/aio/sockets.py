@@ -1,4 +1,4 @@
-"""TCP socket options and ``TCP_INFO`` (Linux), used by the asyncio layer."""
+"""TCP socket options, ``TCP_INFO`` (Linux) and socket addresses, used by the asyncio layer."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["TcpInfo", "configure_socket", "set_notsent_lowat", "set_user_timeout", "tcp_info"]
+__all__ = [
+    "TcpInfo",
+    "configure_socket",
+    "host_port",
+    "set_notsent_lowat",
+    "set_user_timeout",
+    "tcp_info",
+]
 
 # Linux values; the socket module lacks some of them on older Pythons.
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
@@ -98,3 +106,11 @@ def set_user_timeout(sock: socket.socket, seconds: float | None) -> None:
         sock.setsockopt(
             socket.IPPROTO_TCP, TCP_USER_TIMEOUT, max(1, int(seconds * 1000)) if seconds else 0
         )
+
+
+def host_port(address: Any) -> tuple[str, int] | None:
+    """A socket address (``peername``, ``sockname``) as ``(host, port)``; ``None`` for
+    anything else (no address, a Unix socket)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None

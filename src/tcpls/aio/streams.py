@@ -4,29 +4,78 @@ A :class:`StreamReader` reads the bytes the peer sent on one stream, in order;
 a :class:`StreamWriter` queues bytes on it. Backpressure is real: ``drain()``
 waits while the stream holds more unsent bytes than its high-water mark, and
 those leave only as fast as the TCP connections take records.
+
+This module owns the pairs only. The bytes are in the core session; the pairs
+reach the session's I/O through :class:`StreamOwner` (its driver) and hand out
+the session itself as a :class:`StreamSession`; neither is imported from here,
+so that the session module can import this one.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from tcpls.core.session import Session as CoreSession
 from tcpls.errors import ConnectionClosedError, raisable
 
-if TYPE_CHECKING:
-    from tcpls.aio.session import Session
-
-__all__ = ["StreamReader", "StreamWriter"]
+__all__ = ["StreamOwner", "StreamReader", "StreamSession", "StreamWriter"]
 
 _DEFAULT_LIMIT = 64 * 1024
+
+
+class StreamOwner(Protocol):
+    """What a stream pair needs from the I/O of its session (the session's driver)."""
+
+    @property
+    def core(self) -> CoreSession:
+        """The sans-I/O session that holds the streams' bytes."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the session runs in."""
+
+    def schedule_flush(self) -> None:
+        """Send what the streams queued, once, at the next turn of the event loop."""
+
+    def data_consumed(self) -> None:
+        """The application read bytes: reading resumes if it was paused for them."""
+
+    def reader_waiting(self, stream_id: int) -> None:
+        """A reader of ``stream_id`` is about to wait for bytes."""
+
+
+class StreamSession(Protocol):
+    """The session a stream pair belongs to, as the pair hands it out.
+
+    It is the :class:`tcpls.Session`; these are the parts a stream handler needs
+    most (``writer.session.wait_closed()``).
+    """
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session ended."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Information about the session (see :meth:`tcpls.Session.get_extra_info`)."""
+
+    def close(self) -> None:
+        """Start a graceful close of the whole session."""
+
+    def abort(self) -> None:
+        """Close the whole session at once, dropping unsent data."""
+
+    async def wait_closed(self) -> None:
+        """Wait until the session ended."""
 
 
 class StreamReader:
     """Reads one stream (like :class:`asyncio.StreamReader`)."""
 
-    def __init__(self, session: Session, stream_id: int, limit: int = _DEFAULT_LIMIT) -> None:
-        self._session = session
-        self._core = session._core
+    def __init__(self, owner: StreamOwner, stream_id: int, limit: int = _DEFAULT_LIMIT) -> None:
+        self._owner = owner
+        self._core = owner.core
+        #: The stream's ID in the session.
         self.stream_id = stream_id
         self._limit = limit
         self._waiter: asyncio.Future[None] | None = None
@@ -36,7 +85,9 @@ class StreamReader:
 
     # -- called by the session ---------------------------------------------------
 
-    def _wakeup(self) -> None:
+    def wakeup(self) -> None:
+        """Wake the coroutine waiting to read, if any (the session calls this when the
+        stream has new bytes, an end or an error)."""
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -44,8 +95,8 @@ class StreamReader:
     async def _wait(self) -> None:
         if self._waiter is not None:
             raise RuntimeError("another coroutine is already reading this stream")
-        self._waiter = self._session._loop.create_future()
-        self._session._reader_waiting(self.stream_id)
+        self._waiter = self._owner.loop.create_future()
+        self._owner.reader_waiting(self.stream_id)
         try:
             await self._waiter
         finally:
@@ -99,7 +150,7 @@ class StreamReader:
         while True:
             data = self._core.read(self.stream_id, n)
             if data:
-                self._session._data_consumed()
+                self._owner.data_consumed()
                 return data
             if self.at_eof():
                 return b""
@@ -135,7 +186,7 @@ class StreamReader:
                             "separator found, but chunk is longer than the limit", index
                         )
                     data = self._core.read(self.stream_id, index + len(separator))
-                    self._session._data_consumed()
+                    self._owner.data_consumed()
                     return data
                 buffered = stream.recv.readable
                 if buffered > self._limit:
@@ -145,7 +196,7 @@ class StreamReader:
                 start = max(0, buffered - len(separator) + 1)
             if self.at_eof() or stream is None or stream.recv.complete:
                 partial = self._core.read(self.stream_id)
-                self._session._data_consumed()
+                self._owner.data_consumed()
                 raise asyncio.IncompleteReadError(partial, None)
             self._raise_if_broken()
             await self._wait()
@@ -170,9 +221,13 @@ class StreamReader:
 class StreamWriter:
     """Writes one stream (like :class:`asyncio.StreamWriter`)."""
 
-    def __init__(self, session: Session, stream_id: int, reader: StreamReader) -> None:
+    def __init__(
+        self, owner: StreamOwner, session: StreamSession, stream_id: int, reader: StreamReader
+    ) -> None:
+        self._owner = owner
         self._session = session
-        self._core = session._core
+        self._core = owner.core
+        #: The stream's ID in the session.
         self.stream_id = stream_id
         self._reader = reader
         self._closing = False
@@ -182,11 +237,13 @@ class StreamWriter:
         return f"<tcpls.StreamWriter stream={self.stream_id}>"
 
     @property
-    def session(self) -> Session:
-        """The session this stream belongs to."""
+    def session(self) -> StreamSession:
+        """The session this stream belongs to (a :class:`tcpls.Session`)."""
         return self._session
 
-    def _wakeup(self) -> None:
+    def wakeup(self) -> None:
+        """Wake the coroutine waiting in :meth:`drain` or :meth:`wait_closed`, if any (the
+        session calls this when the stream can take more, or ended)."""
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -194,7 +251,7 @@ class StreamWriter:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; it is sent as the connections can take it."""
         self._core.send(self.stream_id, data)
-        self._session._schedule_flush()
+        self._owner.schedule_flush()
 
     def writelines(self, data: Any) -> None:
         """Queue each buffer of an iterable."""
@@ -208,7 +265,7 @@ class StreamWriter:
     def write_eof(self) -> None:
         """End our direction of the stream (FIN) after what was queued."""
         self._core.send_eof(self.stream_id)
-        self._session._schedule_flush()
+        self._owner.schedule_flush()
 
     def _buffered(self) -> int:
         stream = self._core.streams.get(self.stream_id)
@@ -231,7 +288,7 @@ class StreamWriter:
                 raise ConnectionClosedError("the session is closed")
             if self._buffered() <= limit and not self._core.send_blocked:
                 return
-            self._drain_waiter = self._session._loop.create_future()
+            self._drain_waiter = self._owner.loop.create_future()
             try:
                 await self._drain_waiter
             finally:
@@ -256,7 +313,7 @@ class StreamWriter:
             stream = self._core.streams.get(self.stream_id)
             if stream is None or stream.fin_acked or self._core.closed or self._core.peer_closed:
                 return
-            self._drain_waiter = self._session._loop.create_future()
+            self._drain_waiter = self._owner.loop.create_future()
             try:
                 await self._drain_waiter
             finally:
@@ -265,7 +322,7 @@ class StreamWriter:
     def pin(self, connection_id: int | None) -> None:
         """Keep this stream's data on one TCP connection (``None``: let the scheduler choose)."""
         self._core.pin_stream(self.stream_id, connection_id)
-        self._session._schedule_flush()
+        self._owner.schedule_flush()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """``stream_id``, ``session``, ``tcpls``, ``cipher_suite``, ``peername``, ``sockname``."""
