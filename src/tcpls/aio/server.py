@@ -1,0 +1,364 @@
+"""The asyncio server: :class:`Server`, the sessions it holds and the limits on them.
+
+This module owns the server side of setting sessions up: listening, the limits on
+what clients can make a server hold (design: Server limits), running the handler of
+each session, and the table of a server's sessions and of its connections still
+waiting for their ClientHello. :func:`tcpls.serve` (in :mod:`tcpls.aio.api`) starts one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tcpls.aio.driver import SessionDriver
+from tcpls.aio.protocol import ConnectionProtocol
+from tcpls.aio.session import Session
+from tcpls.core.endpoint import ServerEndpoint
+from tcpls.core.session import Session as CoreSession
+from tcpls.errors import InternalError, TCPLSError
+from tcpls.tls.connection import TLSConnection
+
+__all__ = ["Handler", "Server"]
+
+# The server's messages keep the name of the module that has the public entry points.
+logger = logging.getLogger("tcpls.aio.api")
+
+#: What :func:`tcpls.serve` runs for each session.
+Handler = Callable[[Session], Awaitable[Any]]
+
+
+def _session_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every exception of a group) is a session or socket error."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_session_error(e) for e in exc.exceptions)
+    return isinstance(exc, TCPLSError | OSError)
+
+
+class Server:
+    """A listening tcpls server, shaped like :class:`asyncio.Server`."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        endpoint: ServerEndpoint,
+    ) -> None:
+        """A server that runs ``handler`` for each session of ``endpoint``; it listens once
+        :meth:`listen` is called (:func:`serve` does both)."""
+        self._handler = handler
+        self._endpoint = endpoint
+        self._servers: list[asyncio.AbstractServer] = []
+        self._table = _SessionTable(endpoint, self._session_adopted, self._session_established)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        #: The memory of all sessions, as last estimated (see :meth:`_watch_memory`).
+        self.memory_use = 0
+        self._over_budget = False
+        self._watch: asyncio.TimerHandle | None = None
+        self._refusals = _RateLimitedLog()
+        endpoint.session_gate = self._session_gate
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets."""
+        out: list[socket.socket] = []
+        for server in self._servers:
+            if isinstance(server, asyncio.Server):
+                out.extend(server.sockets)
+        return out
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (handy with port 0)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    @property
+    def sessions(self) -> list[Session]:
+        """The sessions currently open."""
+        return list(self._table.sessions.values())
+
+    async def listen(self, host: str | None, port: int, **kwargs: Any) -> None:
+        """Listen on ``host:port`` too (:func:`serve` calls this once); ``kwargs`` go to
+        :meth:`asyncio.loop.create_server`."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._protocol_factory, host, port, **kwargs)
+        self._servers.append(server)
+
+    def _protocol_factory(self) -> asyncio.BaseProtocol:
+        config = self._endpoint.config
+        pending = self._table.pending
+        if len(pending) >= config.max_pending_connections:
+            self._refusals.log(
+                "refusing connections: %d are already waiting for their ClientHello "
+                "(max_pending_connections)",
+                len(pending),
+            )
+            return _Refused()
+        # No session yet: the first ClientHello says whether this connection starts
+        # one or joins one (then it needs none).
+        protocol = ConnectionProtocol(
+            None, 0, pending=self._endpoint.new_connection(), server=self._table
+        )
+        pending.add(protocol)
+        return protocol
+
+    def _session_gate(self) -> str | None:
+        """Why a new session may not start now, or ``None`` (design: Server limits)."""
+        config = self._endpoint.config
+        reason = None
+        sessions = len(self._table.sessions)
+        if self._closing:
+            reason = "the server is shutting down"
+        elif sessions >= config.max_sessions:
+            reason = f"{sessions} sessions are open (max_sessions)"
+        elif self._over_budget:
+            reason = (
+                f"the sessions hold about {self.memory_use >> 20} MiB "
+                f"(memory_budget {config.memory_budget >> 20} MiB)"
+            )
+        if reason is not None:
+            self._refusals.log("refusing a new session: %s", reason)
+        return reason
+
+    def _session_adopted(self) -> None:
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(
+                _WATCH_INTERVAL, self._watch_memory
+            )
+
+    def _watch_memory(self) -> None:
+        """Every quarter second while sessions exist: estimate their memory, shed the largest
+        while the total is above ``memory_budget`` (design: Server limits)."""
+        self._watch = None
+        table = self._table
+        if not table.sessions:
+            self.memory_use = 0
+            self._over_budget = False
+            return
+        budget = self._endpoint.config.memory_budget
+        uses = [
+            (core.memory_use(), session, table.drivers[core])
+            for core, session in table.sessions.items()
+        ]
+        total = sum(use for use, _, _ in uses)
+        if total > budget:
+            uses.sort(key=lambda item: item[0], reverse=True)
+            for use, session, driver in uses:
+                if total <= budget:
+                    break
+                peer = session.get_extra_info("peername")
+                logger.warning(
+                    "ending the session of %s, the largest (about %d KiB): the server "
+                    "is over its memory budget (%d MiB)",
+                    _format_peer(peer),
+                    use >> 10,
+                    budget >> 20,
+                )
+                driver.core.abort(InternalError("the server is over its memory budget"))
+                driver.process()
+                total -= use
+        self.memory_use = total
+        self._over_budget = total > budget * 0.9
+        self._watch = asyncio.get_running_loop().call_later(_WATCH_INTERVAL, self._watch_memory)
+
+    def _session_established(self, session: Session) -> None:
+        if self._closing:
+            session.abort()
+            return
+        task = asyncio.get_running_loop().create_task(self._run_handler(session))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, session: Session) -> None:
+        try:
+            await self._handler(session)
+        except Exception as exc:
+            if _session_error(exc):
+                # the session failed under the handler (peer gone, protocol error)
+                logger.debug("session handler ended: %s", exc)
+            else:
+                logger.warning("session handler failed: %s: %s", exc.__class__.__name__, exc)
+                logger.debug("handler traceback", exc_info=True)
+            session.abort()
+        finally:
+            if not session.closed:
+                await session.aclose()
+
+    # -- addresses (design: Addresses) --------------------------------------------------------
+
+    def advertise(self, address: str) -> int:
+        """Advertise another ``"ip:port"`` of this server to all sessions (New Address)."""
+        address_id = self._endpoint.advertise(address, self._live_cores())
+        for driver in self._table.drivers.values():
+            driver.schedule_flush()
+        return address_id
+
+    def withdraw(self, address: str) -> None:
+        """Withdraw an advertised address (Remove Address): clients close connections to it."""
+        self._endpoint.withdraw(address, self._live_cores())
+        for driver in self._table.drivers.values():
+            driver.schedule_flush()
+
+    def _live_cores(self) -> list[CoreSession]:
+        return [core for core in self._table.sessions if core.tcpls]
+
+    # -- asyncio.Server shape ----------------------------------------------------
+
+    def close(self) -> None:
+        """Stop listening and close every session gracefully."""
+        self._closing = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        for protocol in list(self._table.pending):
+            if protocol.transport is not None:
+                protocol.transport.abort()
+        for server in self._servers:
+            server.close()
+        for session in list(self._table.sessions.values()):
+            session.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the listeners and the sessions are closed."""
+        for server in self._servers:
+            await server.wait_closed()
+        sessions = list(self._table.sessions.values())
+        if sessions:
+            await asyncio.wait([asyncio.ensure_future(s.aclose()) for s in sessions], timeout=10)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=10)
+
+    def is_serving(self) -> bool:
+        """Whether the server accepts connections."""
+        return any(server.is_serving() for server in self._servers)
+
+    async def serve_forever(self) -> None:
+        """Accept sessions until cancelled."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.close()
+            await self.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        """The server itself (it is listening already)."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the server and wait until it is closed."""
+        self.close()
+        await self.wait_closed()
+
+
+class _SessionTable:
+    """A server's sessions, and its connections still waiting for their ClientHello.
+
+    It is what those call back: a pending connection (:class:`PendingOwner`) is adopted
+    into a new session, handed to the session it joins, or forgotten; a session's
+    driver (:class:`SessionObserver`) says when the handshake completed and when the
+    session ended.
+    """
+
+    def __init__(
+        self,
+        endpoint: ServerEndpoint,
+        adopted: Callable[[], None],
+        established: Callable[[Session], None],
+    ) -> None:
+        self._endpoint = endpoint
+        self._adopted = adopted
+        self._established = established
+        #: Accepted connections whose ClientHello has not come yet.
+        self.pending: set[ConnectionProtocol] = set()
+        #: The open sessions, by core session.
+        self.sessions: dict[CoreSession, Session] = {}
+        #: The drivers of the open sessions, by core session.
+        self.drivers: dict[CoreSession, SessionDriver] = {}
+
+    # -- PendingOwner -------------------------------------------------------------
+
+    def pending_ended(self, protocol: ConnectionProtocol) -> None:
+        """``protocol`` no longer waits for its ClientHello."""
+        self.pending.discard(protocol)
+
+    def adopt(self, protocol: ConnectionProtocol, core: CoreSession) -> SessionDriver:
+        """A pending connection started a handshake: give it its session."""
+        driver = SessionDriver(core, observer=self)
+        self.sessions[core] = Session(driver)
+        self.drivers[core] = driver
+        protocol.owner = driver
+        driver.attach(protocol)
+        self._adopted()
+        return driver
+
+    def route_join(self, protocol: ConnectionProtocol, tls: TLSConnection, token: bytes) -> None:
+        """A pending connection is a join: hand it to the session its token belongs to."""
+        transport = protocol.transport
+        routed = self._endpoint.route_join(tls, token)
+        target = self.drivers.get(routed[0]) if routed is not None else None
+        if routed is None or target is None:
+            # rejected (illegal_parameter is queued) or the session is gone
+            if transport is not None:
+                data = tls.data_to_send()
+                if data:
+                    transport.write(data)
+                transport.close()
+            return
+        protocol.owner = target
+        protocol.connection_id = routed[1]
+        target.attach(protocol)
+        target.process()
+
+    # -- SessionObserver ----------------------------------------------------------
+
+    def session_established(self, core: CoreSession) -> None:
+        """The handshake completed: the server runs its handler."""
+        session = self.sessions.get(core)
+        if session is not None:
+            self._established(session)
+
+    def session_closed(self, core: CoreSession) -> None:
+        """The session ended: forget it."""
+        self.sessions.pop(core, None)
+        self.drivers.pop(core, None)
+
+
+#: Seconds between two estimates of the sessions' memory.
+_WATCH_INTERVAL = 0.25
+
+
+class _Refused(asyncio.Protocol):
+    """A connection accepted beyond ``max_pending_connections``: reset at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
+
+
+class _RateLimitedLog:
+    """One warning a second at most for a repeated refusal, with how many it stands for."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self._interval = interval
+        self._last = -interval
+        self._missed = 0
+
+    def log(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            self._missed += 1
+            return
+        if self._missed:
+            message += f" ({self._missed} more refused in the last second)"
+        self._last, self._missed = now, 0
+        logger.warning(message, *args)
+
+
+def _format_peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return "a client"
