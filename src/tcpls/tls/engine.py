@@ -337,6 +337,14 @@ class HandshakeEngine:
         """The traffic secret of one direction and epoch, once installed."""
         return self._secrets.get((is_write, epoch))
 
+    def set_secret_handler(self, on_secret: SecretCallback) -> None:
+        """Send the traffic secrets installed from now on to ``on_secret``.
+
+        The record layer that owns this engine calls it: the engine is often built
+        before that record layer exists (a server builds it from a factory).
+        """
+        self._on_secret = on_secret
+
     def detach(self, *, ended: bool = False) -> None:
         """Drop the callbacks into the owners: the handshake is over (or the session ended).
 
