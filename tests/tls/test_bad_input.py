@@ -116,7 +116,7 @@ def test_change_cipher_spec_with_a_wrong_body(server: ThreadServer, pki: DevPKI)
         client.conn.start()
         client.flush()
         # read the server's flight; our client answers with CCS + Finished: replace them
-        while client.conn.read_protection is None or client.conn._read_epoch.name != "ONE_RTT":
+        while not client.conn.handshake_complete:  # up to the server's Finished
             sock.settimeout(5)
             client.conn.receive_data(sock.recv(65536))
         client.conn.data_to_send()  # drop our CCS and Finished
