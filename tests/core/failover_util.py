@@ -132,41 +132,32 @@ class Flow:
 
 
 def chunked_delivery(h: Harness, size: int = 64 * 1024) -> None:
-    """Hand incoming bytes to both sessions in pieces of at most ``size`` bytes.
+    """Both ends of every link read incoming bytes in pieces of at most ``size`` bytes.
 
     A socket read returns at most the buffer it was given, whereas the harness passes
-    whatever one ``transmit`` produced (up to 256 KiB plus a record) in one
-    ``receive_data`` call. Both must work; delivering in pieces also splits records
-    across calls. (Big deliveries right after a join used to make ``receive_data``
-    loop for ever: ``test_large_delivery_right_after_a_join_is_processed``.)
+    whatever one ``transmit`` produced (up to 256 KiB plus a record) in one delivery.
+    Both must work; reading in pieces also splits records across calls. (Big
+    deliveries right after a join used to make reading loop for ever:
+    ``test_large_delivery_right_after_a_join_is_processed``.)
     """
-    for session in (h.client, h.server):
-        original = session.receive_data
-
-        def receive_data(cid: int, data: bytes, now: float, _original: object = original) -> None:
-            view = memoryview(data)
-            for pos in range(0, len(view), size):
-                _original(cid, view[pos : pos + size], now)  # type: ignore[operator]
-
-        session.receive_data = receive_data  # type: ignore[method-assign]
+    h.read_size = size
 
 
-def mute(session: Session, cid: int) -> None:
-    """``session`` never writes on connection ``cid`` again (its ACKs go elsewhere)."""
-    original = session.transmit
-
-    def transmit(connection_id: int, now: float, budget: int = 256 * 1024) -> bytes:
-        return b"" if connection_id == cid else original(connection_id, now, budget)
-
-    session.transmit = transmit  # type: ignore[method-assign]
+def mute(h: Harness, side: str, cid: int) -> None:
+    """``side`` never writes on its connection ``cid`` again (its ACKs go elsewhere)."""
+    for link in h.links:
+        if (link.client_id if side == "client" else link.server_id) == cid and (
+            side == "client" or link.server is h.server
+        ):
+            link.muted.add(side)
 
 
 def pump_rounds(h: Harness, rounds: int) -> None:
     """Move bytes on every link for ``rounds`` rounds only (each pulls up to 256 KiB)."""
     for _ in range(rounds):
         for link in list(h.links):
-            h._pump_link(link)
-        h._collect_events()
+            h.pump_link(link)
+        h.collect_events()
 
 
 def settle(h: Harness, seconds: float = 0.2) -> None:
@@ -178,8 +169,7 @@ def settle(h: Harness, seconds: float = 0.2) -> None:
 def begin_join(h: Harness) -> Link:
     """Start a join on a new link: the client's join ClientHello is queued, nothing moved."""
     tls, seq = h.client.start_join()
-    pending = h.endpoint.new_session()
-    link = Link(seq, pending, 0)
+    link = Link(seq, None, 0, pending=h.endpoint.new_connection())
     h.links.append(link)
     tls.start()
     return link
@@ -189,8 +179,7 @@ def deliver_join_hello(h: Harness, link: Link) -> None:
     """Deliver the join ClientHello of ``link`` to the server and route the join."""
     data = h.client.transmit(link.client_id, h.now)
     assert data, "the join ClientHello was not queued"
-    link.server.receive_data(0, data, h.now)
-    h._route_joins(link)
+    h.deliver_to_server(link, data)
 
 
 def live_links(h: Harness) -> list[Link]:

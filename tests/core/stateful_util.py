@@ -40,6 +40,7 @@ from typing import Literal
 
 from tcpls.config import SessionTuning
 from tcpls.core.connection import ConnectionStatus
+from tcpls.core.endpoint import Accepted
 from tcpls.core.events import ConnectionRemoved, SessionEvent
 from tcpls.core.session import Session, SessionState
 from tcpls.devcert import DevPKI
@@ -232,8 +233,8 @@ class NetHarness(Harness):
         for _ in range(max_rounds):
             moved = False
             for link in list(self.net_links()):
-                moved |= self._pump_link(link)
-            self._collect_events()
+                moved |= self.pump_link(link)
+            self.collect_events()
             for side in SIDES:
                 self.after_read(side)  # the application may have read meanwhile
             moved |= self._io_duties()
@@ -247,8 +248,8 @@ class NetHarness(Harness):
         """Move bytes for ``rounds`` rounds only (a transfer may stay part-way)."""
         for _ in range(rounds):
             for link in list(self.net_links()):
-                self._pump_link(link)
-            self._collect_events()
+                self.pump_link(link)
+            self.collect_events()
             self._io_duties()
             self._note_closures()
 
@@ -259,20 +260,12 @@ class NetHarness(Harness):
         if pump:
             self.pump()
 
-    def _pump_link(self, link: Link) -> bool:
+    def pump_link(self, link: Link) -> bool:
         assert isinstance(link, NetLink)
         if link.state == "closed":
             return False
         moved = self._send(link, "client") | self._send(link, "server")
         moved |= self._deliver(link, "server") | self._deliver(link, "client")
-        if link.state != "closed" and link.server is not self.server:
-            self._route_joins(link)
-            if link.state == "closed":  # the join was rejected: alert, then the server closes
-                link.state = "up"
-                link.faulted = True  # a join the server refuses (closing, closed) fails
-                link.down.eof = True
-                link.set_closed("server")
-                moved = True
         self._update_flow(link)
         return moved
 
@@ -442,8 +435,8 @@ class NetHarness(Harness):
 
     # -- the I/O layer's duties ---------------------------------------------------------
 
-    def _collect_events(self) -> None:
-        super()._collect_events()
+    def collect_events(self) -> None:
+        super().collect_events()
         for side, events in (("client", self.client_events), ("server", self.server_events)):
             start = self._seen[side]
             self._seen[side] = len(events)
@@ -522,7 +515,7 @@ class NetHarness(Harness):
         if session.connection_drained(cid):
             path.eof = True
             session.finish_removal(cid)
-            self._collect_events()
+            self.collect_events()
             return True
         return False
 
@@ -652,11 +645,35 @@ class NetHarness(Harness):
     # -- links ----------------------------------------------------------------------------
 
     def join(self, *, pump: bool = True) -> NetLink:
-        """Join a new connection with a spare token (``pump=False``: hello only queued)."""
+        """Join a new connection with a spare token (``pump=False``: nothing moves after).
+
+        The join's ClientHello reaches the server at once, through the accept path of
+        production (:class:`~tcpls.core.endpoint.PendingConnection`); the rest of the
+        join crosses the link like any other bytes.
+        """
         tls, seq = self.client.start_join()
-        link = NetLink(seq, self.endpoint.new_session(), 0)
-        self.links.append(link)
         tls.start()
+        pending = self.endpoint.new_connection()
+        view = memoryview(self.client.transmit(seq, self.now))
+        outcome = None
+        while view and outcome is None:
+            target = pending.get_buffer()
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            view = view[n:]
+            outcome = pending.buffer_updated(n, self.now)
+        assert outcome is not None, "the join's ClientHello was not complete"
+        if isinstance(outcome, Accepted):
+            link = NetLink(seq, outcome.session, outcome.connection_id)
+        else:
+            # refused (the session is closing or gone): the alert, then the server closes
+            link = NetLink(seq, self.server, -1, faulted=True)
+            alert = pending.tls.data_to_send()
+            if alert:
+                link.down.put(alert, self.now)
+            link.down.eof = True
+            link.set_closed("server")
+        self.links.append(link)
         if pump:
             self.pump()
         return link

@@ -326,7 +326,7 @@ def test_ping_answered_by_an_ack_on_another_connection(pki: DevPKI) -> None:
     h = established(pki, tuning=FAST)
     h.join()
     settle(h)
-    mute(h.server, 1)
+    mute(h, "server", 1)
     tap = Tap(h)
     flow = Flow(h)
     sid = flow.open("client")

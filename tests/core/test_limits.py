@@ -194,8 +194,8 @@ def test_a_full_stream_pauses_reading_by_its_real_memory(pki: DevPKI) -> None:
 
 def test_a_tcpls_session_closes_before_its_key_usage_limit(pki: DevPKI) -> None:
     h = established(pki)
-    assert h.client.sender.aead_limit == 1 << 24  # AES-GCM
-    h.client.sender.aead_limit = h.client.records_sealed + 5
+    assert h.client.links.aead_limit == 1 << 24  # AES-GCM
+    h.client.links.aead_limit = h.client.records_sealed + 5
     sid = h.client.open_stream()
     for _ in range(20):
         h.client.send(sid, b"r" * 16000)
@@ -210,7 +210,7 @@ def test_a_tcpls_session_closes_before_its_key_usage_limit(pki: DevPKI) -> None:
 def test_plain_tls_changes_its_keys_at_the_limit(pki: DevPKI) -> None:
     h = Harness(pki, client_tcpls=False)
     h.pump()
-    h.client.sender.aead_limit = 3
+    h.client.links.aead_limit = 3
     for i in range(10):
         h.client.send(0, bytes([i]) * 20000)
         h.pump()

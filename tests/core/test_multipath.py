@@ -13,10 +13,11 @@ import os
 import pytest
 
 from tcpls.core.connection import ConnectionStatus
+from tcpls.core.endpoint import Refused
 from tcpls.core.events import ConnectionAdded, ConnectionRemoved, TokenReceived
 from tcpls.core.session import SessionState
 from tcpls.devcert import DevPKI
-from tcpls.errors import PeerAlert
+from tcpls.errors import IllegalParameter, PeerAlert
 from tcpls.wire.frames import Ack, ConnectionReset, NewAddress, RemoveAddress
 from tests.core.failover_util import (
     Flow,
@@ -110,7 +111,7 @@ def test_bulk_transfer_acknowledged_only_on_the_other_connection(pki: DevPKI) ->
     h.join()
     settle(h)
     tap = Tap(h)
-    mute(h.server, 1)
+    mute(h, "server", 1)
     flow = Flow(h)
     sid = flow.open("client")
     h.client.pin_stream(sid, 1)
@@ -206,11 +207,13 @@ def test_join_with_an_invalid_token_is_refused_with_illegal_parameter(pki: DevPK
     h.client.tokens[1] = os.urandom(32)  # forged
     link = begin_join(h)
     data = h.client.transmit(1, h.now)
-    pending = link.server
-    pending.receive_data(0, data, h.now)
-    (request,) = drain_events(pending)
-    assert h.endpoint.route_join(pending.connections[0].tls, request.token) is None
-    alert = pending.connections[0].tls.data_to_send()
+    pending = link.pending
+    assert pending is not None
+    target = pending.get_buffer()
+    target[: len(data)] = data
+    outcome = pending.buffer_updated(len(data), h.now)  # the accept path routes the join
+    assert isinstance(outcome, Refused) and isinstance(outcome.error, IllegalParameter)
+    alert = pending.tls.data_to_send()
     assert alert == b"\x15\x03\x03\x00\x02\x02\x2f"  # plaintext fatal illegal_parameter
     h.client.receive_data(1, alert, h.now)
     link.state = "closed"

@@ -139,7 +139,7 @@ def test_client_detects_server_hello_spanning_key_change(pki: DevPKI) -> None:
     endpoint = ServerEndpoint(
         tcpls.ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.key_file))
     )
-    server = endpoint.new_session().connections[0].tls
+    server = endpoint.new_connection().tls
     client = new_client(pki)
     client.start()
     server.receive_data(client.data_to_send())
@@ -161,7 +161,7 @@ def test_ccs_after_handshake_is_rejected(pki: DevPKI) -> None:
     endpoint = ServerEndpoint(
         tcpls.ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.key_file))
     )
-    server = endpoint.new_session().connections[0].tls
+    server = endpoint.new_connection().tls
     client = new_client(pki)
     client.start()
     for _ in range(4):

@@ -1,6 +1,7 @@
-"""The addresses the peer advertised, and those it withdrew (design: Addresses).
+"""Addresses: ours to announce, and those the peer advertised or withdrew.
 
-Owns, for one session, what New Address and Remove Address frames told us. A removal
+Owns, for one session (design: Addresses), the New Address and Remove Address frames we
+queue for our own extra addresses, and what the peer's frames told us. A removal
 is remembered even for an address ID not known yet, so that a New Address which
 arrives after its Remove Address (sent again on another connection after a failure)
 stays ignored; a withdrawn address is never used again, not even to rejoin
@@ -9,7 +10,10 @@ stays ignored; a withdrawn address is never used again, not even to rejoin
 
 from __future__ import annotations
 
-from tcpls.wire.frames import NewAddress
+import ipaddress
+from collections import deque
+
+from tcpls.wire.frames import Frame, NewAddress, RemoveAddress
 
 __all__ = ["AddressBook"]
 
@@ -17,9 +21,10 @@ __all__ = ["AddressBook"]
 class AddressBook:
     """The peer's extra addresses for one session."""
 
-    __slots__ = ("_removed", "peer", "withdrawn")
+    __slots__ = ("_control", "_removed", "peer", "withdrawn")
 
-    def __init__(self) -> None:
+    def __init__(self, control: deque[Frame]) -> None:
+        self._control = control
         #: Addresses the peer advertised, by address ID.
         self.peer: dict[int, tuple[str, int]] = {}
         #: Addresses the peer withdrew: no new connection may go to them.
@@ -40,3 +45,11 @@ class AddressBook:
         if entry is not None:
             self.withdrawn.add(entry)
         return entry
+
+    def advertise(self, address_id: int, host: str, port: int) -> None:
+        """Announce an extra address of ours with New Address."""
+        self._control.append(NewAddress(address_id, ipaddress.ip_address(host), port))
+
+    def withdraw(self, address_id: int) -> None:
+        """Withdraw an address we advertised with Remove Address."""
+        self._control.append(RemoveAddress(address_id))

@@ -141,9 +141,10 @@ class Connection:
         deadline = self.ack_deadline
         return deadline is not None and now >= deadline
 
-    def unacknowledged(self) -> int:
-        """Records sent on this connection and not yet acknowledged."""
-        return len(self.sent_log)
+    @property
+    def drained(self) -> bool:
+        """Whether a draining connection has nothing unacknowledged left (time for FIN)."""
+        return self.status is ConnectionStatus.DRAINING and not self.sent_log
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.status.value}>"

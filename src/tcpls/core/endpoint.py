@@ -13,18 +13,27 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from tcpls.config import ClientConfig, ServerConfig, parse_cipher_suites
 from tcpls.core.scheduler import SchedulerName
 from tcpls.core.session import Session
 from tcpls.core.tokens import TokenRegistry
-from tcpls.errors import ConfigurationError, HandshakeCanceled
+from tcpls.errors import ConfigurationError, HandshakeCanceled, IllegalParameter, TCPLSError
 from tcpls.tls.connection import ConnectionState, TLSConnection
 from tcpls.tls.engine import HandshakeEngine, TicketStore
+from tcpls.tls.events import ConnectionFailed, JoinRequested
 from tcpls.tls.hello import ClientHelloInfo, check_client_hello
 from tcpls.tls.keylog import KeyLog, keylog_path
 
-__all__ = ["PendingConnection", "ServerEndpoint", "client_session", "parse_host_port"]
+__all__ = [
+    "Accepted",
+    "PendingConnection",
+    "Refused",
+    "ServerEndpoint",
+    "client_session",
+    "parse_host_port",
+]
 
 
 def _noop_secret(*_: object) -> None:
@@ -118,17 +127,6 @@ class ServerEndpoint:
         """
         return PendingConnection(self)
 
-    def new_session(self) -> Session:
-        """A session for a newly accepted TCP connection (connection 0, handshake pending).
-
-        The eager form of :meth:`new_connection`: if the connection turns out to be a
-        join, the session emits :class:`~tcpls.core.events.JoinRequest`; call
-        :meth:`route_join` with its connection.
-        """
-        session = self._make_session()
-        session.add_connection(self._make_tls(lambda: self._make_engine(session)), 0)
-        return session
-
     def _make_session(self) -> Session:
         config = self.config
         session = Session(
@@ -221,12 +219,30 @@ class ServerEndpoint:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A pending connection now belongs to ``session`` as its connection ``connection_id``
+    (0: its ClientHello started the session; otherwise a join)."""
+
+    session: Session
+    connection_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A pending connection ends: send what its TLS connection still has (an alert),
+    then close it. Only this connection is affected (design: Joins)."""
+
+    error: TCPLSError
+
+
 class PendingConnection:
     """An accepted TCP connection whose first ClientHello decides what it is.
 
-    Feed it bytes through :attr:`tls`. A ClientHello that starts a handshake
-    creates :attr:`session` (this connection is its connection 0); one that
-    carries ``tcpls_join`` makes :attr:`tls` emit ``JoinRequested``.
+    The I/O layer feeds it bytes with :meth:`get_buffer` and :meth:`buffer_updated`
+    until that returns what became of it: :class:`Accepted` (a new session, or a join
+    routed to the session of its token) or :class:`Refused` (not TLS, a bad hello, an
+    invalid token). This is the one way a server accepts connections.
     """
 
     def __init__(self, endpoint: ServerEndpoint) -> None:
@@ -241,6 +257,29 @@ class PendingConnection:
         session.add_connection(self.tls, 0)
         self.session = session
         return self._endpoint._make_engine(session)
+
+    def get_buffer(self) -> memoryview:
+        """Where the next bytes of the connection go."""
+        return self.tls.get_buffer()
+
+    def buffer_updated(self, nbytes: int, now: float) -> Accepted | Refused | None:
+        """``nbytes`` arrived in :meth:`get_buffer`; ``None`` while the ClientHello is
+        incomplete."""
+        tls = self.tls
+        tls.buffer_updated(nbytes)
+        if self.session is not None:  # the ClientHello started a handshake
+            self.session.poll_connection(0, now)
+            return Accepted(self.session, 0)
+        while (event := tls.next_event()) is not None:
+            if isinstance(event, JoinRequested):
+                routed = self._endpoint.route_join(tls, event.token)
+                if routed is None:
+                    return Refused(IllegalParameter("the join token is invalid or used"))
+                session, connection_id = routed
+                return Accepted(session, connection_id)
+            if isinstance(event, ConnectionFailed):  # not TLS, or a bad hello: the alert
+                return Refused(event.error)
+        return None
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

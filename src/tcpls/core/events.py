@@ -15,7 +15,6 @@ __all__ = [
     "ConnectionAdded",
     "ConnectionRemoved",
     "HandshakeDone",
-    "JoinRequest",
     "PeerClosed",
     "SessionClosed",
     "SessionEvent",
@@ -61,17 +60,6 @@ class ConnectionRemoved:
 
 
 @dataclass(frozen=True, slots=True)
-class JoinRequest:
-    """Server: the connection this (not yet established) session was made for is a join.
-
-    The server looks ``token`` up in its registry and hands the connection to
-    the session it belongs to, or rejects it; this session is then discarded.
-    """
-
-    token: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class PeerClosed:
     """The peer sent ``close_notify``: it will send nothing more in this session."""
 
@@ -89,7 +77,6 @@ SessionEvent = (
     | TokenReceived
     | ConnectionAdded
     | ConnectionRemoved
-    | JoinRequest
     | PeerClosed
     | SessionClosed
 )

@@ -13,15 +13,11 @@ application keys that joins reuse, and the rules that tie them together:
 * closing: flush, wait for the ACKs, close_notify on every connection; the peer is done
   once close_notify came on every connection it still has (design: Closing);
 * a client left without connections joins again if it can (break-before-make); a server
-  waits ``rejoin_timeout`` for it.
-
-The TLS connections report by events, which :meth:`Links.drain_tls` applies; the
-records themselves go to the :class:`~tcpls.core.receiver.FrameReceiver`.
+  waits ``rejoin_timeout`` for it. TLS reports by events (:meth:`Links.drain_tls`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
 from enum import Enum
 
@@ -32,7 +28,6 @@ from tcpls.core.events import (
     ConnectionAdded,
     ConnectionRemoved,
     HandshakeDone,
-    JoinRequest,
     PeerClosed,
     SessionClosed,
     SessionEvent,
@@ -40,7 +35,6 @@ from tcpls.core.events import (
 )
 from tcpls.core.joins import TokenBook
 from tcpls.core.receiver import FrameReceiver
-from tcpls.core.sender import RecordSender
 from tcpls.core.streamset import StreamSet
 from tcpls.core.timers import Timer, TimerSet
 from tcpls.errors import ConnectionClosedError, PeerAlert, ProtocolError, TCPLSError
@@ -50,17 +44,14 @@ from tcpls.tls.events import (
     CloseNotifyReceived,
     ConnectionFailed,
     HandshakeCompleted,
-    JoinRequested,
     SessionTicketReceived,
     TransportEnded,
 )
 from tcpls.tls.record import TrafficKeys, aead_record_limit
-from tcpls.wire.frames import Ack, ConnectionReset, Frame, NewAddress, RemoveAddress
+from tcpls.wire.frames import Ack, ConnectionReset, Frame
 
-__all__ = ["CONNECTION_COST", "SESSION_COST", "TRIM_AFTER", "Links", "SessionState"]
+__all__ = ["CONNECTION_COST", "SESSION_COST", "Links", "SessionState"]
 
-#: Seconds without I/O after which the connections give their record buffers back.
-TRIM_AFTER = 1.0
 #: What an idle session and each of its TCP connections cost beyond their buffers
 #: (Python objects, the handshake state kept for the exporter), measured in bytes.
 SESSION_COST = 32 * 1024
@@ -94,7 +85,6 @@ class Links:
         acks: AckTracker,
         tokens: TokenBook[object],
         timers: TimerSet,
-        sender: RecordSender,
     ) -> None:
         self.is_client = is_client
         self.tuning = tuning
@@ -106,7 +96,6 @@ class Links:
         self._acks = acks
         self._tokens = tokens
         self._timers = timers
-        self._sender = sender
         self._receiver: FrameReceiver | None = None
         self.connections: dict[int, Connection] = {}
         self.state = SessionState.HANDSHAKE
@@ -128,6 +117,8 @@ class Links:
         self.close_error: TCPLSError | None = None
         self._close_notify_seen = False
         self._app_keys: tuple[TrafficKeys, TrafficKeys] | None = None
+        #: How many records the session's write key may seal (design: Key usage limits).
+        self.aead_limit: int | float = float("inf")
 
     def attach(self, receiver: FrameReceiver) -> None:
         """The receiver that takes the records of the connections (it reports back here)."""
@@ -137,6 +128,32 @@ class Links:
     def closed(self) -> bool:
         """Whether the session ended."""
         return self.state is SessionState.CLOSED
+
+    def check_open(self, *, writing: bool = False) -> None:
+        """Raise unless the application may use the streams (``writing``: and write)."""
+        if self.state is SessionState.CLOSED:
+            raise ConnectionClosedError(
+                f"session closed: {self.error}" if self.error else "session closed"
+            )
+        if self.state is SessionState.HANDSHAKE:
+            raise TCPLSError("the session is not established yet")
+        if writing and self.close_requested:
+            raise ConnectionClosedError("the session is closing")
+
+    @property
+    def in_handshake(self) -> bool:
+        """Whether the session's handshake is under way."""
+        return self.state is SessionState.HANDSHAKE
+
+    @property
+    def established(self) -> bool:
+        """Whether the session is established and not closing."""
+        return self.state is SessionState.ESTABLISHED
+
+    @property
+    def closing(self) -> bool:
+        """Whether the session is closing gracefully."""
+        return self.state is SessionState.CLOSING
 
     # ------------------------------------------------------------- connections
 
@@ -224,16 +241,6 @@ class Links:
         self._events.append(ConnectionRemoved(connection_id, error))
         self._maybe_closed()
 
-    def advertise_address(self, address_id: int, host: str, port: int) -> None:
-        """Announce an extra address of ours with New Address (design: Addresses)."""
-        if self.tcpls is not False:  # a plain TLS session has no frames
-            self._control.append(NewAddress(address_id, ipaddress.ip_address(host), port))
-
-    def withdraw_address(self, address_id: int) -> None:
-        """Withdraw an advertised address with Remove Address (design: Addresses)."""
-        if self.tcpls is not False:
-            self._control.append(RemoveAddress(address_id))
-
     # ------------------------------------------------------------- TLS events
 
     def drain_tls(self, conn: Connection) -> None:
@@ -250,8 +257,6 @@ class Links:
                 self._transport_ended(conn, event.close_notify_received)
             elif isinstance(event, ConnectionFailed):
                 self._tls_failed(conn, event.error)
-            elif isinstance(event, JoinRequested):
-                self._events.append(JoinRequest(event.token))
 
     def _handshake_completed(self, conn: Connection, event: HandshakeCompleted) -> None:
         if event.joined:
@@ -264,7 +269,7 @@ class Links:
         self._timers.cancel(Timer.HANDSHAKE)
         self.last_activity = self.now
         self._app_keys = conn.tls.traffic_keys()
-        self._sender.aead_limit = aead_record_limit(self._app_keys[1].cipher_suite)
+        self.aead_limit = aead_record_limit(self._app_keys[1].cipher_suite)
         self.handshake_engine = conn.tls.engine
         if event.token is not None and self.is_client:
             self._tokens.spare[1] = event.token
@@ -470,6 +475,10 @@ class Links:
             remote = conn.remote_address
             if remote is not None and remote[0] == host and remote[1] == port:
                 self.remove(conn.id)
+
+    def emit(self, event: SessionEvent) -> None:
+        """Report ``event`` to the I/O layer."""
+        self._events.append(event)
 
     def tokens_needed(self) -> None:
         """A token was revoked: hand out another one."""

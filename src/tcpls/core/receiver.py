@@ -16,7 +16,6 @@ session ends with its alert (design: Alerts).
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -64,12 +63,21 @@ class SessionHooks(Protocol):
         """The session's connections by ID."""
         ...
 
+    @property
+    def now(self) -> float:
+        """The time of the input being processed."""
+        ...
+
     def peer_reset(self, connection_id: int) -> None:
         """The peer sent Connection Reset for ``connection_id``."""
         ...
 
     def address_withdrawn(self, host: str, port: int) -> None:
         """The peer withdrew an address some of our connections may use."""
+        ...
+
+    def emit(self, event: SessionEvent) -> None:
+        """Report ``event`` to the I/O layer."""
         ...
 
     def tokens_needed(self) -> None:
@@ -82,14 +90,12 @@ class FrameReceiver:
 
     def __init__(
         self,
-        *,
         is_client: bool,
         hooks: SessionHooks,
         streams: StreamSet,
         acks: AckTracker,
         tokens: TokenBook[object],
         addresses: AddressBook,
-        events: deque[SessionEvent],
     ) -> None:
         self.is_client = is_client
         self._hooks = hooks
@@ -97,9 +103,6 @@ class FrameReceiver:
         self._acks = acks
         self._tokens = tokens
         self._addresses = addresses
-        self._events = events
-        #: The time of the input being processed (the session sets it).
-        self.now = 0.0
 
     # ------------------------------------------------------------- the data path
 
@@ -142,7 +145,7 @@ class FrameReceiver:
                             self._acks.received(
                                 self._hooks.connections.get(ack.connection_id), ack
                             )
-                        conn.last_data = now = self.now
+                        conn.last_data = now = self._hooks.now
                         self._acks.eliciting(conn, size, now)
                         return kept
         return self._frames(conn, content)
@@ -162,7 +165,7 @@ class FrameReceiver:
                         raise UnexpectedMessage("a Stream Change does not match the next record")
                     expected = None
                 kept |= self._streams.receive(sid, offset, data, fin)
-                conn.last_data = self.now
+                conn.last_data = self._hooks.now
                 eliciting = True
                 continue
             handlers[type(frame)](self, conn, frame)
@@ -172,7 +175,7 @@ class FrameReceiver:
                 "the record after a Stream Change carries no such Stream frame"
             )
         if eliciting:
-            self._acks.eliciting(conn, len(content), self.now)
+            self._acks.eliciting(conn, len(content), self._hooks.now)
         return kept
 
     # -------------------------------------------------------------- handlers
@@ -195,7 +198,7 @@ class FrameReceiver:
         if not self.is_client:
             raise UnexpectedMessage("a client sent a New Token frame")
         if self._tokens.received(frame, self._hooks.connections):
-            self._events.append(TokenReceived(frame.sequence))
+            self._hooks.emit(TokenReceived(frame.sequence))
 
     def _connection_reset(self, conn: Connection, frame: Frame) -> None:
         assert type(frame) is ConnectionReset

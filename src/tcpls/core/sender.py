@@ -16,14 +16,18 @@ transfer); the receiving end of a transfer sends records of ACKs only. Plain TLS
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 from tcpls.config import SessionTuning
 from tcpls.core.acks import AckTracker
 from tcpls.core.connection import Connection, ConnectionStatus, StreamRef
+from tcpls.core.links import Links
 from tcpls.core.scheduler import Scheduler
 from tcpls.core.streams import Stream
 from tcpls.core.streamset import StreamSet
+from tcpls.core.timers import TRIM_AFTER, Timer, TimerSet
+from tcpls.errors import ConnectionClosedError, TCPLSError
 from tcpls.wire.frames import (
     Ack,
     Frame,
@@ -35,6 +39,8 @@ from tcpls.wire.frames import (
 from tcpls.wire.layout import STREAM_HEADER_SIZE, write_ack_into, write_stream_header_into
 
 __all__ = ["RecordSender"]
+
+logger = logging.getLogger(__name__)
 
 #: Stop adding Stream frames to a record when less room than this is left.
 MIN_STREAM_CHUNK = 512
@@ -51,31 +57,82 @@ class RecordSender:
     def __init__(
         self,
         tuning: SessionTuning,
-        connections: dict[int, Connection],
+        links: Links,
         streams: StreamSet,
         acks: AckTracker,
         scheduler: Scheduler,
         control: deque[Frame],
+        timers: TimerSet,
     ) -> None:
         self.tuning = tuning
-        self._connections = connections
+        self._links = links
+        self._connections = links.connections
         self._streams = streams
         self._acks = acks
         self.scheduler = scheduler
         self._control = control
-        #: Records sealed with the session's application keys, over all connections,
-        #: and how many its cipher may seal safely (design: Key usage limits).
+        self._timers = timers
+        #: Records sealed with the session's application keys, over all connections.
         self.records_sealed = 0
-        self.aead_limit: int | float = float("inf")
 
-    def use_connections(self, connections: dict[int, Connection]) -> None:
-        """The session's connection table (owned by its links), for the scheduler."""
-        self._connections = connections
+    # ------------------------------------------------------------ the pull model
 
-    @property
-    def key_exhausted(self) -> bool:
-        """Whether the session's write key sealed as many records as it safely may."""
-        return self.records_sealed >= self.aead_limit
+    def wants_transmit(self, conn: Connection, now: float) -> bool:
+        """Whether :meth:`transmit` would produce bytes for ``conn`` now."""
+        wants = self.wants(conn)
+        if wants is not None:
+            return wants
+        links = self._links
+        if links.close_requested and links.flushed():
+            return True
+        return self._acks.any_due(now)
+
+    def transmit(self, conn: Connection, now: float, budget: int) -> bytes:
+        """Records for ``conn``, up to about ``budget`` bytes; ``b""`` if none.
+
+        Once everything is flushed after a close, everything received is acknowledged
+        in one last record and close_notify follows (design: Closing, ACK policy).
+        """
+        tls = conn.tls
+        links = self._links
+        if tls.can_send and not links.closed:
+            try:
+                if links.tcpls:
+                    self.fill(conn, budget, now)
+                    if self.records_sealed >= links.aead_limit:
+                        self._key_limit_reached()
+                else:
+                    self.fill_plain(conn, budget, now)
+                if links.close_requested and links.flushed():
+                    if links.tcpls and self._acks.logs:
+                        self._acks.all_due()
+                        self.fill(conn, budget, now)
+                    links.send_close_notify()
+            except TCPLSError as exc:
+                links.fail(exc)
+        data = tls.data_to_send()
+        if data:
+            conn.bytes_sent += len(data)
+            self._timers.set(Timer.TRIM, now + TRIM_AFTER)  # sealing may take a buffer
+        return data
+
+    def _key_limit_reached(self) -> None:
+        """TCPLS: the session's write key sealed as many records as it safely may.
+
+        All the connections of a session share its keys and TCPLS has no KeyUpdate:
+        the session closes, gracefully, before the key's usage limit (design: Key
+        usage limits). Plain TLS updates its keys instead (:meth:`fill_plain`).
+        """
+        links = self._links
+        if links.close_requested:
+            return
+        sealed = self.records_sealed
+        logger.info("closing a session whose key sealed %d records", sealed)
+        links.close_error = ConnectionClosedError(
+            f"the session sent {sealed} records under one key, the most "
+            "TLS 1.3 allows for its cipher; a new session is needed"
+        )
+        links.close()
 
     # ------------------------------------------------------------ what is due
 
@@ -115,7 +172,7 @@ class RecordSender:
         stream = streams.table[0]
         tls = conn.tls
         protection = tls.write_protection
-        if protection is not None and protection.sequence >= self.aead_limit:
+        if protection is not None and protection.sequence >= self._links.aead_limit:
             tls.key_update(False)  # plain TLS changes its keys (design: Key usage limits)
         first = stream.send_next
         pending = stream.send.end - first

@@ -2,18 +2,19 @@
 
 A session's deadlines are of two kinds. Those tied to each connection (delayed ACKs,
 Ping probes) are computed by their owners, :mod:`tcpls.core.acks` and
-:mod:`tcpls.core.liveness`, from the connections' own state. The others are kept here,
-explicitly: each is set, moved or cancelled by the code that owns the event, and
-:meth:`TimerSet.next` is their minimum. Every timer that fires is cancelled or moved by
-its handler, so a deadline in the past never re-arms itself; handlers compare
-``now >= deadline``, the very value announced, so no rounding keeps a timer from firing.
+:mod:`tcpls.core.liveness`, from the connections' own state. The others are kept in a
+:class:`TimerSet`, explicitly: each is set, moved or cancelled by the code that owns the
+event. :mod:`tcpls.core.clock` takes the minimum of them all and runs what expired.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["Timer", "TimerSet"]
+__all__ = ["TRIM_AFTER", "Timer", "TimerSet"]
+
+#: Seconds without I/O after which the connections give their record buffers back.
+TRIM_AFTER = 1.0
 
 
 class Timer(Enum):
