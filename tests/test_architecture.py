@@ -46,8 +46,6 @@ PENDING_SPLIT = {
 PENDING_PRIVATE: dict[str, set[str]] = {
     # the demo prints the session's join tokens; the public Session has only their count
     "tcpls.apps.demo": {"_core"},
-    # PendingConnection builds its session with the factories of ``self._endpoint``
-    "tcpls.core.endpoint": {"_make_engine", "_make_session"},
     # argparse has no public name for the type add_subparsers() returns
     "tcpls.lab.cli": {"_SubParsersAction"},
     # the connection hands its engine the secret callback of another connection

@@ -127,6 +127,13 @@ class ServerEndpoint:
         """
         return PendingConnection(self)
 
+    def start_session(self, tls: TLSConnection) -> tuple[Session, HandshakeEngine]:
+        """A session for the connection ``tls``, whose ClientHello starts a handshake
+        (its connection 0), and the engine that runs that handshake."""
+        session = self._make_session()
+        session.add_connection(tls, 0)
+        return session, self._make_engine(session)
+
     def _make_session(self) -> Session:
         config = self.config
         session = Session(
@@ -253,10 +260,8 @@ class PendingConnection:
         self.hello_timeout = endpoint.config.hello_timeout
 
     def _start_session(self) -> HandshakeEngine:
-        session = self._endpoint._make_session()
-        session.add_connection(self.tls, 0)
-        self.session = session
-        return self._endpoint._make_engine(session)
+        self.session, engine = self._endpoint.start_session(self.tls)
+        return engine
 
     def get_buffer(self) -> memoryview:
         """Where the next bytes of the connection go."""
