@@ -200,12 +200,12 @@ def test_cleanup_after_errors(need_lab: None, monkeypatch: pytest.MonkeyPatch) -
     cli.close()
     srv.close()
 
-    import tcpls.lab.lab as lab_module
+    import tcpls.lab.control as control_module
 
     def failing_start(*args: object, **kwargs: object) -> None:
         raise LabError("injected failure")
 
-    monkeypatch.setattr(lab_module, "start_forwarder", failing_start)
+    monkeypatch.setattr(control_module, "start_forwarder", failing_start)
     with pytest.raises(LabError, match="injected"):
         Lab([PathSpec(delay_ms=1)], name_prefix=prefix)
     assert not leftovers()

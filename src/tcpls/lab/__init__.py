@@ -79,18 +79,10 @@ Example::
 from __future__ import annotations
 
 from tcpls.lab.errors import LabError, LabUnavailable
-from tcpls.lab.lab import (
-    STATE_DIR,
-    CutMode,
-    Lab,
-    Path,
-    PathKind,
-    PathSpec,
-    PathState,
-    Side,
-    lab_available,
-)
+from tcpls.lab.lab import Lab
+from tcpls.lab.model import STATE_DIR, CutMode, Path, PathKind, PathSpec, PathState, Side
 from tcpls.lab.netns import in_namespace, run_in_namespace
+from tcpls.lab.system import lab_available
 
 __all__ = [
     "STATE_DIR",

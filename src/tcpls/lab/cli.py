@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
 from tcpls.lab.errors import LabError
-from tcpls.lab.lab import STATE_DIR, CutMode, Lab, PathSpec
+from tcpls.lab.lab import Lab
+from tcpls.lab.model import STATE_DIR, CutMode, PathSpec
 
 __all__ = ["add_subparser", "main", "run"]
 

@@ -1,4 +1,8 @@
-"""Parent side of the forwarder: starting it, talking to it, stopping it."""
+"""Parent side of the forwarder: starting it, talking to it, stopping it.
+
+:class:`Forwarder` is a lab's handle on its forwarder process (started by this process, or
+found in a lab's state file); the functions underneath work on a pid and a socket path.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,80 @@ from tcpls.lab import forwarder
 from tcpls.lab.errors import LabError
 from tcpls.lab.forwarder import ForwarderPath
 
-__all__ = ["forwarder_request", "is_forwarder_pid", "start_forwarder", "stop_process"]
+__all__ = [
+    "Forwarder",
+    "forwarder_request",
+    "is_forwarder_pid",
+    "start_forwarder",
+    "stop_process",
+]
+
+
+class Forwarder:
+    """The forwarder of one lab: its pid, its control socket and, if we started it, its process.
+
+    A forwarder started with :meth:`start` as a non-daemon exits when :meth:`stop` closes
+    its lifeline (or when this process dies). A daemon one, or one found in a state file
+    (:meth:`__init__` with a pid only), is asked to quit, then signalled.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        control_path: str | None,
+        proc: subprocess.Popen[bytes] | None = None,
+        lifeline: int | None = None,
+    ) -> None:
+        self.pid = pid
+        #: The Unix socket it answers requests on (``None``: unknown, nothing to ask).
+        self.control_path = control_path
+        self._proc = proc
+        self._lifeline = lifeline
+
+    @classmethod
+    def start(
+        cls,
+        paths: Sequence[ForwarderPath],
+        control_path: str,
+        *,
+        daemon: bool,
+        log_path: str | None = None,
+    ) -> Forwarder:
+        """Start a forwarder for ``paths`` (see :func:`start_forwarder`)."""
+        proc, lifeline = start_forwarder(paths, control_path, daemon=daemon, log_path=log_path)
+        if daemon:
+            # The daemon outlives us; let go of it (it is reparented and reaped by init).
+            proc.returncode = 0
+            return cls(proc.pid, control_path, lifeline=lifeline)
+        return cls(proc.pid, control_path, proc, lifeline)
+
+    def request(self, request: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+        """Send one control request; raise :class:`LabError` if it fails or none can be sent."""
+        if self.control_path is None:
+            raise LabError(f"the forwarder (pid {self.pid}) has no control socket")
+        return forwarder_request(self.control_path, request, timeout)
+
+    def stats(self) -> list[dict[str, Any]] | None:
+        """Per-path counters (``None`` without a control socket)."""
+        if self.control_path is None:
+            return None
+        stats: list[dict[str, Any]] = self.request({"op": "stats"})["paths"]
+        return stats
+
+    def stop(self) -> None:
+        """Stop the forwarder (its TUN devices vanish with it)."""
+        if self._lifeline is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lifeline)
+            self._lifeline = None
+        if self._proc is not None:
+            stop_process(self._proc.pid, self._proc)
+            self._proc = None
+            return
+        if self.control_path is not None and is_forwarder_pid(self.pid):
+            with contextlib.suppress(LabError):
+                forwarder_request(self.control_path, {"op": "quit"}, timeout=1.0)
+        stop_process(self.pid)
 
 
 def start_forwarder(

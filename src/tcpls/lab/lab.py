@@ -1,4 +1,12 @@
-"""The :class:`Lab`: two network namespaces joined by emulated paths."""
+"""The :class:`Lab`: two network namespaces joined by emulated paths.
+
+This module owns the :class:`Lab` object and its life cycle: building a lab (owned by this
+process, or persistent with :meth:`Lab.up`), opening one (:meth:`Lab.attach`), using its
+namespaces, cutting and restoring paths, and tearing it down; also the labs this process
+owns, torn down at exit. The commands it runs come from :mod:`tcpls.lab.topology` and
+:mod:`tcpls.lab.teardown`, its forwarder is a :class:`~tcpls.lab.control.Forwarder`, and
+its status is gathered by :mod:`tcpls.lab.status`.
+"""
 
 from __future__ import annotations
 
@@ -7,64 +15,49 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, get_args
+from typing import Any, ParamSpec, TypeVar, get_args
 
-from tcpls.lab.bpf import drop_all_bytecode, random_loss_bytecode
-from tcpls.lab.control import (
-    forwarder_request,
-    is_forwarder_pid,
-    start_forwarder,
-    stop_process,
-)
+from tcpls.lab.control import Forwarder
 from tcpls.lab.errors import LabError, LabUnavailable
-from tcpls.lab.forwarder import ForwarderPath
-from tcpls.lab.model import (
-    _BLACKHOLE_PRIO,
-    _ETH_FRAME,
-    _LOSS_PRIO,
-    _P,
-    _T,
-    STATE_DIR,
-    CutMode,
-    Path,
-    PathKind,
-    PathSpec,
-    PathState,
-    Side,
-)
+from tcpls.lab.model import STATE_DIR, CutMode, Path, PathSpec, Side
 from tcpls.lab.netns import namespace_exists, run_in_namespace
+from tcpls.lab.status import describe_lab
 from tcpls.lab.system import (
-    _ancestors,
-    _check_tools,
-    _disable_ipv6_default,
-    _process_start_time,
-    _require_available,
-    _run,
-    _run_parallel,
-    _state_path,
-    _validate_name,
-    _write_json_atomic,
-    lab_available,
+    check_tools,
+    disable_ipv6_default,
+    process_start_time,
+    require_available,
+    run_command,
+    run_parallel,
+    state_path,
+    validate_name,
+    write_json_atomic,
+)
+from tcpls.lab.teardown import (
+    delete_namespaces,
+    destroy_sockets,
+    kill_namespace_processes,
+    remove_state_files,
+    stop_children,
+)
+from tcpls.lab.topology import (
+    blackhole_commands,
+    build_commands,
+    forwarder_path,
+    kill_socket_commands,
+    link_command,
 )
 
-__all__ = [
-    "STATE_DIR",
-    "CutMode",
-    "Lab",
-    "Path",
-    "PathKind",
-    "PathSpec",
-    "PathState",
-    "Side",
-    "lab_available",
-]
+__all__ = ["Lab"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 # ---------------------------------------------------------------------------------------------
 # Labs owned by this process are torn down at exit.
@@ -108,12 +101,12 @@ class Lab:
 
     def __init__(self, paths: Sequence[PathSpec], name_prefix: str = "tcpls") -> None:
         """Build a lab owned by this process; raise :class:`LabUnavailable` if impossible."""
-        _validate_name(name_prefix, "name prefix")
+        validate_name(name_prefix, "name prefix")
         specs = self._check_specs(paths)
-        _require_available(any(s.kind == "tun" for s in specs))
+        require_available(any(s.kind == "tun" for s in specs))
         self._init_fields(f"{name_prefix}-{secrets.token_hex(3)}", specs)
         self._owner_pid = os.getpid()
-        self._owner_start = _process_start_time(self._owner_pid)
+        self._owner_start = process_start_time(self._owner_pid)
         with _owned_lock:
             _owned_labs.add(self)
         self._build(daemon=False)
@@ -154,10 +147,7 @@ class Lab:
         self._closed = False
         self._owner_pid = None
         self._owner_start = None
-        self._forwarder_proc: subprocess.Popen[bytes] | None = None
-        self._forwarder_pid: int | None = None
-        self._lifeline: int | None = None
-        self._control_path: str | None = None
+        self._forwarder: Forwarder | None = None
         self._children: list[subprocess.Popen[Any]] = []
         self._attached_owner: tuple[int | None, int | None] = (None, None)
         self.setup_seconds = 0.0
@@ -176,13 +166,13 @@ class Lab:
         the topology is saved in ``/run/tcpls-lab/<name>.json``. The returned object is not
         owned: :meth:`close` only forgets it; use :meth:`destroy` or :meth:`down` to remove it.
         """
-        _validate_name(name, "lab name")
+        validate_name(name, "lab name")
         specs = cls._check_specs(paths)
-        _require_available(any(s.kind == "tun" for s in specs))
+        require_available(any(s.kind == "tun" for s in specs))
         lab = cls.__new__(cls)
         lab._init_fields(name, specs)
         if (
-            os.path.exists(_state_path(name))
+            os.path.exists(state_path(name))
             or namespace_exists(lab.client_ns)
             or namespace_exists(lab.server_ns)
         ):
@@ -196,25 +186,25 @@ class Lab:
     @classmethod
     def attach(cls, name: str) -> Lab:
         """Open the existing lab ``name`` (built by :meth:`up`, or by another process)."""
-        _validate_name(name, "lab name")
-        problem = _check_tools()
+        validate_name(name, "lab name")
+        problem = check_tools()
         if problem:
             raise LabUnavailable(problem)
         try:
-            with open(_state_path(name)) as f:
+            with open(state_path(name)) as f:
                 data = json.load(f)
         except FileNotFoundError:
             if namespace_exists(f"{name}-c") or namespace_exists(f"{name}-s"):
                 raise LabError(
-                    f"lab {name!r} has namespaces but no state file {_state_path(name)}; "
+                    f"lab {name!r} has namespaces but no state file {state_path(name)}; "
                     f"remove it with `tcpls lab down --name {name}`"
                 ) from None
             raise LabError(
-                f"no lab named {name!r} (no {_state_path(name)}); "
+                f"no lab named {name!r} (no {state_path(name)}); "
                 f"create one with `tcpls lab up --name {name}`"
             ) from None
         except (OSError, ValueError) as exc:
-            raise LabError(f"cannot read {_state_path(name)}: {exc}") from exc
+            raise LabError(f"cannot read {state_path(name)}: {exc}") from exc
         try:
             lab = cls.__new__(cls)
             lab._init_fields(name, [])
@@ -227,10 +217,11 @@ class Lab:
                 None if owner is None else int(owner),
                 None if owner_start is None else int(owner_start),
             )
-            lab._forwarder_pid = data.get("forwarder_pid")
-            lab._control_path = data.get("control")
+            forwarder_pid = data.get("forwarder_pid")
+            if forwarder_pid is not None:
+                lab._forwarder = Forwarder(int(forwarder_pid), data.get("control"))
         except (KeyError, TypeError, ValueError) as exc:
-            raise LabError(f"corrupt state file {_state_path(name)}: {exc}") from exc
+            raise LabError(f"corrupt state file {state_path(name)}: {exc}") from exc
         return lab
 
     @classmethod
@@ -244,7 +235,7 @@ class Lab:
             if not (
                 namespace_exists(f"{name}-c")
                 or namespace_exists(f"{name}-s")
-                or os.path.exists(_state_path(name))
+                or os.path.exists(state_path(name))
             ):
                 raise LabError(f"no lab named {name!r}") from None
             lab = cls.__new__(cls)
@@ -266,14 +257,14 @@ class Lab:
         removed = []
         for name in cls.list_labs():
             try:
-                with open(_state_path(name)) as f:
+                with open(state_path(name)) as f:
                     data = json.load(f)
                 owner, start = data.get("owner_pid"), data.get("owner_start")
             except (OSError, ValueError, AttributeError):
                 continue
             if owner is None:
                 continue  # persistent lab
-            if _process_start_time(int(owner)) != start:
+            if process_start_time(int(owner)) != start:
                 cls.down(name)
                 removed.append(name)
         return removed
@@ -287,7 +278,7 @@ class Lab:
         created: list[str] = []
         try:
             for ns in (self.client_ns, self.server_ns):
-                _run(["ip", "netns", "add", ns])
+                run_command(["ip", "netns", "add", ns])
                 created.append(ns)
             self._create(daemon)
         except BaseException:
@@ -299,96 +290,26 @@ class Lab:
 
     def _create(self, daemon: bool) -> None:
         for ns in (self.client_ns, self.server_ns):
-            run_in_namespace(ns, _disable_ipv6_default)
+            run_in_namespace(ns, disable_ipv6_default)
         self._save_state()
-
-        link_lines = []
-        ip_lines: dict[str, list[str]] = {self.client_ns: [], self.server_ns: []}
-        tc_lines: dict[str, list[str]] = {self.client_ns: [], self.server_ns: []}
-        for ns in ip_lines:
-            ip_lines[ns].append("link set dev lo up")
-        for path in self.paths:
-            if path.kind == "veth":
-                link_lines.append(
-                    f"link add name {path.client_dev} netns {self.client_ns} type veth "
-                    f"peer name {path.server_dev} netns {self.server_ns}"
-                )
-            for ns, dev, ip in (
-                (self.client_ns, path.client_dev, path.client_ip),
-                (self.server_ns, path.server_dev, path.server_ip),
-            ):
-                ip_lines[ns].append(f"addr add {ip}/24 dev {dev}")
-                ip_lines[ns].append(f"link set dev {dev} up")
-                if path.kind == "veth":
-                    tc_lines[ns].extend(self._veth_qdisc_lines(dev, path.spec))
-
+        links, ip_commands, tc_commands = build_commands(
+            self.client_ns, self.server_ns, self.paths
+        )
         forwarded = [p for p in self.paths if p.kind == "tun"]
         if forwarded:
-            self._control_path = os.path.join(STATE_DIR, f"{self.name}.sock")
-            log_path = os.path.join(STATE_DIR, f"{self.name}.log") if daemon else None
-            proc, lifeline = start_forwarder(
-                [self._forwarder_config(p) for p in forwarded],
-                self._control_path,
+            self._forwarder = Forwarder.start(
+                [forwarder_path(self.client_ns, self.server_ns, p) for p in forwarded],
+                os.path.join(STATE_DIR, f"{self.name}.sock"),
                 daemon=daemon,
-                log_path=log_path,
+                log_path=os.path.join(STATE_DIR, f"{self.name}.log") if daemon else None,
             )
-            self._forwarder_pid = proc.pid
-            self._lifeline = lifeline
-            if daemon:
-                # The daemon outlives us; let go of it (it is reparented and reaped by init).
-                proc.returncode = 0
-            else:
-                self._forwarder_proc = proc
             self._save_state()
-        if link_lines:
-            _run(["ip", "-batch", "-"], "\n".join(link_lines) + "\n")
-        _run_parallel(
-            [
-                (["ip", "-n", ns, "-batch", "-"], "\n".join(lines) + "\n")
-                for ns, lines in ip_lines.items()
-            ]
-        )
-        tc_cmds = [
-            (["tc", "-n", ns, "-batch", "-"], "\n".join(lines) + "\n")
-            for ns, lines in tc_lines.items()
-            if lines
-        ]
-        if tc_cmds:
-            _run_parallel(tc_cmds)
+        if links:
+            run_command(["ip", "-batch", "-"], links)
+        run_parallel(ip_commands)
+        if tc_commands:
+            run_parallel(tc_commands)
         self._save_state()
-
-    @staticmethod
-    def _veth_qdisc_lines(dev: str, spec: PathSpec) -> list[str]:
-        lines = [f"qdisc add dev {dev} clsact"]
-        if spec.rate_mbit is not None:
-            rate_bytes = spec.rate_mbit * 1e6 / 8
-            # Bucket of ~5 ms of traffic (timer granularity), at least a few full frames.
-            burst = max(int(rate_bytes * 0.005), 4 * _ETH_FRAME)
-            limit = max(spec.queue_bytes, burst)
-            lines.append(
-                f"qdisc add dev {dev} root tbf rate {int(spec.rate_mbit * 1e6)}bit "
-                f"burst {burst} limit {limit}"
-            )
-        if spec.loss > 0:
-            lines.append(
-                f"filter add dev {dev} ingress prio {_LOSS_PRIO} handle {_LOSS_PRIO} bpf da "
-                f'bytecode "{random_loss_bytecode(spec.loss)}"'
-            )
-        return lines
-
-    def _forwarder_config(self, path: Path) -> ForwarderPath:
-        spec = path.spec
-        return ForwarderPath(
-            index=path.index,
-            client_ns=self.client_ns,
-            server_ns=self.server_ns,
-            client_dev=path.client_dev,
-            server_dev=path.server_dev,
-            rate_bps=None if spec.rate_mbit is None else spec.rate_mbit * 1e6,
-            delay_s=spec.delay_ms / 1000,
-            loss=spec.loss,
-            queue_bytes=spec.queue_bytes,
-        )
 
     def _state_dict(self) -> dict[str, Any]:
         owner, owner_start = self._owner_pid, self._owner_start
@@ -401,13 +322,13 @@ class Lab:
             "server_ns": self.server_ns,
             "owner_pid": owner,
             "owner_start": owner_start,
-            "forwarder_pid": self._forwarder_pid,
-            "control": self._control_path,
+            "forwarder_pid": None if self._forwarder is None else self._forwarder.pid,
+            "control": None if self._forwarder is None else self._forwarder.control_path,
             "paths": [p.to_json() for p in self.paths],
         }
 
     def _save_state(self) -> None:
-        _write_json_atomic(_state_path(self.name), self._state_dict())
+        write_json_atomic(state_path(self.name), self._state_dict())
 
     # -- context manager and teardown ---------------------------------------------------------
 
@@ -452,82 +373,28 @@ class Lab:
     def _teardown(self, only: Sequence[str] | None = None) -> None:
         candidates = (self.client_ns, self.server_ns) if only is None else only
         namespaces = [ns for ns in candidates if namespace_exists(ns)]
+        children, self._children = self._children, []
         with contextlib.suppress(Exception):
-            self._stop_children()
+            stop_children(children)
         with contextlib.suppress(Exception):
-            self._kill_namespace_processes(namespaces)
+            kill_namespace_processes(namespaces)
         if namespaces:
             with contextlib.suppress(Exception):
-                _run_parallel(
-                    [(["ss", "-N", ns, "-K", "-t", "-a", "-n"], None) for ns in namespaces],
-                    check=False,
-                )
-        with contextlib.suppress(Exception):
-            self._stop_forwarder()
+                destroy_sockets(namespaces)
+        if self._forwarder is not None:
+            with contextlib.suppress(Exception):
+                self._forwarder.stop()  # its TUN devices vanish with it
+                self._forwarder = None
         if namespaces:
             with contextlib.suppress(Exception):
-                _run(
-                    ["ip", "-force", "-batch", "-"],
-                    "".join(f"netns del {ns}\n" for ns in namespaces),
-                    check=False,
-                )
+                delete_namespaces(namespaces)
         if only is None or len(only) == 2:
-            for suffix in (".json", ".sock", ".log"):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(STATE_DIR, self.name + suffix))
+            remove_state_files(self.name)
         with _owned_lock:
             _owned_labs.discard(self)
         left = [ns for ns in candidates if namespace_exists(ns)]
         if left:
             raise LabError(f"could not delete network namespace(s) {', '.join(left)}")
-
-    def _stop_children(self) -> None:
-        children, self._children = self._children, []
-        for proc in children:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-        for proc in children:
-            try:
-                proc.wait(1.0)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(1.0)
-
-    def _kill_namespace_processes(self, namespaces: Sequence[str]) -> None:
-        if not namespaces:
-            return
-        outputs = _run_parallel([(["ip", "netns", "pids", ns], None) for ns in namespaces], False)
-        spare = _ancestors()
-        pids = {int(tok) for out in outputs for tok in out.split() if tok.isdigit()} - spare
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 1.0
-        while pids and time.monotonic() < deadline:
-            pids = {p for p in pids if _process_start_time(p) is not None}
-            if pids:
-                time.sleep(0.02)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-    def _stop_forwarder(self) -> None:
-        if self._lifeline is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._lifeline)
-            self._lifeline = None
-        if self._forwarder_proc is not None:
-            stop_process(self._forwarder_proc.pid, self._forwarder_proc)
-            self._forwarder_proc = None
-        elif self._forwarder_pid is not None:
-            if self._control_path is not None and is_forwarder_pid(self._forwarder_pid):
-                with contextlib.suppress(LabError):
-                    forwarder_request(self._control_path, {"op": "quit"}, timeout=1.0)
-            stop_process(self._forwarder_pid)
-        self._forwarder_pid = None
 
     # -- using the namespaces -----------------------------------------------------------------
 
@@ -635,10 +502,10 @@ class Lab:
                 self._set_blackhole(path, True)
                 path.state = "blackhole"
             else:
-                _run(["ip", "-n", self.client_ns, "link", "set", "dev", path.client_dev, "down"])
+                run_command(link_command(self.client_ns, path, up=False))
                 path.state = "down"
                 if mode == "reset":
-                    self._kill_path_sockets(path)
+                    run_parallel(kill_socket_commands(self.client_ns, self.server_ns, path))
             self._save_state()
 
     def restore(self, path_index: int) -> None:
@@ -654,50 +521,23 @@ class Lab:
         if path.state == "blackhole":
             self._set_blackhole(path, False)
         elif path.state == "down":
-            _run(["ip", "-n", self.client_ns, "link", "set", "dev", path.client_dev, "up"])
+            run_command(link_command(self.client_ns, path, up=True))
         path.state = "up"
 
     def _set_blackhole(self, path: Path, on: bool) -> None:
-        if path.kind == "tun":
-            if self._control_path is None:
-                raise LabError(f"lab {self.name} has no forwarder for path {path.index}")
-            forwarder_request(
-                self._control_path, {"op": "blackhole", "path": path.index, "on": on}
-            )
+        if path.kind == "veth":
+            run_parallel(blackhole_commands(self.client_ns, self.server_ns, path, on))
             return
-        commands: list[tuple[Sequence[str], str | None]] = []
-        for ns, dev in ((self.client_ns, path.client_dev), (self.server_ns, path.server_dev)):
-            if on:
-                argv = ["tc", "-n", ns, "filter", "add", "dev", dev, "ingress"]
-                argv += ["prio", str(_BLACKHOLE_PRIO), "handle", str(_BLACKHOLE_PRIO)]
-                argv += ["bpf", "da", "bytecode", drop_all_bytecode()]
-            else:
-                argv = ["tc", "-n", ns, "filter", "del", "dev", dev, "ingress"]
-                argv += ["prio", str(_BLACKHOLE_PRIO)]
-            commands.append((argv, None))
-        _run_parallel(commands)
-
-    def _kill_path_sockets(self, path: Path) -> None:
-        def ss_kill(ns: str, local: str, remote: str) -> list[str]:
-            argv = ["ss", "-N", ns, "-K", "-t", "-n", "state", "connected"]
-            return [*argv, "(", "src", local, "or", "dst", remote, ")"]
-
-        _run_parallel(
-            [
-                (ss_kill(self.client_ns, path.client_ip, path.server_ip), None),
-                (ss_kill(self.server_ns, path.server_ip, path.client_ip), None),
-            ]
-        )
+        forwarder = self._forwarder
+        if forwarder is None or forwarder.control_path is None:
+            raise LabError(f"lab {self.name} has no forwarder for path {path.index}")
+        forwarder.request({"op": "blackhole", "path": path.index, "on": on})
 
     # -- status -------------------------------------------------------------------------------
 
     def forwarder_stats(self) -> list[dict[str, Any]] | None:
         """Per-path forwarder counters (see :meth:`status`), or ``None`` without a forwarder."""
-        if self._control_path is None or self._forwarder_pid is None:
-            return None
-        reply = forwarder_request(self._control_path, {"op": "stats"})
-        stats: list[dict[str, Any]] = reply["paths"]
-        return stats
+        return None if self._forwarder is None else self._forwarder.stats()
 
     def status(self) -> dict[str, Any]:
         """Describe the lab: namespaces, paths (links, qdiscs, state) and forwarder counters.
@@ -712,67 +552,13 @@ class Lab:
         queued).
         """
         with self._lock:
-            sides: dict[str, str] = {"client": self.client_ns, "server": self.server_ns}
-            exists = {side: namespace_exists(ns) for side, ns in sides.items()}
-            live = [side for side in sides if exists[side]]
-            commands: list[tuple[Sequence[str], str | None]] = []
-            for side in live:
-                commands.append((["ip", "-j", "-n", sides[side], "link", "show"], None))
-                commands.append((["tc", "-s", "-j", "-n", sides[side], "qdisc", "show"], None))
-            outputs = _run_parallel(commands, check=False) if commands else []
-            links: dict[str, dict[str, Any]] = {}
-            qdiscs: dict[str, list[dict[str, Any]]] = {}
-            for i, side in enumerate(live):
-                try:
-                    links[side] = {d["ifname"]: d for d in json.loads(outputs[2 * i] or "[]")}
-                except (ValueError, KeyError, TypeError):
-                    links[side] = {}
-                try:
-                    qdiscs[side] = json.loads(outputs[2 * i + 1] or "[]")
-                except ValueError:
-                    qdiscs[side] = []
-            forwarder: dict[str, Any] | None = None
-            fwd_paths: dict[int, dict[str, Any]] = {}
-            if self._forwarder_pid is not None:
-                forwarder = {"pid": self._forwarder_pid, "alive": False, "error": None}
-                try:
-                    for entry in self.forwarder_stats() or []:
-                        fwd_paths[int(entry["index"])] = entry
-                    forwarder["alive"] = True
-                except LabError as exc:
-                    forwarder["error"] = str(exc)
-            paths = []
-            for path in self.paths:
-                entry = path.to_json()
-                entry["links"] = {}
-                entry["qdiscs"] = {}
-                for side, dev in (("client", path.client_dev), ("server", path.server_dev)):
-                    link = links.get(side, {}).get(dev)
-                    entry["links"][side] = (
-                        None
-                        if link is None
-                        else {
-                            "operstate": link.get("operstate"),
-                            "flags": link.get("flags", []),
-                            "mtu": link.get("mtu"),
-                        }
-                    )
-                    entry["qdiscs"][side] = [
-                        q for q in qdiscs.get(side, []) if q.get("dev") == dev
-                    ]
-                fwd = fwd_paths.get(path.index)
-                entry["forwarder"] = (
-                    None if fwd is None else {"c2s": fwd["c2s"], "s2c": fwd["s2c"]}
-                )
-                paths.append(entry)
             owner = self._owner_pid if self._owner_pid is not None else self._attached_owner[0]
-            return {
-                "name": self.name,
-                "owned": self.owned,
-                "owner_pid": owner,
-                "namespaces": {
-                    side: {"name": ns, "exists": exists[side]} for side, ns in sides.items()
-                },
-                "forwarder": forwarder,
-                "paths": paths,
-            }
+            return describe_lab(
+                name=self.name,
+                owned=self.owned,
+                owner_pid=owner,
+                client_ns=self.client_ns,
+                server_ns=self.server_ns,
+                paths=self.paths,
+                forwarder=self._forwarder,
+            )

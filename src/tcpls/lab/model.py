@@ -1,10 +1,9 @@
-"""The lab's value types: what a path is made of and the names of its states."""
+"""The lab's value types: what a path is made of, the names of its states, where state lives."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, ParamSpec, TypeVar, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 __all__ = [
     "STATE_DIR",
@@ -28,16 +27,7 @@ PathKind = Literal["veth", "tun"]
 STATE_DIR = "/run/tcpls-lab"
 """Directory holding ``<name>.json`` (topology and state), forwarder sockets and logs."""
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,23}(?:-[A-Za-z0-9_.]{1,24})*$")
-_MAX_NAME = 40
-_ETH_FRAME = 1514
 _DEFAULT_QUEUE_PACKETS = 100
-_CMD_TIMEOUT = 15.0
-_BLACKHOLE_PRIO = 1
-_LOSS_PRIO = 10
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,17 @@
-"""The lab's dealings with the system: availability checks, commands, state files."""
+"""The lab's dealings with the system: availability, commands, names, processes, state files.
+
+Everything here is a plain function over the system (no lab object): whether labs can run
+here, running commands (alone or several at once) with one-line errors, the names a lab may
+have, what ``/proc`` says about a process, and the lab's state files in
+:data:`~tcpls.lab.model.STATE_DIR`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -13,15 +20,33 @@ from functools import cache
 from typing import Any
 
 from tcpls.lab.errors import LabError, LabUnavailable
-from tcpls.lab.model import _CMD_TIMEOUT, _MAX_NAME, _NAME_RE, STATE_DIR
+from tcpls.lab.model import STATE_DIR
 
-__all__ = ["lab_available"]
+__all__ = [
+    "ancestors",
+    "check_tools",
+    "disable_ipv6_default",
+    "lab_available",
+    "process_start_time",
+    "require_available",
+    "run_command",
+    "run_parallel",
+    "state_path",
+    "validate_name",
+    "write_json_atomic",
+]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,23}(?:-[A-Za-z0-9_.]{1,24})*$")
+_MAX_NAME = 40
+#: Seconds an iproute2 command may take.
+_CMD_TIMEOUT = 15.0
 
 # ---------------------------------------------------------------------------------------------
 # Availability and commands.
 
 
-def _check_tools() -> str | None:
+def check_tools() -> str | None:
+    """Why labs cannot run here (not root, iproute2 missing), or ``None``."""
     if os.geteuid() != 0:
         return "the network lab needs root (network namespaces, veth, tc)"
     for tool in ("ip", "tc", "ss"):
@@ -32,7 +57,7 @@ def _check_tools() -> str | None:
 
 @cache
 def _probe() -> tuple[bool, str]:
-    problem = _check_tools()
+    problem = check_tools()
     if problem:
         return False, problem
     probe = f"tcpls-probe-{os.getpid()}-{secrets.token_hex(2)}"
@@ -58,7 +83,8 @@ def lab_available() -> tuple[bool, str]:
     return _probe()
 
 
-def _require_available(need_tun: bool) -> None:
+def require_available(need_tun: bool) -> None:
+    """Raise :class:`LabUnavailable` unless a lab (with TUN devices if ``need_tun``) can run."""
     ok, reason = lab_available()
     if not ok:
         raise LabUnavailable(reason)
@@ -75,7 +101,7 @@ def _command_error(argv: Sequence[str], cp: subprocess.CompletedProcess[str]) ->
     return LabError(f"`{shown}` failed ({cp.returncode}): {_one_line(cp.stderr or cp.stdout)}")
 
 
-def _run(argv: Sequence[str], input: str | None = None, check: bool = True) -> str:
+def run_command(argv: Sequence[str], input: str | None = None, check: bool = True) -> str:
     """Run an iproute2 command; return stdout; raise :class:`LabError` on failure."""
     try:
         cp = subprocess.run(
@@ -90,13 +116,13 @@ def _run(argv: Sequence[str], input: str | None = None, check: bool = True) -> s
     return cp.stdout
 
 
-def _run_parallel(
+def run_parallel(
     commands: Sequence[tuple[Sequence[str], str | None]], check: bool = True
 ) -> list[str]:
     """Run independent commands concurrently (saves a few ms per command)."""
     if len(commands) == 1:
         argv, stdin = commands[0]
-        return [_run(argv, stdin, check)]
+        return [run_command(argv, stdin, check)]
     procs: list[tuple[Sequence[str], subprocess.Popen[str], str | None]] = []
     try:
         for argv, stdin in commands:
@@ -131,7 +157,8 @@ def _run_parallel(
     return outputs
 
 
-def _validate_name(name: str, what: str) -> None:
+def validate_name(name: str, what: str) -> None:
+    """Raise :class:`LabError` unless ``name`` can name a lab (``what`` it is, for the message)."""
     if len(name) > _MAX_NAME or not _NAME_RE.match(name):
         raise LabError(
             f"invalid {what} {name!r}: use up to {_MAX_NAME} letters, digits, '_', '.', "
@@ -139,8 +166,11 @@ def _validate_name(name: str, what: str) -> None:
         )
 
 
-def _disable_ipv6_default() -> None:
-    # Devices created afterwards get no IPv6 (no router/neighbour solicitations on the paths).
+def disable_ipv6_default() -> None:
+    """In the namespace of the calling thread: devices created afterwards get no IPv6.
+
+    (No router or neighbour solicitations on the paths.)
+    """
     with (
         contextlib.suppress(OSError),
         open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f,
@@ -148,7 +178,11 @@ def _disable_ipv6_default() -> None:
         f.write("1")
 
 
-def _process_start_time(pid: int) -> int | None:
+def process_start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or ``None`` if it is gone or a zombie.
+
+    With the pid it identifies a process even after the pid is reused.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[-1].split()
@@ -159,7 +193,8 @@ def _process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _ancestors() -> set[int]:
+def ancestors() -> set[int]:
+    """This process and its ancestors: processes a teardown must not kill."""
     pids = {os.getpid()}
     pid = os.getppid()
     while pid > 1 and pid not in pids:
@@ -172,11 +207,13 @@ def _ancestors() -> set[int]:
     return pids
 
 
-def _state_path(name: str) -> str:
+def state_path(name: str) -> str:
+    """The state file of lab ``name``."""
     return os.path.join(STATE_DIR, f"{name}.json")
 
 
-def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` as JSON; readers see the old file or the new one."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2)
