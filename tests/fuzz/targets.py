@@ -46,6 +46,7 @@ from tcpls.errors import (
 )
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.events import HandshakeCompleted, JoinRequested
+from tcpls.tls.handshake import JoinAttempt
 from tcpls.tls.hello import (
     build_join_server_hello,
     check_client_hello,
@@ -684,14 +685,18 @@ def tls_join_client(data: bytes) -> None:
         return
     options, stream = data[0], data[1:]
     suite = FIXED_SUITES[0]
-    tls = TLSConnection.join_client(
+    join = JoinAttempt.build(
         KNOWN_TOKEN,
         read_keys=server_keys(suite),
         write_keys=client_keys(suite),
         connection_id=1,
         server_name="localhost",
+        codepoints=DEFAULT_CODEPOINTS,
     )
-    tls._join_session_id = JOIN_SESSION_ID  # what the seeds' ServerHellos echo
+    # the session id the seeds' ServerHellos echo
+    tls = TLSConnection(
+        is_client=True, join=dataclasses.replace(join, session_id=JOIN_SESSION_ID)
+    )
     tls.on_data = _discard
     with _no_internal_errors():
         tls.start()

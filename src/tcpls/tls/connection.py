@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from enum import Enum
 
 from tcpls.errors import (
@@ -571,16 +570,3 @@ class TLSConnection:
         self._reader.max_capacity = max(self._reader.max_capacity, self._receive_buffer_size)
         # Stop reading records until the owner has seen the event and installed on_data.
         self._hold_input = True
-
-    @property
-    def _join_session_id(self) -> bytes:
-        # The fuzz target of joins (tests/fuzz/targets.py) sets this to fix the session id
-        # its seeds echo; remove it once that target builds its own JoinAttempt.
-        join = self._handshake.join
-        return join.session_id if join is not None else b""
-
-    @_join_session_id.setter
-    def _join_session_id(self, session_id: bytes) -> None:
-        join = self._handshake.join
-        assert join is not None
-        self._handshake.join = replace(join, session_id=session_id)
