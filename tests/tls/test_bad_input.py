@@ -187,3 +187,25 @@ def test_server_survives_bad_sessions(server: ThreadServer, pki: DevPKI) -> None
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         client = SyncTLS(new_client(pki), sock)
         assert client.handshake().tcpls
+
+
+def test_only_the_initial_client_hello_record_says_tls_1_0(pki: DevPKI) -> None:
+    """RFC 8446 §5.1: legacy_record_version is 0x0303 on every record but the initial
+    ClientHello (where 0x0301 is allowed); the server's ServerHello record says 0x0303."""
+    from tcpls.core.endpoint import ServerEndpoint
+
+    endpoint = ServerEndpoint(
+        tcpls.ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.key_file))
+    )
+    server = endpoint.new_connection().tls
+    client = new_client(pki)
+    client.start()
+    hello = client.data_to_send()
+    assert hello[:3] == b"\x16\x03\x01"
+    server.receive_data(hello)
+    flight = server.data_to_send()
+    assert flight[:3] == b"\x16\x03\x03"  # the ServerHello
+    pos = 0
+    while pos < len(flight):  # every record of the server's flight
+        assert flight[pos + 1 : pos + 3] == b"\x03\x03"
+        pos += 5 + int.from_bytes(flight[pos + 3 : pos + 5], "big")

@@ -106,7 +106,9 @@ class RecordLayer:
         self.alert_sent = False
         #: Server that declined early data: bytes of early data records it may still skip.
         self.early_data_skip = 0
-        self._first_record_version = 0x0301  # legacy version of the initial ClientHello
+        # Only a client's initial ClientHello may say 0x0301; every other record says
+        # 0x0303, a server's ServerHello included (RFC 8446 §5.1).
+        self._first_record_version = 0x0301 if self.is_client else LEGACY_VERSION
 
     @property
     def memory(self) -> int:
