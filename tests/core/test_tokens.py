@@ -65,7 +65,7 @@ def test_max_connections_1_sends_no_new_token_frames(pki: DevPKI) -> None:
     tap = Tap(h)
     h.advance(1.0)
     assert not any(isinstance(f, NewToken) for _, _, r in tap.records for f in r.frames)
-    assert h.client.take_token() is None
+    assert h.client.token_book.take() is None
 
 
 def test_plain_tls_fallback_has_no_tokens(pki: DevPKI) -> None:

@@ -124,7 +124,7 @@ async def _connect(
             )
     except TimeoutError:
         raise TimeoutError(f"timed out connecting to {host}:{port}") from None
-    core.connections[0].tls.start()
+    core.io.start_handshake()
     driver.process()
     try:
         await asyncio.wait_for(session.wait_established(), config.tuning.handshake_timeout)

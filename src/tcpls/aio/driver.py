@@ -28,7 +28,6 @@ from tcpls.aio.liveness import FlowGuard, check_slow_peers
 from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.sockets import configure_socket, host_port, set_notsent_lowat
 from tcpls.aio.streams import StreamReader, StreamSession, StreamWriter
-from tcpls.core.connection import ConnectionStatus
 from tcpls.core.events import (
     ConnectionAdded,
     ConnectionRemoved,
@@ -37,6 +36,7 @@ from tcpls.core.events import (
     SessionClosed,
     StreamOpened,
 )
+from tcpls.core.io import TransportAction
 from tcpls.core.session import Session as CoreSession
 from tcpls.errors import ConnectionClosedError, TCPLSError, raisable
 
@@ -119,10 +119,11 @@ class SessionDriver:
         ):
             configure_socket(sock, self.core.tuning.user_timeout)
             protocol.configured = True
-        conn = self.core.connections.get(protocol.connection_id)
-        if conn is not None:
-            conn.local_address = host_port(transport.get_extra_info("sockname"))
-            conn.remote_address = host_port(transport.get_extra_info("peername"))
+        self.core.io.connected(
+            protocol.connection_id,
+            host_port(transport.get_extra_info("sockname")),
+            host_port(transport.get_extra_info("peername")),
+        )
         self._tune_buffers()
 
     def detach(self, protocol: ConnectionProtocol) -> None:
@@ -225,18 +226,15 @@ class SessionDriver:
 
     def info(self, connection_id: int) -> ConnectionInfo:
         """The report on one connection; :class:`ConnectionClosedError` if it is gone."""
-        conn = self.core.connections.get(connection_id)
-        if conn is None:
+        view = self.core.io.connection(connection_id)
+        if view is None:
             raise ConnectionClosedError(f"connection {connection_id} is gone")
         protocol = self.protocols.get(connection_id)
-        return connection_info(conn, protocol.transport if protocol is not None else None)
+        return connection_info(view, protocol.transport if protocol is not None else None)
 
     def has_working_connection(self) -> bool:
         """Whether a connection carries the session (joins still in their hello do not)."""
-        return any(
-            c.status in (ConnectionStatus.ACTIVE, ConnectionStatus.DRAINING)
-            for c in self.core.connections.values()
-        )
+        return self.core.io.has_working_connection()
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` as a task owned by the session (cancelled when it ends)."""
@@ -275,54 +273,46 @@ class SessionDriver:
 
     def _process_once(self) -> None:
         core = self.core
+        io = core.io
         loop_time = self.loop.time
         guard = self._guard
         for _ in range(64):
             self._handle_events()
-            if core.readable:
-                readers = self._readers
-                for sid in core.readable:
+            if io.has_wakeups:
+                readable, writable = io.wakeups()
+                readers, writers = self._readers, self._writers
+                for sid in readable:
                     reader = readers.get(sid)
                     if reader is not None:
                         reader.wakeup()
-                core.readable.clear()
-            if core.writable:
-                writers = self._writers
-                for sid in core.writable:
+                for sid in writable:
                     writer = writers.get(sid)
                     if writer is not None:
                         writer.wakeup()
-                core.writable.clear()
             wrote = False
             for cid, protocol in list(self.protocols.items()):
                 transport = protocol.transport
                 if transport is None or transport.is_closing() or cid in self._paused:
                     continue
-                while cid not in self._paused and core.wants_transmit(cid):
-                    data = core.transmit(cid, loop_time(), _FLUSH_BUDGET)
+                now = loop_time()
+                while cid not in self._paused and core.wants_transmit(cid, now):
+                    data = core.transmit(cid, now, _FLUSH_BUDGET)
                     if not data:
                         break
                     transport.write(data)
                     wrote = True
-                conn = core.connections.get(cid)
-                if (
-                    conn is not None
-                    and conn.tls.close_notify_sent
-                    and not protocol.eof_written
-                    and transport.can_write_eof()
-                ):
-                    protocol.eof_written = True
-                    _write_eof(transport)
-                if core.closed:
-                    continue  # _finish() ends every connection, after the last alert
-                if conn is None or conn.status is ConnectionStatus.FAILED:
+                action = io.poll_transport(cid)
+                if action is TransportAction.WRITE_EOF:
+                    if not protocol.eof_written and transport.can_write_eof():
+                        protocol.eof_written = True
+                        _write_eof(transport)
+                elif action is TransportAction.CLOSE:
                     transport.close()
-                elif core.connection_drained(cid):
-                    _write_eof(transport)
-                    core.finish_removal(cid)
+                elif action is TransportAction.RETIRE:
+                    _write_eof(transport)  # (design: Closing)
             if wrote and guard.timer is None:
                 guard.start()
-            if not (core.has_events or core.readable or core.writable):
+            if not (core.has_events or io.has_wakeups):
                 break
         if core.closed:
             self._finish()

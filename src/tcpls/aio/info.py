@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 
 from tcpls.aio.sockets import host_port, tcp_info
-from tcpls.core.connection import Connection
+from tcpls.core.io import ConnectionView
 
 __all__ = ["ConnectionInfo", "connection_info"]
 
@@ -43,7 +43,7 @@ class ConnectionInfo:
     unacknowledged: int
 
 
-def connection_info(conn: Connection, transport: asyncio.Transport | None) -> ConnectionInfo:
+def connection_info(conn: ConnectionView, transport: asyncio.Transport | None) -> ConnectionInfo:
     """The report on ``conn``; its transport, when it has one, adds addresses and RTT."""
     sock = None
     local = remote = None
@@ -56,12 +56,12 @@ def connection_info(conn: Connection, transport: asyncio.Transport | None) -> Co
         id=conn.id,
         local_address=local or conn.local_address,
         remote_address=remote or conn.remote_address,
-        status=conn.status.value,
+        status=conn.status,
         bytes_sent=conn.bytes_sent,
         bytes_received=conn.bytes_received,
         records_sent=conn.records_sent,
         records_received=conn.records_received,
         rtt=info.rtt if info else None,
         cwnd=info.cwnd if info else None,
-        unacknowledged=len(conn.sent_log),
+        unacknowledged=conn.unacknowledged,
     )

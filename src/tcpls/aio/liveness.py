@@ -90,8 +90,11 @@ class FlowGuard:
                 set_user_timeout(sock, timeout)
                 protocol.user_timeout_relaxed = False
                 core.set_flow_blocked(cid, False, self._loop.time())
-            conn = core.connections.get(cid)
-            if protocol.user_timeout_relaxed or cid in self._paused or (conn and conn.sent_log):
+            if (
+                protocol.user_timeout_relaxed
+                or cid in self._paused
+                or core.io.has_unacknowledged(cid)
+            ):
                 active = True
         if active:
             self.start()
@@ -107,15 +110,10 @@ def check_slow_peers(
     application, its own backpressure), so the connection is not failed. A receiver
     probing for data it waits for gets no such allowance (design: Failure detection).
     """
-    timeout = core.tuning.ping_timeout
-    for cid, conn in core.connections.items():
-        sent = conn.ping_sent_at
-        if sent is None or now < sent + timeout:
-            continue
+    for cid in core.io.overdue_pings(now):
+        # (a receiver probing for data it waits for is not listed: silence is failure)
         protocol = protocols.get(cid)
         transport = protocol.transport if protocol is not None else None
-        if not conn.sent_log:
-            continue  # a receiver probing for data it waits for: silence is failure
         info = tcp_info(transport.get_extra_info("socket") if transport else None)
         if info is not None and info.unacked == 0:
             logger.debug("connection %d: the peer is alive but does not read", cid)

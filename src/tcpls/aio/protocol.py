@@ -20,11 +20,10 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from tcpls.core.endpoint import PendingConnection
+from tcpls.core.endpoint import Accepted, PendingConnection
 from tcpls.core.session import Session as CoreSession
 from tcpls.errors import ConnectionClosedError
 from tcpls.tls.connection import TLSConnection
-from tcpls.tls.events import ConnectionFailed, JoinRequested
 
 __all__ = ["ConnectionOwner", "ConnectionProtocol", "PendingOwner"]
 
@@ -70,8 +69,16 @@ class PendingOwner(Protocol):
     def adopt(self, protocol: ConnectionProtocol, core: CoreSession) -> ConnectionOwner:
         """The ClientHello started the handshake of ``core``: give it its session."""
 
-    def route_join(self, protocol: ConnectionProtocol, tls: TLSConnection, token: bytes) -> None:
-        """The ClientHello is a join with ``token``: hand the connection to its session."""
+    def joined(
+        self,
+        protocol: ConnectionProtocol,
+        core: CoreSession,
+        connection_id: int,
+        tls: TLSConnection,
+    ) -> None:
+        """The ClientHello joined ``core`` as connection ``connection_id``: attach the
+        connection to that session (or close it, with what ``tls`` has to send, if the
+        session is gone)."""
 
 
 class ConnectionProtocol(asyncio.BufferedProtocol):
@@ -170,31 +177,27 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         owner.process()
 
     def _pending_input(self, nbytes: int) -> None:
-        """Bytes of a connection that does not belong to a session yet (server side)."""
+        """Bytes of a connection that does not belong to a session yet (server side):
+        the core's accept path says what it became."""
         pending = self.pending
         server = self._server
         assert pending is not None and server is not None
-        tls = pending.tls
-        tls.buffer_updated(nbytes)
-        if pending.session is not None:  # the ClientHello started a handshake
-            self._pending_done()
-            owner = server.adopt(self, pending.session)
-            owner.core.poll_connection(0, owner.loop.time())
-            owner.process()
+        outcome = pending.buffer_updated(nbytes, asyncio.get_running_loop().time())
+        if outcome is None:
+            return  # the ClientHello is not complete yet
+        self._pending_done()
+        if isinstance(outcome, Accepted):
+            if outcome.connection_id == 0:  # the ClientHello started a handshake
+                server.adopt(self, outcome.session).process()
+            else:
+                server.joined(self, outcome.session, outcome.connection_id, pending.tls)
             return
-        while (event := tls.next_event()) is not None:
-            if isinstance(event, JoinRequested):
-                self._pending_done()
-                server.route_join(self, tls, event.token)
-                return
-            if isinstance(event, ConnectionFailed):  # not TLS: the alert, then close
-                self._pending_done()
-                if self.transport is not None:
-                    data = tls.data_to_send()
-                    if data:
-                        self.transport.write(data)
-                    self.transport.close()
-                return
+        # refused (not TLS, a bad hello, an invalid token): the alert, then close
+        if self.transport is not None:
+            data = pending.tls.data_to_send()
+            if data:
+                self.transport.write(data)
+            self.transport.close()
 
     def eof_received(self) -> bool:
         """The peer's FIN: the core learns it; our direction stays open until our
@@ -206,8 +209,7 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         core = owner.core
         core.receive_eof(self.connection_id, owner.loop.time())
         owner.process()
-        conn = core.connections.get(self.connection_id)
-        return conn is not None and not conn.tls.close_notify_sent
+        return core.io.keeps_writing(self.connection_id)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport closed: the session stops using it and the core learns why."""

@@ -295,13 +295,17 @@ class _SessionTable:
         self._adopted()
         return driver
 
-    def route_join(self, protocol: ConnectionProtocol, tls: TLSConnection, token: bytes) -> None:
-        """A pending connection is a join: hand it to the session its token belongs to."""
+    def joined(
+        self,
+        protocol: ConnectionProtocol,
+        core: CoreSession,
+        connection_id: int,
+        tls: TLSConnection,
+    ) -> None:
+        """A pending connection joined ``core``: attach it to that session's driver."""
         transport = protocol.transport
-        routed = self._endpoint.route_join(tls, token)
-        target = self.drivers.get(routed[0]) if routed is not None else None
-        if routed is None or target is None:
-            # rejected (illegal_parameter is queued) or the session is gone
+        target = self.drivers.get(core)
+        if target is None:  # the session is gone: what the connection has, then close
             if transport is not None:
                 data = tls.data_to_send()
                 if data:
@@ -309,7 +313,7 @@ class _SessionTable:
                 transport.close()
             return
         protocol.owner = target
-        protocol.connection_id = routed[1]
+        protocol.connection_id = connection_id
         target.attach(protocol)
         target.process()
 

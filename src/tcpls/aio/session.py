@@ -56,15 +56,13 @@ class Session:
     @property
     def cipher_suite(self) -> str | None:
         """The negotiated TLS 1.3 cipher suite, e.g. ``TLS_AES_128_GCM_SHA256``."""
-        conn = self._core.connections.get(0) or next(iter(self._core.connections.values()), None)
-        suite = conn.tls.cipher_suite if conn is not None else None
+        suite = self._core.io.cipher_suite
         return f"TLS_{suite.name}" if suite is not None else None
 
     @property
     def session_resumed(self) -> bool:
         """Whether the handshake resumed an earlier session (PSK)."""
-        conn = self._core.connections.get(0)
-        engine = conn.tls.engine if conn is not None else None
+        engine = self._core.handshake_engine
         return bool(engine and engine.session_resumed)
 
     @property
@@ -153,9 +151,7 @@ class Session:
     def scheduler(self, name: str) -> None:
         if name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {name!r} (choose from {', '.join(SCHEDULERS)})")
-        self._core.scheduler.name = name
-        for stream in self._core.streams.values():
-            stream.pin = None if name != "pinned" else stream.pin
+        self._core.set_scheduler(name)
         self._driver.schedule_flush()
 
     @property

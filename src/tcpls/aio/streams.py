@@ -105,28 +105,28 @@ class StreamReader:
     # -- state -----------------------------------------------------------------
 
     def _buffered(self) -> int:
-        stream = self._core.streams.get(self.stream_id)
-        return stream.recv.readable if stream is not None else 0
+        stream = self._core.io.stream(self.stream_id)
+        return stream.readable if stream is not None else 0
 
     def at_eof(self) -> bool:
         """Whether the peer ended the stream and every byte was read."""
-        stream = self._core.streams.get(self.stream_id)
+        stream = self._core.io.stream(self.stream_id)
         if stream is None:
             return True
-        return stream.recv.at_eof
+        return stream.at_eof
 
     def exception(self) -> BaseException | None:
         """The error that ended the session before this stream was complete, if any."""
-        stream = self._core.streams.get(self.stream_id)
-        if self._core.closed and (stream is None or not stream.recv.complete):
+        stream = self._core.io.stream(self.stream_id)
+        if self._core.closed and (stream is None or not stream.complete):
             return self._core.error or None
         return None
 
     def _raise_if_broken(self) -> None:
-        stream = self._core.streams.get(self.stream_id)
+        stream = self._core.io.stream(self.stream_id)
         if stream is None:
             return
-        if self._core.closed and not stream.recv.complete:
+        if self._core.closed and not stream.complete:
             error = self._core.error
             raise (
                 raisable(error)
@@ -177,9 +177,9 @@ class StreamReader:
             raise ValueError("separator should be at least one-byte string")
         start = 0
         while True:
-            stream = self._core.streams.get(self.stream_id)
+            stream = self._core.io.stream(self.stream_id)
             if stream is not None:
-                index = stream.recv.find(separator, start)
+                index = stream.find(separator, start)
                 if index >= 0:
                     if index + len(separator) > self._limit:
                         raise asyncio.LimitOverrunError(
@@ -188,13 +188,13 @@ class StreamReader:
                     data = self._core.read(self.stream_id, index + len(separator))
                     self._owner.data_consumed()
                     return data
-                buffered = stream.recv.readable
+                buffered = stream.readable
                 if buffered > self._limit:
                     raise asyncio.LimitOverrunError(
                         "separator not found, limit exceeded", buffered
                     )
                 start = max(0, buffered - len(separator) + 1)
-            if self.at_eof() or stream is None or stream.recv.complete:
+            if self.at_eof() or stream is None or stream.complete:
                 partial = self._core.read(self.stream_id)
                 self._owner.data_consumed()
                 raise asyncio.IncompleteReadError(partial, None)
@@ -268,7 +268,7 @@ class StreamWriter:
         self._owner.schedule_flush()
 
     def _buffered(self) -> int:
-        stream = self._core.streams.get(self.stream_id)
+        stream = self._core.io.stream(self.stream_id)
         return stream.send_pending if stream is not None else 0
 
     async def drain(self) -> None:
@@ -298,19 +298,19 @@ class StreamWriter:
         """End our direction (FIN) if not done yet; use :meth:`wait_closed` to wait."""
         if not self._closing:
             self._closing = True
-            stream = self._core.streams.get(self.stream_id)
+            stream = self._core.io.stream(self.stream_id)
             if stream is not None and not stream.fin_queued and not self._core.closed:
                 self.write_eof()
 
     def is_closing(self) -> bool:
         """Whether :meth:`close` or :meth:`write_eof` was called."""
-        stream = self._core.streams.get(self.stream_id)
+        stream = self._core.io.stream(self.stream_id)
         return self._closing or stream is None or stream.fin_queued
 
     async def wait_closed(self) -> None:
         """Wait until the peer acknowledged everything we sent, FIN included."""
         while True:
-            stream = self._core.streams.get(self.stream_id)
+            stream = self._core.io.stream(self.stream_id)
             if stream is None or stream.fin_acked or self._core.closed or self._core.peer_closed:
                 return
             self._drain_waiter = self._owner.loop.create_future()

@@ -50,6 +50,7 @@ class Connection:
         "ack_pending_records",
         "bytes_received",
         "bytes_sent",
+        "eof_asked",
         "expected_stream_change",
         "flow_blocked",
         "id",
@@ -91,6 +92,8 @@ class Connection:
         self.records_sent = 0
         self.bytes_sent = 0
         self.sent_log: deque[LogEntry] = deque()
+        #: The I/O layer was told to write EOF after our close_notify.
+        self.eof_asked = False
         self.peer_acked = -1  # highest record sequence the peer acknowledged
         self.ping_pending = False  # a Ping is to be sent on this connection
         self.ping_answer = False  # a Ping arrived here: send an ACK on this connection

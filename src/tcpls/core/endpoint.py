@@ -177,7 +177,7 @@ class ServerEndpoint:
             tcpls=config.tcpls,
             codepoints=config.codepoints,
             ticket_store=self.tickets,
-            token_provider=session.token_for_handshake,
+            token_provider=session.token_book.for_handshake,
             keylog=self._keylog,
         )
 

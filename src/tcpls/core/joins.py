@@ -32,6 +32,7 @@ class TokenBook(Generic[S]):
 
     __slots__ = (
         "_joining",
+        "_max_connections",
         "_next_sequence",
         "_outstanding",
         "_owner",
@@ -40,7 +41,8 @@ class TokenBook(Generic[S]):
         "spare",
     )
 
-    def __init__(self, owner: S, registry: TokenRegistry[S] | None) -> None:
+    def __init__(self, owner: S, registry: TokenRegistry[S] | None, max_connections: int) -> None:
+        self._max_connections = max_connections
         self._owner = weakref.ref(owner)  # (the session holds the book: no cycle)
         self._registry = registry
         self._next_sequence = 1
@@ -66,6 +68,13 @@ class TokenBook(Generic[S]):
     def used_connection_ids(self) -> frozenset[int]:
         """The Connection IDs used so far (0 and every join that completed)."""
         return frozenset(self._used)
+
+    def for_handshake(self) -> bytes | None:
+        """Server: the token to send in ``tcpls_token`` (sequence 1), if joins are allowed."""
+        if self._max_connections < 2:
+            return None
+        issued = self.issue()
+        return issued[1] if issued is not None else None
 
     def issue(self) -> tuple[int, bytes] | None:
         """A fresh token and its sequence number (``None``: the 255 are used up)."""

@@ -47,7 +47,7 @@ from tcpls.tls.events import (
     SessionTicketReceived,
     TransportEnded,
 )
-from tcpls.tls.record import TrafficKeys, aead_record_limit
+from tcpls.tls.record import CipherSuite, TrafficKeys, aead_record_limit
 from tcpls.wire.frames import Ack, ConnectionReset, Frame
 
 __all__ = ["CONNECTION_COST", "SESSION_COST", "Links", "SessionState"]
@@ -139,6 +139,11 @@ class Links:
             raise TCPLSError("the session is not established yet")
         if writing and self.close_requested:
             raise ConnectionClosedError("the session is closing")
+
+    @property
+    def cipher_suite(self) -> CipherSuite | None:
+        """The cipher suite of the session's keys (``None`` before the handshake)."""
+        return self._app_keys[1].cipher_suite if self._app_keys is not None else None
 
     @property
     def in_handshake(self) -> bool:

@@ -24,6 +24,7 @@ from tcpls.core.addresses import AddressBook
 from tcpls.core.clock import SessionClock
 from tcpls.core.connection import Connection
 from tcpls.core.events import SessionEvent
+from tcpls.core.io import IODuties
 from tcpls.core.joins import TokenBook
 from tcpls.core.links import CONNECTION_COST, SESSION_COST, Links, SessionState
 from tcpls.core.liveness import Liveness
@@ -112,7 +113,7 @@ class Session:
         self.acks = (AckTracker if reliable else NoAcks)(tuning, self.stream_set, control)
         self.scheduler = Scheduler(scheduler)
         self.liveness = Liveness(tuning)
-        self.token_book: TokenBook[object] = TokenBook(self, token_registry)  # type: ignore[arg-type]
+        self.token_book: TokenBook[object] = TokenBook(self, token_registry, max_connections)  # type: ignore[arg-type]
         self.addresses = AddressBook(control)
         self.timers = TimerSet()
         self.links = Links(
@@ -134,6 +135,8 @@ class Session:
             is_client, self.links, self.stream_set, self.acks, self.token_book, self.addresses
         )
         self.links.attach(self.receiver)
+        #: What the I/O layer must do (wakeups, EOF, closing transports) and small views.
+        self.io = IODuties(self.links, self.stream_set, tuning)
         self.clock = SessionClock(
             self.timers, self.links, self.stream_set, self.acks, self.liveness
         )
@@ -155,30 +158,16 @@ class Session:
         """Register the TCP connection ``connection_id`` (0: the one that runs the handshake)."""
         return self.links.add(tls, connection_id)
 
-    def token_for_handshake(self) -> bytes | None:
-        """Server: the token to send in ``tcpls_token`` (sequence 1), if joins are allowed."""
-        if self.max_connections < 2:
-            return None
-        issued = self.token_book.issue()
-        return issued[1] if issued is not None else None
-
     def redeem_join(self, tls: TLSConnection, sequence: int) -> Connection | None:
-        """Server: a join with this session's token ``sequence`` arrived (see
-        :meth:`Links.redeem_join`)."""
+        """Server: a join with our token ``sequence`` arrived (:meth:`Links.redeem_join`)."""
         return self.links.redeem_join(tls, sequence)
 
-    def take_token(self) -> tuple[int, bytes] | None:
-        """Client: a spare token ``(sequence, token)`` for a join, removed from the store."""
-        return self.token_book.take()
-
     def start_join(self, **tls_kwargs: object) -> tuple[TLSConnection, int]:
-        """Client: a new connection that joins this session with a spare token (see
-        :meth:`Links.start_join`; design: Joins)."""
+        """Client: a connection that joins with a spare token (:meth:`Links.start_join`)."""
         return self.links.start_join(**tls_kwargs)
 
     def abandon_join(self, connection_id: int, error: TCPLSError | None = None) -> None:
-        """Client: the TCP connection for a join never came up; forget it (an unsent token
-        goes back to the spare ones)."""
+        """Client: the TCP connection of a join never came up (:meth:`Links.abandon_join`)."""
         self.links.abandon_join(connection_id, error)
 
     def advertise_address(self, address_id: int, host: str, port: int) -> None:
@@ -302,6 +291,13 @@ class Session:
     def read(self, stream_id: int, n: int = -1) -> bytes:
         """Up to ``n`` bytes that arrived in order on a stream (``-1``: all)."""
         return self.stream_set.read(stream_id, n)
+
+    def set_scheduler(self, name: SchedulerName) -> None:
+        """Change the scheduling policy; leaving ``pinned`` lets every stream go anywhere
+        again (the pins it chose are dropped)."""
+        self.scheduler.name = name
+        if name != "pinned":
+            self.stream_set.unpin_all()
 
     def pin_stream(self, stream_id: int, connection_id: int | None) -> None:
         """Keep a stream on one connection (``None``: let the scheduler choose)."""

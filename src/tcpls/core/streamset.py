@@ -303,6 +303,11 @@ class StreamSet:
         if not stream.local:
             self._peer_open -= 1
 
+    def unpin_all(self) -> None:
+        """Every stream may use any connection again."""
+        for stream in self.table.values():
+            stream.pin = None
+
     def wake_writers(self) -> None:
         """Every writer waiting on a stream may go on."""
         self.writable.update(self.table)
