@@ -282,7 +282,8 @@ class ServerConfig:
     session_tickets: bool = True
     #: Sessions open at once; a new one beyond is refused (``user_canceled``).
     max_sessions: int = 4096
-    #: Accepted TCP connections whose ClientHello has not come yet; more are reset.
+    #: Accepted TCP connections whose ClientHello has not come yet; beyond it, the one
+    #: that waited longest is reset to make room.
     max_pending_connections: int = 512
     #: Seconds an accepted connection has to send its ClientHello.
     hello_timeout: float = 5.0

@@ -141,6 +141,13 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
             self._pending_done()
             self.transport.abort()
 
+    def drop(self) -> None:
+        """Server: give up on this connection, which still waits for its ClientHello
+        (its transport is reset)."""
+        self._pending_done()
+        if self.transport is not None:
+            self.transport.abort()
+
     def _pending_done(self) -> None:
         """The connection stopped waiting for its ClientHello (adopted, routed or ended)."""
         self.pending = None

@@ -92,18 +92,22 @@ class Server:
         config = self._endpoint.config
         pending = self._table.pending
         if len(pending) >= config.max_pending_connections:
+            # Make room by resetting the connection that waited longest: a client sends
+            # its ClientHello within a round trip, so only a flood of connections that
+            # never send one is cut short, and new clients keep being served
+            # (design: Server limits).
             self._refusals.log(
-                "refusing connections: %d are already waiting for their ClientHello "
-                "(max_pending_connections)",
+                "resetting connections that waited longest for their ClientHello: %d "
+                "are waiting (max_pending_connections)",
                 len(pending),
             )
-            return _Refused()
+            next(iter(pending)).drop()
         # No session yet: the first ClientHello says whether this connection starts
         # one or joins one (then it needs none).
         protocol = ConnectionProtocol(
             None, 0, pending=self._endpoint.new_connection(), server=self._table
         )
-        pending.add(protocol)
+        pending[protocol] = None
         return protocol
 
     def _session_gate(self) -> str | None:
@@ -273,7 +277,8 @@ class _SessionTable:
         self._adopted = adopted
         self._established = established
         #: Accepted connections whose ClientHello has not come yet.
-        self.pending: set[ConnectionProtocol] = set()
+        #: Connections waiting for their ClientHello, the longest waiting first.
+        self.pending: dict[ConnectionProtocol, None] = {}
         #: The open sessions, by core session.
         self.sessions: dict[CoreSession, Session] = {}
         #: The drivers of the open sessions, by core session.
@@ -283,7 +288,7 @@ class _SessionTable:
 
     def pending_ended(self, protocol: ConnectionProtocol) -> None:
         """``protocol`` no longer waits for its ClientHello."""
-        self.pending.discard(protocol)
+        self.pending.pop(protocol, None)
 
     def adopt(self, protocol: ConnectionProtocol, core: CoreSession) -> SessionDriver:
         """A pending connection started a handshake: give it its session."""
@@ -333,14 +338,6 @@ class _SessionTable:
 
 #: Seconds between two estimates of the sessions' memory.
 _WATCH_INTERVAL = 0.25
-
-
-class _Refused(asyncio.Protocol):
-    """A connection accepted beyond ``max_pending_connections``: reset at once."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.abort()
 
 
 class _RateLimitedLog:
