@@ -48,6 +48,39 @@ def wait_port(
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+def pull_tls(conn: TLSConnection) -> tuple[bytes, list[Event]]:
+    """Everything ``conn`` has now: its application data (records read in order) and its
+    events (each before the records that came after it)."""
+    data = bytearray()
+    events: list[Event] = []
+    while True:
+        while (ev := conn.next_event()) is not None:
+            events.append(ev)
+        record = conn.read_record()
+        if record is None and not conn.has_events:
+            return bytes(data), events
+        if record is not None:
+            data += record
+
+
+def feed_tls(conn: TLSConnection, data: bytes) -> tuple[bytes, list[Event]]:
+    """Feed ``data`` to ``conn`` as an I/O layer does (reads into ``get_buffer``), reading
+    its records and events as they come; returns them as :func:`pull_tls` does."""
+    received = bytearray()
+    events: list[Event] = []
+    view = memoryview(data)
+    while view:
+        target = conn.get_buffer()
+        n = min(len(target), len(view))
+        target[:n] = view[:n]
+        view = view[n:]
+        conn.buffer_updated(n)
+        got, evs = pull_tls(conn)
+        received += got
+        events += evs
+    return bytes(received), events
+
+
 class SyncTLS:
     """Drives a TLSConnection over a blocking socket (tests only)."""
 
@@ -57,7 +90,6 @@ class SyncTLS:
         self.events: list[Event] = []
         self.received = bytearray()
         self.eof = False
-        conn.on_data = lambda mv: self.received.extend(mv)
         sock.settimeout(timeout)
 
     def flush(self) -> None:
@@ -75,16 +107,17 @@ class SyncTLS:
         if not data:
             self.eof = True
             self.conn.receive_eof()
+            got, events = pull_tls(self.conn)
         else:
-            self.conn.receive_data(data)
-        self._drain_events()
+            got, events = feed_tls(self.conn, data)
+        self.received += got
+        self.events += events
         self.flush()
 
     def _drain_events(self) -> None:
-        self.conn.process_pending()  # input is held after the handshake until we look
-        while (ev := self.conn.next_event()) is not None:
-            self.events.append(ev)
-            self.conn.process_pending()
+        got, events = pull_tls(self.conn)
+        self.received += got
+        self.events += events
 
     def failed(self) -> ConnectionFailed | None:
         for ev in self.events:

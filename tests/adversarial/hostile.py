@@ -342,7 +342,6 @@ class HostileClient:
         self.stream_data: dict[int, bytearray] = {}
         self.stream_fin: set[int] = set()
         self.bytes_sent = 0
-        tls.on_data = self._on_data
 
     # -- construction ----------------------------------------------------------
 
@@ -399,9 +398,6 @@ class HostileClient:
 
     # -- input -----------------------------------------------------------------
 
-    def _on_data(self, content: memoryview) -> None:
-        self.records.append(bytes(content))
-
     @property
     def closed(self) -> bool:
         """Whether this connection is over: alert, local error, EOF or a broken write."""
@@ -409,12 +405,34 @@ class HostileClient:
 
     def _feed(self, data: bytes) -> None:
         tls = self.tls
-        if data:
-            tls.receive_data(data)
-        else:
+        view = memoryview(data)
+        while view:  # read as an I/O layer does, taking each record as it comes
+            target = tls.get_buffer()
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            view = view[n:]
+            tls.buffer_updated(n)
+            self._take(tls)
+        if not data:
             self.eof = True
             tls.receive_eof()
-        tls.process_pending()  # input is held after the handshake until we look
+        self._take(tls)
+        self._parse_new_records()
+        if not self.broken:
+            with contextlib.suppress(OSError):
+                self.flush()
+
+    def _take(self, tls: TLSConnection) -> None:
+        """Every event and application record ``tls`` has now, in order."""
+        while True:
+            self._events(tls)
+            record = tls.read_record()
+            if record is None and not tls.has_events:
+                return
+            if record is not None:
+                self.records.append(bytes(record))
+
+    def _events(self, tls: TLSConnection) -> None:
         while (event := tls.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
                 self.handshake = event
@@ -427,11 +445,6 @@ class HostileClient:
                 self.close_notify = True
             elif isinstance(event, TransportEnded):
                 self.eof = True
-            tls.process_pending()
-        self._parse_new_records()
-        if not self.broken:
-            with contextlib.suppress(OSError):
-                self.flush()
 
     def _parse_new_records(self) -> None:
         for content in self.records[self._parsed :]:

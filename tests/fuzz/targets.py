@@ -240,11 +240,6 @@ def _check_error(error: object, where: str, *, peer_is_ours: bool = False) -> No
         raise FuzzFailure(f"{where}: internal_error alert: {error!r}") from error
 
 
-def _discard(view: memoryview) -> None:
-    """A data handler that reads the whole record and keeps nothing."""
-    bytes(view)
-
-
 def _pieces(data: bytes, size: int) -> Iterator[bytes]:
     """``data`` cut into reads of ``size`` bytes (``0``: one read)."""
     if size <= 0:
@@ -598,14 +593,24 @@ def join_server_hello(data: bytes) -> None:
 
 def _feed_tls(tls: TLSConnection, data: bytes, read: int) -> None:
     for piece in _pieces(data, read):
-        tls.receive_data(piece)
-        _drain_tls(tls)
+        view = memoryview(piece)
+        while view:
+            target = tls.get_buffer()  # read as an I/O layer does
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            view = view[n:]
+            tls.buffer_updated(n)
+            _drain_tls(tls)
 
 
-def _drain_tls(tls: TLSConnection) -> None:
-    while (event := tls.next_event()) is not None:
-        if isinstance(event, HandshakeCompleted):
-            tls.process_pending()
+def _drain_tls(tls: TLSConnection, on_event: Callable[[object], None] | None = None) -> None:
+    """Every event and application record ``tls`` has now (records are dropped)."""
+    while True:
+        while (event := tls.next_event()) is not None:
+            if on_event is not None:
+                on_event(event)
+        if tls.read_record() is None and not tls.has_events:
+            return
 
 
 def _session_of(pending: PendingConnection) -> Session | None:
@@ -629,7 +634,6 @@ def tls_server(data: bytes) -> None:
     pending = endpoint.new_connection()
     tls = pending.tls
     now = 1000.0
-    tls.on_data = _discard
     with _no_internal_errors():
         for piece in _pieces(stream, (options & 0x3F) * 11):
             if pending.session is not None:
@@ -652,11 +656,10 @@ def tls_server(data: bytes) -> None:
                         )
                     else:
                         endpoint.route_join(tls, event.token)
-                elif isinstance(event, HandshakeCompleted):
-                    tls.on_data = _discard
-                    tls.process_pending()
-                else:
+                elif not isinstance(event, HandshakeCompleted):
                     _check_error(getattr(event, "error", None), "server connection")
+            while tls.read_record() is not None:
+                pass  # a joined connection's records (nobody reads them here)
         if options & 0x40:
             if pending.session is not None:
                 pending.session.receive_eof(0, now)
@@ -694,10 +697,7 @@ def tls_join_client(data: bytes) -> None:
         codepoints=DEFAULT_CODEPOINTS,
     )
     # the session id the seeds' ServerHellos echo
-    tls = TLSConnection(
-        is_client=True, join=dataclasses.replace(join, session_id=JOIN_SESSION_ID)
-    )
-    tls.on_data = _discard
+    tls = TLSConnection(is_client=True, join=dataclasses.replace(join, session_id=JOIN_SESSION_ID))
     with _no_internal_errors():
         tls.start()
         _feed_tls(tls, stream, (options & 0x3F) * 11)

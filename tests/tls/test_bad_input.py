@@ -20,7 +20,7 @@ from tcpls.tls.connection import TLSConnection
 from tcpls.tls.engine import HandshakeEngine
 from tcpls.tls.events import ConnectionFailed
 from tcpls.tls.record import ContentType
-from tests.helpers import SyncTLS, ThreadServer, read_until_eof
+from tests.helpers import SyncTLS, ThreadServer, feed_tls, pull_tls, read_until_eof
 
 
 @pytest.fixture
@@ -122,11 +122,7 @@ def test_change_cipher_spec_with_a_wrong_body(server: ThreadServer, pki: DevPKI)
         client.conn.data_to_send()  # drop our CCS and Finished
         sock.sendall(bytes([20, 3, 3, 0, 1, 2]))
         data = read_until_eof(sock)
-    client.conn.receive_data(data)
-    client.conn.process_pending()  # input is held after the handshake until we look
-    events = []
-    while (ev := client.conn.next_event()) is not None:
-        events.append(ev)
+    _, events = feed_tls(client.conn, data)
     failures = [e for e in events if isinstance(e, ConnectionFailed)]
     assert failures and isinstance(failures[0].error, PeerAlert)
     assert failures[0].error.alert == AlertDescription.unexpected_message
@@ -168,11 +164,8 @@ def test_ccs_after_handshake_is_rejected(pki: DevPKI) -> None:
         server.receive_data(client.data_to_send())
         client.receive_data(server.data_to_send())
     assert client.handshake_complete and server.handshake_complete
-    server.process_pending()
-    server.receive_data(bytes([20, 3, 3, 0, 1, 1]))
-    events = []
-    while (ev := server.next_event()) is not None:
-        events.append(ev)
+    pull_tls(server)
+    _, events = feed_tls(server, bytes([20, 3, 3, 0, 1, 1]))
     assert any(
         isinstance(e, ConnectionFailed) and isinstance(e.error, UnexpectedMessage) for e in events
     )

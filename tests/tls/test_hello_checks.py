@@ -23,6 +23,7 @@ from tcpls.tls.connection import TLSConnection
 from tcpls.tls.engine import HandshakeEngine
 from tcpls.tls.events import ConnectionFailed, Event, HandshakeCompleted
 from tcpls.wire.extensions import DEFAULT_CODEPOINTS as CP
+from tests.helpers import pull_tls
 
 _TOKEN_BODY = b"\x20" + bytes(32)
 
@@ -37,10 +38,8 @@ def _client_tls(pki: DevPKI) -> TLSConnection:
 
 
 def _events(tls: TLSConnection) -> list[Event]:
-    out: list[Event] = []
-    while (ev := tls.next_event()) is not None:
-        out.append(ev)
-    return out
+    """The events of ``tls`` (its application records, read on the way, are dropped)."""
+    return pull_tls(tls)[1]
 
 
 def _failure(tls: TLSConnection) -> ConnectionFailed:
@@ -240,7 +239,6 @@ def _resumption_ticket(pki: DevPKI, endpoint: ServerEndpoint) -> object:
         else:
             data = pending.tls.data_to_send()
         client.receive_data(data)
-        client.process_pending()
     tickets = [e.ticket for e in _events(client) if hasattr(e, "ticket")]
     assert tickets, "the server issued no session ticket"
     return tickets[-1]
@@ -263,7 +261,6 @@ def test_declined_early_data_is_skipped(pki: DevPKI) -> None:
     assert pending.session is not None
     pending.session.poll_connection(0, 0.0)
     client.receive_data(pending.session.transmit(0, 0.0))
-    client.process_pending()
     assert any(isinstance(e, HandshakeCompleted) for e in _events(client))
     pending.session.receive_data(0, client.data_to_send(), 0.0)
     assert pending.session.state.value == "established", pending.session.error

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from tcpls.core.acks import AckTracker
-from tcpls.core.links import Links
+from tcpls.core.links import Links, SessionState
 from tcpls.core.liveness import Liveness
 from tcpls.core.streamset import StreamSet
 from tcpls.core.timers import TRIM_AFTER, Timer, TimerSet
@@ -47,7 +47,7 @@ class SessionClock:
         the handshake deadline starts with the first bytes."""
         timers = self.timers
         timers.set(Timer.TRIM, now + TRIM_AFTER)
-        if self._links.in_handshake and timers.get(Timer.HANDSHAKE) is None:
+        if self._links.state is SessionState.HANDSHAKE and timers.get(Timer.HANDSHAKE) is None:
             timers.set(Timer.HANDSHAKE, now + self._links.tuning.handshake_timeout)
 
     def activity(self) -> float:
@@ -61,7 +61,7 @@ class SessionClock:
 
     def _idle_deadline(self) -> float | None:
         idle = self._links.tuning.idle_timeout
-        if idle is None or not self._links.established:
+        if idle is None or self._links.state is not SessionState.ESTABLISHED:
             return None
         return self.activity() + idle
 
@@ -95,13 +95,13 @@ class SessionClock:
                     f"no connection joined again within {tuning.rejoin_timeout:g} s"
                 )
             )
-        if timers.expired(Timer.HANDSHAKE, now) and links.in_handshake:
+        if timers.expired(Timer.HANDSHAKE, now) and links.state is SessionState.HANDSHAKE:
             links.fail(
                 ConnectionClosedError(
                     f"the TLS handshake did not complete within {tuning.handshake_timeout:g} s"
                 )
             )
-        elif timers.expired(Timer.CLOSE, now) and links.closing:
+        elif timers.expired(Timer.CLOSE, now) and links.state is SessionState.CLOSING:
             links.fail(
                 ConnectionClosedError(
                     f"the peer did not finish closing within {tuning.close_timeout:g} s"

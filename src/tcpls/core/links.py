@@ -18,6 +18,7 @@ application keys that joins reuse, and the rules that tie them together:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from enum import Enum
 
@@ -37,7 +38,13 @@ from tcpls.core.joins import TokenBook
 from tcpls.core.receiver import FrameReceiver
 from tcpls.core.streamset import StreamSet
 from tcpls.core.timers import Timer, TimerSet
-from tcpls.errors import ConnectionClosedError, PeerAlert, ProtocolError, TCPLSError
+from tcpls.errors import (
+    ConnectionClosedError,
+    InternalError,
+    PeerAlert,
+    ProtocolError,
+    TCPLSError,
+)
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.engine import HandshakeEngine
 from tcpls.tls.events import (
@@ -56,6 +63,8 @@ __all__ = ["CONNECTION_COST", "SESSION_COST", "Links", "SessionState"]
 #: (Python objects, the handshake state kept for the exporter), measured in bytes.
 SESSION_COST = 32 * 1024
 CONNECTION_COST = 8 * 1024
+
+logger = logging.getLogger(__name__)
 
 _GONE = (ConnectionStatus.FAILED, ConnectionStatus.CLOSED)
 
@@ -117,6 +126,8 @@ class Links:
         self.close_error: TCPLSError | None = None
         self._close_notify_seen = False
         self._app_keys: tuple[TrafficKeys, TrafficKeys] | None = None
+        #: The cipher suite of the session's keys (``None`` before the handshake).
+        self.cipher_suite: CipherSuite | None = None
         #: How many records the session's write key may seal (design: Key usage limits).
         self.aead_limit: int | float = float("inf")
 
@@ -139,26 +150,6 @@ class Links:
             raise TCPLSError("the session is not established yet")
         if writing and self.close_requested:
             raise ConnectionClosedError("the session is closing")
-
-    @property
-    def cipher_suite(self) -> CipherSuite | None:
-        """The cipher suite of the session's keys (``None`` before the handshake)."""
-        return self._app_keys[1].cipher_suite if self._app_keys is not None else None
-
-    @property
-    def in_handshake(self) -> bool:
-        """Whether the session's handshake is under way."""
-        return self.state is SessionState.HANDSHAKE
-
-    @property
-    def established(self) -> bool:
-        """Whether the session is established and not closing."""
-        return self.state is SessionState.ESTABLISHED
-
-    @property
-    def closing(self) -> bool:
-        """Whether the session is closing gracefully."""
-        return self.state is SessionState.CLOSING
 
     # ------------------------------------------------------------- connections
 
@@ -249,7 +240,27 @@ class Links:
     # ------------------------------------------------------------- TLS events
 
     def drain_tls(self, conn: Connection) -> None:
-        """Apply what the TLS connection of ``conn`` reported."""
+        """Apply what the TLS connection of ``conn`` reported, and hand the records it
+        has to the receiver (each after the events that came before it)."""
+        tls = conn.tls
+        while True:
+            self._apply_tls_events(conn)
+            receiver = self._receiver
+            if receiver is None or conn.status is ConnectionStatus.HANDSHAKE:
+                return  # (the session ended, or the connection is not ready yet)
+            try:
+                receiver.pull(conn, bool(self.tcpls))
+            except TCPLSError as exc:  # the peer broke the rules (design: Alerts)
+                self._tls_failed(conn, exc)
+                return
+            except Exception as exc:  # a bug: report it cleanly, keep the traceback
+                logger.exception("internal error while processing frames")
+                self.fail(InternalError(f"internal error: {exc.__class__.__name__}: {exc}"))
+                return
+            if not tls.has_events:
+                return
+
+    def _apply_tls_events(self, conn: Connection) -> None:
         tls = conn.tls
         while (event := tls.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
@@ -274,6 +285,7 @@ class Links:
         self._timers.cancel(Timer.HANDSHAKE)
         self.last_activity = self.now
         self._app_keys = conn.tls.traffic_keys()
+        self.cipher_suite = self._app_keys[1].cipher_suite
         self.aead_limit = aead_record_limit(self._app_keys[1].cipher_suite)
         self.handshake_engine = conn.tls.engine
         if event.token is not None and self.is_client:
@@ -297,14 +309,6 @@ class Links:
     def _ready(self, conn: Connection) -> None:
         conn.status = ConnectionStatus.ACTIVE
         conn.last_receive = self.now
-        receiver = self._receiver
-        assert receiver is not None
-        if self.tcpls:
-            conn.tls.on_data = lambda content: receiver.record(conn, content)
-        else:
-            conn.tls.on_data = lambda content: receiver.plain(conn, content)
-        if self.tcpls is not None:
-            conn.tls.process_pending()  # records that came with the handshake
 
     def _close_notify(self, conn: Connection) -> None:
         # The peer sends no record on this connection any more, so no ACK: what we sent
@@ -571,13 +575,8 @@ class Links:
         self._events.append(SessionClosed(error))
 
     def _release(self) -> None:
-        """The session ended: free what can no longer be used (design: Ownership).
-
-        Out-of-order data can never be completed and unsent or unacknowledged data can
-        never be delivered; only what arrived in order stays, for the application to
-        read. The record handlers are dropped, so nothing ties the connections back
-        to the session.
-        """
+        """The session ended: keep only what arrived in order, for the application to
+        read, and nothing that ties the connections back to us (design: Ownership)."""
         self._streams.release()
         self._control.clear()
         self._receiver = None  # (it refers back to us)

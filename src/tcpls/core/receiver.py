@@ -106,6 +106,14 @@ class FrameReceiver:
 
     # ------------------------------------------------------------- the data path
 
+    def pull(self, conn: Connection, tcpls: bool) -> None:
+        """Read the records ``conn``'s TLS has, up to its next event (frame errors raise)."""
+        tls = conn.tls
+        handle = self.record if tcpls else self.plain
+        while (content := tls.read_record()) is not None:
+            if handle(conn, content):
+                tls.keep_record()  # a view of the record was kept: the next goes elsewhere
+
     def plain(self, conn: Connection, data: memoryview) -> bool:
         """Plain TLS: the record's bytes are the next bytes of stream 0."""
         conn.records_received += 1

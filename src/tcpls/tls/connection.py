@@ -18,11 +18,13 @@ no reference back to it, do the rest: the record layer (:mod:`tcpls.tls.layer`:
 keys, record buffers, writing the other records, alerts) and the handshake
 (:mod:`tcpls.tls.handshake`: the engine, handshake messages, joins).
 
-Decrypted application data is handed to ``on_data`` (a callable taking a
-``memoryview`` that is valid only during the call) as each record is opened:
-for plain TLS (design: Fallback) it is the bytestream, for TCPLS it is a record's
-frames. Input is held after the handshake until :meth:`~TLSConnection.process_pending`,
-so that the owner can install ``on_data`` first; without a handler, data is dropped.
+Once the handshake is complete, the owner pulls application data, one record at a
+time, with :meth:`~TLSConnection.read_record` (for plain TLS, design: Fallback, the
+bytestream; for TCPLS, a record's frames). Records wait in the reader until then, so
+the owner sees every event that came before a record (the handshake's completion, for
+one) before the record itself, and an error in what the owner does with a record is
+the owner's to handle. Handshake messages and alerts that come after the handshake are
+processed on the way.
 
 Four ways to start: :meth:`TLSConnection.client` and :meth:`TLSConnection.server`
 run a full handshake (a server also recognises joins when ``accept_joins``);
@@ -81,13 +83,8 @@ __all__ = ["ConnectionState", "TLSConnection"]
 
 logger = logging.getLogger(__name__)
 
-#: Bytes a connection keeps while its input is held after the handshake (beyond: it fails).
-_MAX_HELD = 1024 * 1024
 #: Where bytes that are dropped are read into.
 _DISCARD = memoryview(bytearray(4096))
-
-#: Receives decrypted application data; returns true if it kept a reference to the view.
-DataHandler = Callable[[memoryview], bool | None]
 
 
 class ConnectionState(Enum):
@@ -125,8 +122,6 @@ class TLSConnection:
         self.tcpls = False
         #: Whether this connection was joined to an existing session.
         self.joined = False
-        #: Handler of decrypted application data; see the module docstring.
-        self.on_data: DataHandler | None = None
         self.close_notify_received = False
         self.close_notify_sent = False
         #: The error that closed the connection, if any.
@@ -149,10 +144,10 @@ class TLSConnection:
         self._writer = layer.writer
         self._receive_buffer_size = receive_buffer_size
         self._events: deque[Event] = deque()
-        # Set when the handshake completes: stop reading records until the owner
-        # has seen HandshakeCompleted and installed its data handler.
-        self._hold_input = False
-        self._held_bytes = bytearray()
+        #: The peer's FIN arrived; TransportEnded is reported once the records before
+        #: it were read.
+        self._eof = False
+        self._ended = False
 
     # -- construction ----------------------------------------------------------
 
@@ -272,6 +267,11 @@ class TLSConnection:
         """The next event, or ``None``."""
         return self._events.popleft() if self._events else None
 
+    @property
+    def has_events(self) -> bool:
+        """Whether :meth:`next_event` has something."""
+        return bool(self._events)
+
     def data_to_send(self) -> bytes:
         """Bytes to write to the TCP connection (empty when there are none)."""
         return self._writer.take() if len(self._writer) else b""
@@ -297,22 +297,43 @@ class TLSConnection:
         self._process()
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Process bytes received from the TCP connection."""
+        """Process bytes received from the TCP connection (copying variant of
+        :meth:`buffer_updated`; after the handshake, read the records they complete
+        with :meth:`read_record` before the reader fills up)."""
         mv = memoryview(data)
         while mv and self.state is not ConnectionState.CLOSED:
             target = self._reader.get_buffer()
             n = min(len(target), len(mv))
             if n == 0:
-                if not self._hold_input or len(self._held_bytes) > _MAX_HELD:
-                    self._overflow()
-                    return
-                # the buffer is full while input is held (after the handshake):
-                # keep the rest until process_pending()
-                self._held_bytes += mv
+                self._overflow()
                 return
             target[:n] = mv[:n]
             mv = mv[n:]
             self.buffer_updated(n)
+
+    def read_record(self) -> memoryview | None:
+        """The content of the next application data record, or ``None`` when no complete
+        one is ready (or the connection failed: see :meth:`next_event`).
+
+        Handshake messages and alerts on the way are processed; reading stops at each
+        event they produce, so call :meth:`next_event` until ``None`` before the next
+        read. The view is valid until the next call, unless :meth:`keep_record` is
+        called: then it is the caller's.
+        """
+        try:
+            return self._process_records(True)
+        except NotTLSError as exc:
+            self._fail(NotTLSError(exc.sent, "server" if self.is_client else "client"))
+        except TCPLSError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a bug: report it cleanly, keep the traceback in the log
+            logger.exception("internal error while processing records")
+            self._fail(InternalError(f"internal error: {exc.__class__.__name__}: {exc}"))
+        return None
+
+    def keep_record(self) -> None:
+        """The caller keeps a view of the last record: decrypt the next one elsewhere."""
+        scratch.plain = memoryview(bytearray(MAX_PLAINTEXT + 256))
 
     def receive_eof(self) -> None:
         """The TCP connection delivered EOF (FIN)."""
@@ -324,7 +345,15 @@ class TLSConnection:
                 send_alert=False,
             )
             return
-        self._events.append(TransportEnded(close_notify_received=self.close_notify_received))
+        self._eof = True
+        if not self._reader.pending:
+            self._report_end()
+
+    def _report_end(self) -> None:
+        """EOF came and every record before it was read."""
+        if not self._ended:
+            self._ended = True
+            self._events.append(TransportEnded(close_notify_received=self.close_notify_received))
 
     # -- output ----------------------------------------------------------------
 
@@ -378,22 +407,8 @@ class TLSConnection:
             self._layer.send_cancel()
             self.state = ConnectionState.CLOSED
 
-    def process_pending(self) -> None:
-        """Resume reading records after :class:`HandshakeCompleted` (input is held until then).
-
-        Records that arrived with the last handshake message wait in the buffer so
-        that the owner can install ``on_data`` before application data is delivered.
-        """
-        if self._hold_input:
-            self._hold_input = False
-            self._process()
-            if self._held_bytes:
-                held, self._held_bytes = self._held_bytes, bytearray()
-                self.receive_data(held)
-
     def detach(self) -> None:
         """Drop every callback into the owner (its session ended): no reference cycles."""
-        self.on_data = None
         self.hello_check = None
         self._handshake.detach()
 
@@ -469,8 +484,9 @@ class TLSConnection:
     # -- internals: reading records --------------------------------------------
 
     def _process(self) -> None:
+        """Read the records that need no owner: the handshake's (see :meth:`read_record`)."""
         try:
-            self._process_records()
+            self._process_records(False)
         except NotTLSError as exc:
             self._fail(NotTLSError(exc.sent, "server" if self.is_client else "client"))
         except TCPLSError as exc:
@@ -479,19 +495,25 @@ class TLSConnection:
             logger.exception("internal error while processing records")
             self._fail(InternalError(f"internal error: {exc.__class__.__name__}: {exc}"))
 
-    def _process_records(self) -> None:
+    def _process_records(self, deliver: bool) -> memoryview | None:
+        """Read records until the reader runs out; once established, only when the owner
+        asks (``deliver``) and only up to the next application record or event."""
         reader = self._reader
         layer = self._layer
         handshake = self._handshake
         plain = scratch.plain
+        events = self._events
         while (
             self.state is not ConnectionState.CLOSED
             and self.state is not ConnectionState.JOIN_WAIT
-            and not self._hold_input
         ):
+            if self.state is ConnectionState.ESTABLISHED and (not deliver or events):
+                return None  # the owner reads the rest (after seeing the events)
             record = reader.next_record()
             if record is None:
-                return
+                if self._eof:
+                    self._report_end()
+                return None
             content_type, header, body = record
             if self.close_notify_received:
                 continue  # data after close_notify is ignored (RFC 8446 §6.1)
@@ -509,10 +531,7 @@ class TLSConnection:
                         raise UnexpectedMessage("application data before the handshake completed")
                     if handshake.ccs_allowed and self.joined:
                         handshake.ccs_allowed = False
-                    handler = self.on_data
-                    if handler is not None and handler(plain[:n]):
-                        # the handler kept a view of the record: use a new buffer
-                        scratch.plain = plain = memoryview(bytearray(MAX_PLAINTEXT + 256))
+                    return plain[:n]
                 elif inner_type == ContentType.handshake:
                     self._handle_handshake_fragment(plain[:n])
                 elif inner_type == ContentType.alert:
@@ -540,6 +559,7 @@ class TLSConnection:
                 raise UnexpectedMessage("application data before the handshake")
             else:
                 raise UnexpectedMessage(f"unknown record content type {content_type}")
+        return None
 
     def _handle_alert(self, body: memoryview) -> None:
         established = self.state is ConnectionState.ESTABLISHED
@@ -568,5 +588,3 @@ class TLSConnection:
         self.tcpls = completed.tcpls
         self.joined = completed.joined
         self._reader.max_capacity = max(self._reader.max_capacity, self._receive_buffer_size)
-        # Stop reading records until the owner has seen the event and installed on_data.
-        self._hold_input = True
