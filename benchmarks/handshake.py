@@ -220,8 +220,7 @@ async def _tcpls_join_server(control: Control, pki: Pki) -> None:
                 meter.start()
                 control.reply(None)
             elif command == "stats":
-                # joins = connection IDs used beyond the initial one (private core state)
-                joins = sum(len(s._core._used_connection_ids - {0}) for s in sessions)
+                joins = sum(s.connections_joined for s in sessions)
                 control.reply({**meter.stop(), "memory_mb": memory_mb(), **counts, "joins": joins})
             elif command == "stop":
                 return

@@ -53,8 +53,14 @@ def test_join_spreads_data_and_tokens_are_replenished(pki: DevPKI) -> None:
         async with await tcpls.serve(_digest_handler, "127.0.0.1", 0, config=server_config) as srv:
             async with tcpls.connect("127.0.0.1", srv.port, config=client_config) as session:
                 assert session.spare_tokens == 3
+                assert session.spare_token_sequences == (1, 2, 3)
+                assert session.connections_joined == 0
                 info = await session.join("127.0.0.1", srv.port)
                 assert info.id in (1, 2, 3) and session.spare_tokens == 2
+                assert info.id not in session.spare_token_sequences
+                assert session.connections_joined == 1
+                (served,) = srv.sessions
+                assert served.connections_joined == 1
                 payload = os.urandom(30 << 20)
                 assert await _upload(session, payload) == hashlib.sha256(payload).hexdigest()
                 sent = {c.id: c.bytes_sent for c in session.connections}

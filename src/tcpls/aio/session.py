@@ -159,6 +159,17 @@ class Session:
         """Client: join tokens available for more connections."""
         return len(self._core.tokens)
 
+    @property
+    def spare_token_sequences(self) -> tuple[int, ...]:
+        """Client: the sequence numbers of the spare join tokens (each becomes the
+        Connection ID of the connection it joins)."""
+        return tuple(sorted(self._core.tokens))
+
+    @property
+    def connections_joined(self) -> int:
+        """Connections that joined this session so far (the first one not counted)."""
+        return len(self._core.token_book.used_connection_ids) - 1
+
     async def join(
         self,
         host: str,

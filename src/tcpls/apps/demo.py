@@ -58,9 +58,9 @@ def _negotiated(session: tcpls.Session, title: str) -> Table:
         else "plain TLS 1.3 (fallback)",
     )
     table.add_row("cipher suite", session.cipher_suite or "?")
-    core = session._core
     if session.tcpls_negotiated:
-        table.add_row("join tokens received", ", ".join(f"#{s}" for s in sorted(core.tokens)))
+        tokens = session.spare_token_sequences
+        table.add_row("join tokens received", ", ".join(f"#{s}" for s in tokens))
     for info in session.connections:
         rtt = f"{info.rtt * 1000:.2f} ms" if info.rtt is not None else "n/a"
         local = f"{info.local_address[0]}:{info.local_address[1]}" if info.local_address else "?"
