@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from tcpls.core.connection import ConnectionStatus
 from tcpls.core.events import ConnectionRemoved, SessionEvent
-from tcpls.core.session import Session
+from tcpls.core.session import CoreSession
 from tcpls.wire.frames import StreamFrame
 from tests.core.harness import Harness, Link
 from tests.core.util import Record
@@ -58,10 +58,10 @@ class Flow:
         self.h = h
         self.directions: dict[tuple[str, int], _Direction] = {}
 
-    def _session(self, side: str) -> Session:
+    def _session(self, side: str) -> CoreSession:
         return self.h.client if side == "client" else self.h.server
 
-    def _peer(self, side: str) -> Session:
+    def _peer(self, side: str) -> CoreSession:
         return self.h.server if side == "client" else self.h.client
 
     def open(self, side: str) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from tcpls.config import ClientConfig, ServerConfig, SessionTuning
 from tcpls.core.endpoint import Accepted, PendingConnection, ServerEndpoint, client_session
 from tcpls.core.events import SessionEvent
-from tcpls.core.session import Session
+from tcpls.core.session import CoreSession
 from tcpls.devcert import DevPKI
 from tcpls.errors import ConnectionClosedError
 
@@ -35,7 +35,7 @@ class Link:
     """One simulated TCP connection (its server end is ``pending`` until accepted)."""
 
     client_id: int
-    server: Session | None
+    server: CoreSession | None
     server_id: int
     state: str = "up"  # up, reset, blackhole, stall, closed
     to_server: list[bytes] = field(default_factory=list)
@@ -102,7 +102,7 @@ class Harness:
         # the server's session exists once the client's first flight is accepted
         self.deliver_to_server(first, self.client.transmit(0, self.now))
         assert first.server is not None, "the server did not accept the ClientHello"
-        self.server: Session = first.server
+        self.server: CoreSession = first.server
 
     # -- driving -------------------------------------------------------------
 
@@ -153,7 +153,7 @@ class Harness:
                     moved = True
         return moved
 
-    def _feed(self, session: Session, cid: int, data: bytes, link: Link) -> None:
+    def _feed(self, session: CoreSession, cid: int, data: bytes, link: Link) -> None:
         """Deliver ``data`` as the I/O layer does: reads into ``get_buffer``."""
         limit = link.read_size or self.read_size
         view = memoryview(data)

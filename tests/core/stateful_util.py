@@ -42,7 +42,7 @@ from tcpls.config import SessionTuning
 from tcpls.core.connection import ConnectionStatus
 from tcpls.core.endpoint import Accepted
 from tcpls.core.events import ConnectionRemoved, SessionEvent
-from tcpls.core.session import Session, SessionState
+from tcpls.core.session import CoreSession, SessionState
 from tcpls.devcert import DevPKI
 from tcpls.errors import ConnectionClosedError, TCPLSError
 from tests.core.harness import Harness, Link
@@ -199,7 +199,7 @@ class NetHarness(Harness):
 
     # -- access ------------------------------------------------------------------
 
-    def session(self, side: Side) -> Session:
+    def session(self, side: Side) -> CoreSession:
         return self.client if side == "client" else self.server
 
     def net_links(self) -> Iterator[NetLink]:
@@ -207,7 +207,7 @@ class NetHarness(Harness):
             assert isinstance(link, NetLink)
             yield link
 
-    def _end(self, link: NetLink, side: Side) -> tuple[Session, int]:
+    def _end(self, link: NetLink, side: Side) -> tuple[CoreSession, int]:
         if side == "client":
             return self.client, link.client_id
         return link.server, link.server_id
@@ -220,7 +220,7 @@ class NetHarness(Harness):
                 return link
         return None
 
-    def _main(self, session: Session) -> Side | None:
+    def _main(self, session: CoreSession) -> Side | None:
         if session is self.client:
             return "client"
         if session is self.server:
@@ -543,7 +543,7 @@ class NetHarness(Harness):
 
     # -- time ---------------------------------------------------------------------------
 
-    def _sessions(self) -> list[Session]:
+    def _sessions(self) -> list[CoreSession]:
         sessions = [self.client]
         for link in self.net_links():
             if link.server not in sessions:
@@ -724,7 +724,7 @@ class NetHarness(Harness):
         link.state = "up"
 
 
-def _deadlines(session: Session) -> str:
+def _deadlines(session: CoreSession) -> str:
     """What makes up ``session.next_deadline()`` (for the message of a timer that spins)."""
     t = session.tuning
     parts = [f"{'client' if session.is_client else 'server'} {session.state.value}"]

@@ -9,7 +9,7 @@ import pytest
 
 from tcpls.core.connection import ConnectionStatus
 from tcpls.core.events import ConnectionRemoved, PeerClosed, SessionClosed, SessionEvent
-from tcpls.core.session import Session, SessionState
+from tcpls.core.session import CoreSession, SessionState
 from tcpls.devcert import DevPKI
 from tcpls.errors import ConnectionClosedError, TCPLSError
 from tcpls.wire.frames import Ack, StreamFrame
@@ -321,7 +321,7 @@ def test_removing_one_connection_waits_for_its_acks(pki: DevPKI) -> None:
     assert not h.client.closed and not h.server.closed
 
 
-def _pending(session: Session) -> list[SessionEvent]:
+def _pending(session: CoreSession) -> list[SessionEvent]:
     return drain_events(session)
 
 

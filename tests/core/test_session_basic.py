@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 
-from tcpls.core.events import HandshakeDone, StreamOpened
+from tcpls.core.events import SessionEstablished, StreamOpened
 from tcpls.devcert import DevPKI
 from tests.core.harness import Harness
 
@@ -11,7 +11,7 @@ def test_tcpls_handshake_and_tokens(pki: DevPKI) -> None:
     h = Harness(pki)
     h.pump()
     assert h.client.tcpls is True and h.server.tcpls is True
-    assert HandshakeDone(True) in h.client_events
+    assert SessionEstablished(True) in h.client_events
     # token 1 from EE, 2 and 3 from New Token frames (4 connections in all)
     assert sorted(h.client.tokens) == [1, 2, 3]
 

@@ -55,7 +55,7 @@ from hypothesis.stateful import (
 from tcpls.config import SessionTuning
 from tcpls.core.connection import ConnectionStatus
 from tcpls.core.events import StreamOpened
-from tcpls.core.session import Session, SessionState
+from tcpls.core.session import CoreSession, SessionState
 from tcpls.devcert import DevPKI
 from tcpls.errors import ConnectionClosedError, TCPLSError
 from tcpls.tls.record import RecordReader
@@ -162,7 +162,7 @@ class SessionMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ helpers
 
-    def _session(self, side: Side) -> Session:
+    def _session(self, side: Side) -> CoreSession:
         return self.h.session(side)
 
     def _open(self, side: Side) -> bool:
@@ -857,7 +857,7 @@ def test_a_connection_lost_before_its_close_notify_is_not_a_clean_close(pki: Dev
 
 # bug found by the stateful test
 def test_a_failover_does_not_make_a_receiving_session_idle(pki: DevPKI) -> None:
-    """Idleness is measured from when stream data last moved (``Session._activity``): what
+    """Idleness is measured from when stream data last moved (``CoreSession._activity``): what
     the session sent (``_last_activity``) or what arrived, as ``last_data`` of the
     connection it arrived on. A client that only receives loses that time with the
     connection: right after a failover, with no stream data since, it finds itself idle

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tcpls.config import SessionTuning
 from tcpls.core.events import StreamOpened
-from tcpls.core.session import Session
+from tcpls.core.session import CoreSession
 from tcpls.core.streams import CHUNK_OVERHEAD, HELD_OVERHEAD, ReceiveBuffer
 from tcpls.devcert import DevPKI
 from tcpls.errors import IllegalParameter
@@ -59,7 +59,7 @@ def test_streams_of_both_sides_are_opened_on_the_peer_in_order(pki: DevPKI) -> N
 # ---------------------------------------------------------------- interleaving
 
 
-def _interleave(session: Session, streams: dict[int, bytes], rng: random.Random) -> None:
+def _interleave(session: CoreSession, streams: dict[int, bytes], rng: random.Random) -> None:
     """Write the payloads in random-sized chunks, round robin over the streams."""
     cursors = dict.fromkeys(streams, 0)
     for sid, payload in streams.items():

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcpls.core.events import ConnectionRemoved, SessionClosed, SessionEvent
-from tcpls.core.session import Session
+from tcpls.core.session import CoreSession
 from tcpls.devcert import DevPKI
 from tcpls.errors import PeerAlert, TCPLSError
 from tcpls.tls.record import ContentType, RecordProtection
@@ -74,7 +74,7 @@ def established(pki: DevPKI, **kwargs: Any) -> Harness:
     return h
 
 
-def seal_raw(sender: Session, content: bytes, cid: int = 0) -> tuple[int, bytes]:
+def seal_raw(sender: CoreSession, content: bytes, cid: int = 0) -> tuple[int, bytes]:
     """Seal ``content`` as one application record of ``sender`` on ``cid``.
 
     Returns ``(sequence, bytes_to_deliver)``; anything the sender's TLS had already
@@ -85,13 +85,13 @@ def seal_raw(sender: Session, content: bytes, cid: int = 0) -> tuple[int, bytes]
     return seq, tls.data_to_send()
 
 
-def deliver_raw(h: Harness, receiver: Session, data: bytes, cid: int = 0) -> None:
+def deliver_raw(h: Harness, receiver: CoreSession, data: bytes, cid: int = 0) -> None:
     """Hand bytes to ``receiver`` as if they arrived on connection ``cid``."""
     receiver.receive_data(cid, data, h.now)
 
 
 def inject_raw(
-    h: Harness, sender: Session, receiver: Session, content: bytes, cid: int = 0
+    h: Harness, sender: CoreSession, receiver: CoreSession, content: bytes, cid: int = 0
 ) -> int:
     """Seal ``content`` with ``sender``'s keys and deliver it to ``receiver``; return its seq."""
     seq, data = seal_raw(sender, content, cid)
@@ -100,13 +100,13 @@ def inject_raw(
 
 
 def inject(
-    h: Harness, sender: Session, receiver: Session, frames: Iterable[Frame], cid: int = 0
+    h: Harness, sender: CoreSession, receiver: CoreSession, frames: Iterable[Frame], cid: int = 0
 ) -> int:
     """Seal ``frames`` as one record with ``sender``'s keys, deliver it to ``receiver``."""
     return inject_raw(h, sender, receiver, encode_frames(frames), cid)
 
 
-def _clone_read(receiver: Session, cid: int) -> RecordProtection:
+def _clone_read(receiver: CoreSession, cid: int) -> RecordProtection:
     read = receiver.connections[cid].tls.read_protection
     assert read is not None, "the receiver has no read keys on this connection yet"
     clone = RecordProtection(read.keys, read.connection_id)
@@ -129,7 +129,7 @@ def _open_all(protection: RecordProtection, data: bytes) -> list[Record]:
     return out
 
 
-def peek(receiver: Session, data: bytes, cid: int = 0) -> list[Record]:
+def peek(receiver: CoreSession, data: bytes, cid: int = 0) -> list[Record]:
     """Open the records in ``data`` as ``receiver`` would, without changing ``receiver``.
 
     ``data`` must be exactly what the peer emitted next on ``cid`` (whole records).
@@ -152,7 +152,7 @@ class Tap:
         self._wrap("client", h.client, h.server)
         self._wrap("server", h.server, h.client)
 
-    def _wrap(self, side: str, sender: Session, receiver: Session) -> None:
+    def _wrap(self, side: str, sender: CoreSession, receiver: CoreSession) -> None:
         clones = {cid: _clone_read(receiver, cid) for cid in receiver.connections}
         original = sender.transmit
 
@@ -180,7 +180,9 @@ def acks_in(records: Iterable[Record]) -> list[Ack]:
     return [f for f in frames_in(records) if isinstance(f, Ack)]
 
 
-def send_over(h: Harness, sender: Session, receiver: Session, cid: int = 0) -> list[Record]:
+def send_over(
+    h: Harness, sender: CoreSession, receiver: CoreSession, cid: int = 0
+) -> list[Record]:
     """``sender.transmit`` on ``cid``, open the records, deliver them; return the records."""
     data = sender.transmit(cid, h.now)
     if not data:
@@ -190,7 +192,7 @@ def send_over(h: Harness, sender: Session, receiver: Session, cid: int = 0) -> l
     return records
 
 
-def drain_events(session: Session) -> list[SessionEvent]:
+def drain_events(session: CoreSession) -> list[SessionEvent]:
     """The events ``session`` queued and nobody took yet (the harness takes them in pump)."""
     out: list[SessionEvent] = []
     while (ev := session.next_event()) is not None:
@@ -198,7 +200,7 @@ def drain_events(session: Session) -> list[SessionEvent]:
     return out
 
 
-def alerts_received(session: Session, events: Iterable[SessionEvent]) -> set[int]:
+def alerts_received(session: CoreSession, events: Iterable[SessionEvent]) -> set[int]:
     """Every fatal alert the peer sent that reached ``session``, as a connection error,
     a session error or the session's ``error``."""
     found: set[int] = set()
@@ -212,6 +214,6 @@ def alerts_received(session: Session, events: Iterable[SessionEvent]) -> set[int
     return found
 
 
-def closed_with(session: Session, kind: type[TCPLSError]) -> bool:
+def closed_with(session: CoreSession, kind: type[TCPLSError]) -> bool:
     """Whether ``session`` ended with an error of type ``kind``."""
     return session.closed and isinstance(session.error, kind)

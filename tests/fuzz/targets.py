@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from tcpls.config import ServerConfig, SessionTuning
 from tcpls.core.endpoint import PendingConnection, ServerEndpoint
 from tcpls.core.events import ConnectionRemoved, SessionClosed
-from tcpls.core.session import Session
+from tcpls.core.session import CoreSession
 from tcpls.devcert import DevPKI, make_test_pki
 from tcpls.errors import (
     AlertDescription,
@@ -613,7 +613,7 @@ def _drain_tls(tls: TLSConnection, on_event: Callable[[object], None] | None = N
             return
 
 
-def _session_of(pending: PendingConnection) -> Session | None:
+def _session_of(pending: PendingConnection) -> CoreSession | None:
     return pending.session
 
 
@@ -711,7 +711,7 @@ def tls_join_client(data: bytes) -> None:
 # --------------------------------------------------------------------------- 5. session
 
 
-def _session_errors(session: Session, events: list[object]) -> Iterator[object]:
+def _session_errors(session: CoreSession, events: list[object]) -> Iterator[object]:
     yield session.error
     for event in events:
         if isinstance(event, ConnectionRemoved | SessionClosed):
@@ -797,7 +797,7 @@ def session(data: bytes) -> None:
             ) from error
 
 
-def _check_error_list(session: Session, events: list[object], side: str) -> None:
+def _check_error_list(session: CoreSession, events: list[object], side: str) -> None:
     for error in _session_errors(session, events):
         _check_error(error, f"{side} session", peer_is_ours=True)
 

@@ -31,13 +31,13 @@ from tcpls.aio.streams import StreamReader, StreamSession, StreamWriter
 from tcpls.core.events import (
     ConnectionAdded,
     ConnectionRemoved,
-    HandshakeDone,
     PeerClosed,
     SessionClosed,
+    SessionEstablished,
     StreamOpened,
 )
 from tcpls.core.io import TransportAction
-from tcpls.core.session import Session as CoreSession
+from tcpls.core.session import CoreSession
 from tcpls.errors import ConnectionClosedError, TCPLSError, raisable
 
 __all__ = ["SessionDriver", "SessionObserver"]
@@ -350,7 +350,7 @@ class SessionDriver:
             if isinstance(event, StreamOpened):
                 if self.session is not None:
                     self.incoming.put_nowait(self._pair(event.stream_id, self.session))
-            elif isinstance(event, HandshakeDone):
+            elif isinstance(event, SessionEstablished):
                 if not event.tcpls and not core.is_client:
                     self._fallback_stream_taken = True
                     if self.session is not None:

@@ -18,7 +18,7 @@ import logging
 
 from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.sockets import set_user_timeout, tcp_info
-from tcpls.core.session import Session as CoreSession
+from tcpls.core.session import CoreSession
 
 __all__ = ["ZERO_WINDOW_TIMEOUT", "FlowGuard", "check_slow_peers"]
 

@@ -21,7 +21,7 @@ import asyncio
 from typing import Protocol
 
 from tcpls.core.endpoint import Accepted, PendingConnection
-from tcpls.core.session import Session as CoreSession
+from tcpls.core.session import CoreSession
 from tcpls.errors import ConnectionClosedError
 from tcpls.tls.connection import TLSConnection
 

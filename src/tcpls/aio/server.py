@@ -19,7 +19,7 @@ from tcpls.aio.driver import SessionDriver
 from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.session import Session
 from tcpls.core.endpoint import ServerEndpoint
-from tcpls.core.session import Session as CoreSession
+from tcpls.core.session import CoreSession
 from tcpls.errors import InternalError, TCPLSError
 from tcpls.tls.connection import TLSConnection
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from tcpls.core.session import Session as CoreSession
+from tcpls.core.session import CoreSession
 from tcpls.errors import ConnectionClosedError, raisable
 
 __all__ = ["StreamOwner", "StreamReader", "StreamSession", "StreamWriter"]

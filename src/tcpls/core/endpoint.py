@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from tcpls.config import ClientConfig, ServerConfig, parse_cipher_suites
 from tcpls.core.scheduler import SchedulerName
-from tcpls.core.session import Session
+from tcpls.core.session import CoreSession
 from tcpls.core.tokens import TokenRegistry
 from tcpls.errors import ConfigurationError, HandshakeCanceled, IllegalParameter, TCPLSError
 from tcpls.tls.connection import ConnectionState, TLSConnection
@@ -46,7 +46,7 @@ def client_session(
     *,
     scheduler: SchedulerName = "aggregate",
     reliable: bool = True,
-) -> Session:
+) -> CoreSession:
     """A client session for ``host``; call ``session.connections[0].tls.start()`` to begin."""
     config.check()
     server_name = config.server_name or host
@@ -68,7 +68,7 @@ def client_session(
     tls = TLSConnection.client(
         engine, codepoints=config.codepoints, max_record_size=config.tuning.max_record_size
     )
-    session = Session(
+    session = CoreSession(
         is_client=True,
         tuning=config.tuning,
         scheduler=scheduler,
@@ -96,7 +96,7 @@ class ServerEndpoint:
         self._chain, self._key = config.load_credentials()
         self._suites = parse_cipher_suites(config.cipher_suites)
         self.tickets = TicketStore() if config.session_tickets else None
-        self.registry: TokenRegistry[Session] = TokenRegistry()
+        self.registry: TokenRegistry[CoreSession] = TokenRegistry()
         path = keylog_path(config.keylog_file)
         self._keylog = KeyLog(path) if path else None
         #: Addresses advertised to every session, by address ID (design: Addresses).
@@ -127,16 +127,16 @@ class ServerEndpoint:
         """
         return PendingConnection(self)
 
-    def start_session(self, tls: TLSConnection) -> tuple[Session, HandshakeEngine]:
+    def start_session(self, tls: TLSConnection) -> tuple[CoreSession, HandshakeEngine]:
         """A session for the connection ``tls``, whose ClientHello starts a handshake
         (its connection 0), and the engine that runs that handshake."""
         session = self._make_session()
         session.add_connection(tls, 0)
         return session, self._make_engine(session)
 
-    def _make_session(self) -> Session:
+    def _make_session(self) -> CoreSession:
         config = self.config
-        session = Session(
+        session = CoreSession(
             is_client=False,
             tuning=config.tuning,
             scheduler=self.scheduler,
@@ -165,7 +165,7 @@ class ServerEndpoint:
         if refusal is not None:
             raise HandshakeCanceled(refusal)
 
-    def _make_engine(self, session: Session) -> HandshakeEngine:
+    def _make_engine(self, session: CoreSession) -> HandshakeEngine:
         config = self.config
         return HandshakeEngine(
             is_client=False,
@@ -181,7 +181,7 @@ class ServerEndpoint:
             keylog=self._keylog,
         )
 
-    def advertise(self, address: str, sessions: Iterable[Session] = ()) -> int:
+    def advertise(self, address: str, sessions: Iterable[CoreSession] = ()) -> int:
         """Advertise ``"ip:port"`` to new sessions and to ``sessions``; return its address ID."""
         host, port = parse_host_port(address)
         for address_id, known in self.advertised.items():
@@ -196,7 +196,7 @@ class ServerEndpoint:
             session.advertise_address(address_id, host, port)
         return address_id
 
-    def withdraw(self, address: str, sessions: Iterable[Session] = ()) -> None:
+    def withdraw(self, address: str, sessions: Iterable[CoreSession] = ()) -> None:
         """Stop advertising ``"ip:port"``; ``sessions`` get Remove Address (clients then close
         their connections to it, design: Addresses)."""
         target = parse_host_port(address)
@@ -208,7 +208,7 @@ class ServerEndpoint:
                 return
         raise ConfigurationError(f"{address} is not advertised")
 
-    def route_join(self, tls: TLSConnection, token: bytes) -> tuple[Session, int] | None:
+    def route_join(self, tls: TLSConnection, token: bytes) -> tuple[CoreSession, int] | None:
         """Hand the join waiting on ``tls`` to the session of ``token``.
 
         Returns ``(session, connection_id)``; ``None`` if the token is invalid,
@@ -231,7 +231,7 @@ class Accepted:
     """A pending connection now belongs to ``session`` as its connection ``connection_id``
     (0: its ClientHello started the session; otherwise a join)."""
 
-    session: Session
+    session: CoreSession
     connection_id: int
 
 
@@ -253,7 +253,7 @@ class PendingConnection:
     """
 
     def __init__(self, endpoint: ServerEndpoint) -> None:
-        self.session: Session | None = None
+        self.session: CoreSession | None = None
         self._endpoint = endpoint
         self.tls = endpoint._make_tls(self._start_session)
         #: Seconds the peer has to send its ClientHello.

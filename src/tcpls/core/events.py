@@ -1,7 +1,7 @@
 """Events a :class:`tcpls.core.session.Session` reports to its I/O layer.
 
 Stream readiness is not an event: the session keeps sets of stream IDs that
-became readable or writable (``Session.readable``, ``Session.writable``), which
+became readable or writable (``CoreSession.readable``, ``CoreSession.writable``), which
 costs nothing per record on the data path.
 """
 
@@ -14,9 +14,9 @@ from tcpls.errors import TCPLSError
 __all__ = [
     "ConnectionAdded",
     "ConnectionRemoved",
-    "HandshakeDone",
     "PeerClosed",
     "SessionClosed",
+    "SessionEstablished",
     "SessionEvent",
     "StreamOpened",
     "TokenReceived",
@@ -24,7 +24,7 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class HandshakeDone:
+class SessionEstablished:
     """The session is established; ``tcpls`` is false in plain TLS fallback (design: Fallback)."""
 
     tcpls: bool
@@ -72,7 +72,7 @@ class SessionClosed:
 
 
 SessionEvent = (
-    HandshakeDone
+    SessionEstablished
     | StreamOpened
     | TokenReceived
     | ConnectionAdded

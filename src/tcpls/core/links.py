@@ -28,9 +28,9 @@ from tcpls.core.connection import Connection, ConnectionStatus
 from tcpls.core.events import (
     ConnectionAdded,
     ConnectionRemoved,
-    HandshakeDone,
     PeerClosed,
     SessionClosed,
+    SessionEstablished,
     SessionEvent,
     TokenReceived,
 )
@@ -295,7 +295,7 @@ class Links:
             self._control.clear()  # New Address frames queued for a TCPLS session
             self._streams.use_plain_tls()
             self._tokens.revoke_all()
-        self._events.append(HandshakeDone(event.tcpls))
+        self._events.append(SessionEstablished(event.tcpls))
         self._ready(conn)
         self.replenish_tokens()
         for held in list(self.connections.values()):

@@ -9,9 +9,9 @@ the records out (:mod:`~tcpls.core.sender`) and the frames in
 time (:mod:`~tcpls.core.clock`, :mod:`~tcpls.core.timers`).
 
 It never touches a socket or a clock: the I/O layer passes bytes and the current time
-in (:meth:`Session.buffer_updated`, :meth:`Session.handle_timer`), and takes bytes per
-connection (:meth:`Session.transmit`, the pull model), events and the streams to wake
-out. :meth:`Session.next_deadline` says when to call :meth:`Session.handle_timer` next.
+in (:meth:`CoreSession.buffer_updated`, :meth:`CoreSession.handle_timer`), and takes bytes per
+connection (:meth:`CoreSession.transmit`, the pull model), events and the streams to wake
+out. :meth:`CoreSession.next_deadline` says when to call :meth:`CoreSession.handle_timer` next.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from tcpls.tls.connection import TLSConnection
 from tcpls.tls.engine import HandshakeEngine
 from tcpls.wire.frames import Frame
 
-__all__ = ["CONNECTION_COST", "SESSION_COST", "Session", "SessionState"]
+__all__ = ["CONNECTION_COST", "SESSION_COST", "CoreSession", "SessionState"]
 
 
-class Session:
+class CoreSession:
     """A TCPLS (or plain TLS) session, sans-I/O. See the module docstring."""
 
     #: Whether the session ended.
@@ -101,7 +101,7 @@ class Session:
         tuning: SessionTuning | None = None,
         scheduler: SchedulerName = "aggregate",
         max_connections: int = 4,
-        token_registry: TokenRegistry[Session] | None = None,
+        token_registry: TokenRegistry[CoreSession] | None = None,
         reliable: bool = True,
         server_name: str | None = None,
     ) -> None:
