@@ -16,32 +16,16 @@ the other and nothing else in the data path asks which.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 
 from tcpls.config import SessionTuning
 from tcpls.core.connection import Connection, LogEntry, StreamRef
 from tcpls.core.streamset import StreamSet
 from tcpls.errors import IllegalParameter
-from tcpls.wire.frames import ACK_SIZE, Ack, Frame, FrameType
+from tcpls.wire.frames import Ack, Frame
+from tcpls.wire.layout import write_ack_into
 
 __all__ = ["AckTracker", "NoAcks"]
-
-#: Highest Record Sequence, Connection ID, Type (design: Frame layout).
-_ACK = struct.Struct(">QIB")
-assert _ACK.size == ACK_SIZE
-
-
-def pack_ack(view: memoryview, pos: int, connection_id: int, highest: int) -> int:
-    """Write an ACK frame at ``pos``; returns the position after it."""
-    _ACK.pack_into(view, pos, highest, connection_id, FrameType.ACK)
-    return pos + ACK_SIZE
-
-
-def unpack_ack(content: memoryview, pos: int = 0) -> tuple[int, int]:
-    """``(connection_id, highest)`` of the ACK frame at ``pos``."""
-    highest, connection_id, _ = _ACK.unpack_from(content, pos)
-    return connection_id, highest
 
 
 class AckTracker:
@@ -107,7 +91,7 @@ class AckTracker:
         pos = 0
         for c in list(self.pending):
             if c.ack_due(now):
-                pos = pack_ack(view, pos, c.id, c.highest_received)
+                pos = write_ack_into(view, pos, c.id, c.highest_received)
                 self._sent(c)
                 del self.pending[c]
         return pos
