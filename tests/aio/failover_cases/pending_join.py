@@ -1,24 +1,24 @@
 """A failover case (it used to fail): a join under way held back the rejoin.
 
-Run: ``.venv/bin/python -m tests.aio.failover_cases.pending_join`` (loopback, no root needed).
+Run: ``.venv/bin/python -m tests.aio.failover_cases.pending_join`` (loopback, no root
+needed).
 
-Two paths to one server, each a TCP proxy. The session runs over A. The application joins
-B, but B is dead in a way the TCP handshake does not show (the proxy accepts, then
-forwards nothing: a blackholed path after the SYN, a middlebox): the join waits for its
-handshake timeout (``timeout``, by default ``handshake_timeout``: 10 s). Meanwhile A is
-reset, and comes back at once. The session now has no active connection, only the join in
-progress, and ``Session._handle_events`` starts the rejoin only when ``core.connections``
-is empty: the session waits for the join to B to time out before it tries A again. Then
-the rejoin tries B first (the address joined last), which costs one more attempt timeout
-(max(1, 2 x user timeout) = 4 s by default) and one more token, and only then A. A
-download would stall about 10 s although A works all along. (The chaos test saw 3 s of a
-7.8 s stall this way, with a 4 s join timeout.) Each join whose ClientHello was sent is a
-spent token: a few such joins in a row exhaust the 3 spare tokens of a session
-(``max_connections`` 4), and a client without a connection and without a token ends its
-session at once.
+Two paths to one server, each a TCP proxy. The session runs over A. The application joins B,
+but B is dead in a way the TCP handshake does not show (the proxy accepts, then forwards
+nothing: a blackholed path after the SYN, a middlebox): the join waits for its handshake
+timeout (``timeout``, by default ``handshake_timeout``: 10 s). Meanwhile A is reset, and
+comes back at once. The session now has no active connection, only the join in progress, and
+``SessionDriver._connection_removed`` started the rejoin only when ``core.connections`` was
+empty: the session waits for the join to B to time out before it tries A again. Then the
+rejoin tries B first (the address joined last), which costs one more attempt timeout (max(1,
+2 x user timeout) = 4 s by default) and one more token, and only then A. A download would
+stall about 10 s although A works all along. (The chaos test saw 3 s of a 7.8 s stall this
+way, with a 4 s join timeout.) Each join whose ClientHello was sent is a spent token: a few
+such joins in a row exhaust the 3 spare tokens of a session (``max_connections`` 4), and a
+client without a connection and without a token ends its session at once.
 
-Expected: when no connection can carry data, the session rejoins at once, whatever joins
-are still under way.
+Expected: when no connection can carry data, the session rejoins at once, whatever joins are
+still under way.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ address the server advertises, ``ServerConfig.advertise``). Path A is down when 
 starts, so it connects over B; it asks to join A too (``session.join``), which fails at
 once (connection refused: the path is down). Then A comes back and B goes down (its
 connections reset, new ones refused). The session, left without a connection, rejoins
-(``Session._rejoin``): it tries the advertised addresses, then the ones it connected to
+(``Joins._rejoin``): it tries the advertised addresses, then the ones it connected to
 (``_join_targets``, appended only once a TCP connect succeeded), so only B, again and
 again, never A, until ``rejoin_timeout`` (30 s) ends the session. The chaos test saw 17-18 s
 stalls this way, while A was up.
