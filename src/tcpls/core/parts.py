@@ -1,30 +1,30 @@
-"""Attributes of the session facade that one of its parts owns."""
+"""Attributes of the session facade that one of its parts owns.
+
+They are read on the data path, so each is a ``property`` over a C getter
+(:func:`operator.attrgetter`): reading ``session.closed`` costs what reading
+``session.links.closed`` does, not a Python call.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from operator import attrgetter
+from typing import Any
 
-__all__ = ["Part"]
-
-T = TypeVar("T")
-
-
-class Part(Generic[T]):
-    """An attribute of the session that one of its parts owns (read-only here)."""
-
-    __slots__ = ("_name", "_part")
-
-    def __init__(self, part: str, name: str) -> None:
-        self._part = part
-        self._name = name
-
-    def __get__(self, session: Any, owner: type | None = None) -> T:
-        value: T = getattr(getattr(session, self._part), self._name)
-        return value
+__all__ = ["part", "writable_part"]
 
 
-class WritablePart(Part[T]):
-    """An attribute of the session that one of its parts owns, settable through it."""
+def part(path: str, doc: str) -> Any:
+    """A read-only attribute of the session: the attribute ``path`` of one of its parts
+    (``"links.closed"``)."""
+    return property(attrgetter(path), doc=doc)
 
-    def __set__(self, session: Any, value: T) -> None:
-        setattr(getattr(session, self._part), self._name, value)
+
+def writable_part(path: str, doc: str) -> Any:
+    """An attribute of the session that sets the attribute ``path`` of one of its parts."""
+    owner_path, _, name = path.rpartition(".")
+    owner = attrgetter(owner_path)
+
+    def set_part(session: object, value: object) -> None:
+        setattr(owner(session), name, value)
+
+    return property(attrgetter(path), set_part, doc=doc)

@@ -28,12 +28,10 @@ from tcpls.core.io import IODuties
 from tcpls.core.joins import TokenBook
 from tcpls.core.links import CONNECTION_COST, SESSION_COST, Links, SessionState
 from tcpls.core.liveness import Liveness
-from tcpls.core.parts import Part as _Part
-from tcpls.core.parts import WritablePart as _WritablePart
+from tcpls.core.parts import part, writable_part
 from tcpls.core.receiver import FrameReceiver
 from tcpls.core.scheduler import Scheduler, SchedulerName
 from tcpls.core.sender import RecordSender
-from tcpls.core.streams import Stream
 from tcpls.core.streamset import StreamSet
 from tcpls.core.timers import TimerSet
 from tcpls.core.tokens import TokenRegistry
@@ -48,51 +46,38 @@ __all__ = ["CONNECTION_COST", "SESSION_COST", "CoreSession", "SessionState"]
 class CoreSession:
     """A TCPLS (or plain TLS) session, sans-I/O. See the module docstring."""
 
-    #: Whether the session ended.
-    closed = _Part[bool]("links", "closed")
-    state = _Part[SessionState]("links", "state")
-    #: ``True`` for TCPLS, ``False`` for plain TLS fallback, ``None`` during the handshake.
-    tcpls = _Part[bool | None]("links", "tcpls")
-    #: Why the session ended (``None``: cleanly, or not ended).
-    error = _Part[TCPLSError | None]("links", "error")
-    #: The peer sent close_notify on every connection it has.
-    peer_closed = _Part[bool]("links", "peer_closed")
-    #: The TCP connections by Connection ID.
-    connections = _Part[dict[int, Connection]]("links", "connections")
-    close_requested = _Part[bool]("links", "close_requested")
-    session_tickets = _Part[list[object]]("links", "session_tickets")
-    #: The engine that ran the handshake (for the exporter), kept after failover.
-    handshake_engine = _Part[HandshakeEngine | None]("links", "handshake_engine")
-    max_connections = _Part[int]("links", "max_connections")
-    #: The streams by ID.
-    streams = _Part[dict[int, Stream]]("stream_set", "table")
-    #: Stream IDs whose readers may have something new (the I/O layer clears it).
-    readable = _Part[set[int]]("stream_set", "readable")
-    #: Stream IDs whose writers may go on (the I/O layer clears it).
-    writable = _Part[set[int]]("stream_set", "writable")
-    #: Memory of the out-of-order stream data held for reassembly, all streams.
-    reassembly_held = _Part[int]("stream_set", "reassembly_held")
-    #: Memory of the in-order stream data the application has not read, all streams.
-    receive_buffered = _Part[int]("stream_set", "receive_buffered")
-    #: Bytes the application wrote on all streams that never left yet.
-    send_pending_total = _Part[int]("stream_set", "send_pending")
-    #: Stream bytes sent and not yet acknowledged, over all connections.
-    unacked_bytes = _Part[int]("acks", "unacked_bytes")
-    #: Whether records are kept until acknowledged (off only to measure what it costs).
-    reliable = _Part[bool]("acks", "logs")
-    #: Client: spare join tokens by sequence number.
-    tokens = _Part[dict[int, bytes]]("token_book", "spare")
-    #: Addresses the peer advertised (design: Addresses), by address ID.
-    peer_addresses = _Part[dict[int, tuple[str, int]]]("addresses", "peer")
-    #: Addresses the peer withdrew: no new connection may go to them (draft-04 §5.2.8).
-    withdrawn_addresses = _Part[set[tuple[str, int]]]("addresses", "withdrawn")
-    #: Records sealed with the session's application keys, over all connections.
-    records_sealed = _Part[int]("sender", "records_sealed")
-    #: The time of the last input, output or timer call.
-    now = _WritablePart[float]("links", "now")
-    #: Client: the I/O layer joins a new connection when the last one fails
-    #: (break-before-make); without it the session ends with the last connection.
-    rejoin = _WritablePart[bool]("links", "rejoin")
+    closed: bool = part("links.closed", "Whether the session ended.")
+    state: SessionState = part("links.state", "Where the session is in its life cycle.")
+    tcpls: bool | None = part("links.tcpls", "TCPLS (True), plain TLS (False), or None yet.")
+    error: TCPLSError | None = part("links.error", "Why the session ended (None: cleanly).")
+    peer_closed: bool = part("links.peer_closed", "The peer sent close_notify everywhere.")
+    close_requested: bool = part("links.close_requested", "The application asked to close.")
+    handshake_engine: HandshakeEngine | None = part(
+        "links.handshake_engine", "The engine that ran the handshake (for the exporter)."
+    )
+    max_connections: int = part("links.max_connections", "TCP connections allowed at once.")
+    readable: set[int] = part("stream_set.readable", "Streams whose readers to wake.")
+    writable: set[int] = part("stream_set.writable", "Stream IDs whose writers may go on.")
+    reassembly_held: int = part(
+        "stream_set.reassembly_held", "Memory of the out-of-order data held, all streams."
+    )
+    receive_buffered: int = part(
+        "stream_set.receive_buffered", "Memory of the unread in-order data, all streams."
+    )
+    send_pending_total: int = part(
+        "stream_set.send_pending", "Bytes written on all streams that never left yet."
+    )
+    unacked_bytes: int = part(
+        "acks.unacked_bytes", "Stream bytes sent and not acknowledged, all connections."
+    )
+    reliable: bool = part(
+        "acks.logs", "Whether records are kept until acknowledged (off only to measure it)."
+    )
+    records_sealed: int = part(
+        "sender.records_sealed", "Records sealed with the session's keys, all connections."
+    )
+    now: float = writable_part("links.now", "The time of the last input, output or timer.")
+    rejoin: bool = writable_part("links.rejoin", "Client: join again after the last failed.")
 
     def __init__(
         self,
@@ -135,6 +120,18 @@ class CoreSession:
             is_client, self.links, self.stream_set, self.acks, self.token_book, self.addresses
         )
         self.links.attach(self.receiver)
+        #: The TCP connections by Connection ID (owned by the links).
+        self.connections = self.links.connections
+        #: The streams by ID (owned by the stream set).
+        self.streams = self.stream_set.table
+        #: Client: spare join tokens by sequence number (owned by the token book).
+        self.tokens = self.token_book.spare
+        #: Addresses the peer advertised, by address ID (design: Addresses).
+        self.peer_addresses = self.addresses.peer
+        #: Addresses the peer withdrew: no new connection may go to them (draft-04 §5.2.8).
+        self.withdrawn_addresses = self.addresses.withdrawn
+        #: Session tickets received (client).
+        self.session_tickets = self.links.session_tickets
         #: What the I/O layer must do (wakeups, EOF, closing transports) and small views.
         self.io = IODuties(self.links, self.stream_set, tuning)
         self.clock = SessionClock(
@@ -201,13 +198,13 @@ class CoreSession:
         timer is used (design: Closing).
         """
         if now is not None:
-            self.now = now
+            self.links.now = now
         self.links.close()
 
     # ------------------------------------------------------------------ input
 
     def _touch(self, now: float) -> None:
-        self.now = now
+        self.links.now = now
         self.clock.touched(now)
 
     def get_buffer(self, connection_id: int) -> memoryview:
@@ -248,7 +245,7 @@ class CoreSession:
 
     def receive_eof(self, connection_id: int, now: float) -> None:
         """A connection delivered EOF."""
-        self.now = now
+        self.links.now = now
         conn = self.connections.get(connection_id)
         if conn is not None:
             conn.tls.receive_eof()
@@ -256,14 +253,14 @@ class CoreSession:
 
     def connection_lost(self, connection_id: int, error: TCPLSError | None, now: float) -> None:
         """The TCP connection is gone (reset, timeout, or closed after EOF)."""
-        self.now = now
+        self.links.now = now
         conn = self.connections.get(connection_id)
         if conn is not None:
             self.links.lost(conn, error)
 
     def fail_connection(self, connection_id: int, error: TCPLSError, now: float) -> None:
         """The I/O layer detected a dead connection (timeout, unanswered Ping)."""
-        self.now = now
+        self.links.now = now
         conn = self.connections.get(connection_id)
         if conn is not None:
             self.links.connection_failed(conn, error)
@@ -342,7 +339,7 @@ class CoreSession:
 
     def transmit(self, connection_id: int, now: float, budget: int = 256 * 1024) -> bytes:
         """Records for this connection, up to about ``budget`` bytes; ``b""`` if none."""
-        self.now = now
+        self.links.now = now
         conn = self.connections.get(connection_id)
         return b"" if conn is None else self.sender.transmit(conn, now, budget)
 
@@ -356,19 +353,19 @@ class CoreSession:
         """Run the timers that expired (the I/O layer then transmits): delayed ACKs,
         Ping probes and failure detection, the handshake, close, idle and rejoin
         deadlines, and giving record buffers back after a second without I/O."""
-        self.now = now
+        self.links.now = now
         self.clock.handle_timer(now)
 
     def set_reading_paused(self, paused: bool, now: float) -> None:
         """The I/O layer paused (or resumed) reading every connection (backpressure):
         probes wait meanwhile (:meth:`Liveness.set_reading_paused`)."""
-        self.now = now
+        self.links.now = now
         self.liveness.set_reading_paused(paused, now, self.connections.values())
 
     def set_peer_slow(self, connection_id: int, now: float) -> None:
         """The I/O layer saw TCP deliver our unanswered Ping: the peer is slow, not gone
         (:meth:`Liveness.peer_slow`; design: Failure detection)."""
-        self.now = now
+        self.links.now = now
         conn = self.connections.get(connection_id)
         if conn is not None:
             self.liveness.peer_slow(conn)
@@ -378,7 +375,7 @@ class CoreSession:
     ) -> None:
         """The I/O layer saw the peer's TCP window closed (or open again) on a connection."""
         if now is not None:
-            self.now = now
+            self.links.now = now
         conn = self.connections.get(connection_id)
         if conn is not None:
             self.liveness.flow_blocked(conn, blocked, self.now)

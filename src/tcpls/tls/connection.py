@@ -292,9 +292,11 @@ class TLSConnection:
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` were written into :meth:`get_buffer`; process them."""
+        """``nbytes`` were written into :meth:`get_buffer`; process them (once the
+        handshake is complete, the owner reads them with :meth:`read_record`)."""
         self._reader.buffer_updated(nbytes)
-        self._process()
+        if self.state is not ConnectionState.ESTABLISHED:
+            self._process()
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Process bytes received from the TCP connection (copying variant of
