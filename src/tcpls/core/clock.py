@@ -74,10 +74,15 @@ class SessionClock:
         links = self._links
         if links.closed:
             return None  # a closed session runs no timer
-        deadlines = [self.timers.next(), self._acks.next_deadline(), self._idle_deadline()]
-        if links.tcpls:
-            deadlines.append(self._liveness.next_deadline(links.connections.values()))
-        return min((d for d in deadlines if d is not None), default=None)
+        earliest = self.timers.next()
+        for deadline in (
+            self._acks.next_deadline(),
+            self._idle_deadline(),
+            self._liveness.next_deadline(links.connections.values()) if links.tcpls else None,
+        ):
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         """Run the timers that expired (the I/O layer then transmits)."""

@@ -108,6 +108,8 @@ class Links:
         self._receiver: FrameReceiver | None = None
         self.connections: dict[int, Connection] = {}
         self.state = SessionState.HANDSHAKE
+        #: Whether the session ended (``state`` is ``CLOSED``).
+        self.closed = False
         #: ``True`` for TCPLS, ``False`` for plain TLS fallback, ``None`` during the handshake.
         self.tcpls: bool | None = None
         self.error: TCPLSError | None = None
@@ -134,11 +136,6 @@ class Links:
     def attach(self, receiver: FrameReceiver) -> None:
         """The receiver that takes the records of the connections (it reports back here)."""
         self._receiver = receiver
-
-    @property
-    def closed(self) -> bool:
-        """Whether the session ended."""
-        return self.state is SessionState.CLOSED
 
     def check_open(self, *, writing: bool = False) -> None:
         """Raise unless the application may use the streams (``writing``: and write)."""
@@ -566,6 +563,7 @@ class Links:
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
+        self.closed = True
         self._timers.clear()
         if error is not None:
             error.__traceback__ = None  # kept in error: it must not hold frames alive

@@ -110,7 +110,7 @@ class FrameReceiver:
         """Read the records ``conn``'s TLS has, up to its next event (frame errors raise)."""
         tls = conn.tls
         handle = self.record if tcpls else self.plain
-        while (content := tls.read_record()) is not None:
+        for content in tls.records():
             if handle(conn, content):
                 tls.keep_record()  # a view of the record was kept: the next goes elsewhere
 

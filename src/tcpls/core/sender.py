@@ -284,6 +284,8 @@ class RecordSender:
         unacked = acks.unacked_bytes
         cap = self.tuning.max_unacked_bytes
         sent = logged = 0
+        first = stream.send_next
+        fin = False
         while tls.pending_output < budget and unacked + logged < cap:
             offset = stream.send_next
             pending = send.end - offset
@@ -293,13 +295,16 @@ class RecordSender:
             fin = stream.fin_queued and n == pending
             send.copy_into(offset, n, view)
             seq = tls.seal_staged(write_stream_header_into(view, n, sid, offset, n, fin), False)
-            streams.sent(stream, offset, n, fin, now)
+            stream.send_next = offset + n
             sent += 1
             if log is not None:
                 log.append((seq, [(sid, offset, n, fin)], None))
                 logged += n
             else:
                 acks.record_sent(conn, seq, [(sid, offset, n, fin)], None)
+        # what left, reported once: the bytes pending only go down, so the writer's
+        # half-buffer mark is crossed in this batch exactly when it is across all of it
+        streams.sent(stream, first, stream.send_next - first, fin, now)
         acks.logged(logged)
         conn.records_sent += sent
         self.records_sealed += sent

@@ -19,7 +19,7 @@ keys, record buffers, writing the other records, alerts) and the handshake
 (:mod:`tcpls.tls.handshake`: the engine, handshake messages, joins).
 
 Once the handshake is complete, the owner pulls application data, one record at a
-time, with :meth:`~TLSConnection.read_record` (for plain TLS, design: Fallback, the
+time, with :meth:`~TLSConnection.records` (for plain TLS, design: Fallback, the
 bytestream; for TCPLS, a record's frames). Records wait in the reader until then, so
 the owner sees every event that came before a record (the handshake's completion, for
 one) before the record itself, and an error in what the owner does with a record is
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 
 from tcpls.errors import (
@@ -293,7 +293,7 @@ class TLSConnection:
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were written into :meth:`get_buffer`; process them (once the
-        handshake is complete, the owner reads them with :meth:`read_record`)."""
+        handshake is complete, the owner reads them with :meth:`records`)."""
         self._reader.buffer_updated(nbytes)
         if self.state is not ConnectionState.ESTABLISHED:
             self._process()
@@ -301,7 +301,7 @@ class TLSConnection:
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Process bytes received from the TCP connection (copying variant of
         :meth:`buffer_updated`; after the handshake, read the records they complete
-        with :meth:`read_record` before the reader fills up)."""
+        with :meth:`records` before the reader fills up)."""
         mv = memoryview(data)
         while mv and self.state is not ConnectionState.CLOSED:
             target = self._reader.get_buffer()
@@ -313,25 +313,20 @@ class TLSConnection:
             mv = mv[n:]
             self.buffer_updated(n)
 
-    def read_record(self) -> memoryview | None:
-        """The content of the next application data record, or ``None`` when no complete
-        one is ready (or the connection failed: see :meth:`next_event`).
+    def records(self) -> Iterator[memoryview]:
+        """The content of each complete application data record, in order: how the owner
+        reads once the handshake is complete.
 
-        Handshake messages and alerts on the way are processed; reading stops at each
-        event they produce, so call :meth:`next_event` until ``None`` before the next
-        read. The view is valid until the next call, unless :meth:`keep_record` is
-        called: then it is the caller's.
+        Handshake messages and alerts on the way are processed; iteration stops at each
+        event they produce (read the events with :meth:`next_event`, then iterate again)
+        and when no complete record is left. Each view is valid until the next one is
+        taken, unless :meth:`keep_record` is called: then it is the caller's.
         """
-        try:
-            return self._process_records(True)
-        except NotTLSError as exc:
-            self._fail(NotTLSError(exc.sent, "server" if self.is_client else "client"))
-        except TCPLSError as exc:
-            self._fail(exc)
-        except Exception as exc:  # a bug: report it cleanly, keep the traceback in the log
-            logger.exception("internal error while processing records")
-            self._fail(InternalError(f"internal error: {exc.__class__.__name__}: {exc}"))
-        return None
+        return self._records(True)
+
+    def read_record(self) -> memoryview | None:
+        """The next record of :meth:`records`, or ``None``."""
+        return next(self.records(), None)
 
     def keep_record(self) -> None:
         """The caller keeps a view of the last record: decrypt the next one elsewhere."""
@@ -486,9 +481,81 @@ class TLSConnection:
     # -- internals: reading records --------------------------------------------
 
     def _process(self) -> None:
-        """Read the records that need no owner: the handshake's (see :meth:`read_record`)."""
+        """Read the records that need no owner: the handshake's (see :meth:`records`)."""
+        for _ in self._records(False):
+            pass  # (no application data before the handshake completes)
+
+    def _records(self, deliver: bool) -> Iterator[memoryview]:
+        """Read records until the reader runs out; once established, only when the owner
+        asks (``deliver``), yielding application records, up to the next event. A
+        protocol violation fails the connection (its alert, ConnectionFailed)."""
+        reader = self._reader
+        layer = self._layer
+        handshake = self._handshake
+        plain = scratch.plain
+        events = self._events
         try:
-            self._process_records(False)
+            while (
+                self.state is not ConnectionState.CLOSED
+                and self.state is not ConnectionState.JOIN_WAIT
+            ):
+                if self.state is ConnectionState.ESTABLISHED and (not deliver or events):
+                    return  # the owner reads the rest (after seeing the events)
+                record = reader.next_record()
+                if record is None:
+                    if self._eof:
+                        self._report_end()
+                    return
+                content_type, header, body = record
+                if self.close_notify_received:
+                    continue  # data after close_notify is ignored (RFC 8446 §6.1)
+                protection = layer.read
+                if content_type == ContentType.application_data and protection is not None:
+                    if layer.early_data_skip and layer.skip_early_data(
+                        protection, header, body, plain
+                    ):
+                        continue
+                    inner_type, n = protection.open_into(header, body, plain)
+                    if n > MAX_PLAINTEXT:
+                        raise RecordOverflow("protected record content exceeds 2^14 bytes")
+                    if inner_type == ContentType.application_data:
+                        if self.state is not ConnectionState.ESTABLISHED:
+                            raise UnexpectedMessage(
+                                "application data before the handshake completed"
+                            )
+                        if handshake.ccs_allowed and self.joined:
+                            handshake.ccs_allowed = False
+                        yield plain[:n]
+                        plain = scratch.plain  # (a new buffer if the owner kept that one)
+                    elif inner_type == ContentType.handshake:
+                        self._handle_handshake_fragment(plain[:n])
+                    elif inner_type == ContentType.alert:
+                        self._handle_alert(plain[:n])
+                    else:
+                        raise UnexpectedMessage(f"unexpected inner content type {inner_type}")
+                elif content_type == ContentType.change_cipher_spec:
+                    if len(body) != 1 or body[0] != 1:
+                        raise UnexpectedMessage("ChangeCipherSpec with a wrong body")
+                    if not handshake.ccs_allowed:
+                        raise UnexpectedMessage("ChangeCipherSpec outside the handshake")
+                elif content_type == ContentType.alert and self.state is not (
+                    ConnectionState.ESTABLISHED
+                ):
+                    # Plaintext alerts are accepted during the handshake: a peer that
+                    # failed before it had our keys cannot protect them.
+                    self._handle_alert(body)
+                elif content_type == ContentType.handshake and protection is None:
+                    if len(body) > MAX_PLAINTEXT:
+                        raise RecordOverflow("plaintext record exceeds 2^14 bytes")
+                    self._handle_handshake_fragment(body)
+                elif content_type in (ContentType.handshake, ContentType.alert):
+                    raise UnexpectedMessage(
+                        f"unprotected record of type {content_type} after keys"
+                    )
+                elif content_type == ContentType.application_data:
+                    raise UnexpectedMessage("application data before the handshake")
+                else:
+                    raise UnexpectedMessage(f"unknown record content type {content_type}")
         except NotTLSError as exc:
             self._fail(NotTLSError(exc.sent, "server" if self.is_client else "client"))
         except TCPLSError as exc:
@@ -496,72 +563,6 @@ class TLSConnection:
         except Exception as exc:  # a bug: report it cleanly, keep the traceback in the log
             logger.exception("internal error while processing records")
             self._fail(InternalError(f"internal error: {exc.__class__.__name__}: {exc}"))
-
-    def _process_records(self, deliver: bool) -> memoryview | None:
-        """Read records until the reader runs out; once established, only when the owner
-        asks (``deliver``) and only up to the next application record or event."""
-        reader = self._reader
-        layer = self._layer
-        handshake = self._handshake
-        plain = scratch.plain
-        events = self._events
-        while (
-            self.state is not ConnectionState.CLOSED
-            and self.state is not ConnectionState.JOIN_WAIT
-        ):
-            if self.state is ConnectionState.ESTABLISHED and (not deliver or events):
-                return None  # the owner reads the rest (after seeing the events)
-            record = reader.next_record()
-            if record is None:
-                if self._eof:
-                    self._report_end()
-                return None
-            content_type, header, body = record
-            if self.close_notify_received:
-                continue  # data after close_notify is ignored (RFC 8446 §6.1)
-            protection = layer.read
-            if content_type == ContentType.application_data and protection is not None:
-                if layer.early_data_skip and layer.skip_early_data(
-                    protection, header, body, plain
-                ):
-                    continue
-                inner_type, n = protection.open_into(header, body, plain)
-                if n > MAX_PLAINTEXT:
-                    raise RecordOverflow("protected record content exceeds 2^14 bytes")
-                if inner_type == ContentType.application_data:
-                    if self.state is not ConnectionState.ESTABLISHED:
-                        raise UnexpectedMessage("application data before the handshake completed")
-                    if handshake.ccs_allowed and self.joined:
-                        handshake.ccs_allowed = False
-                    return plain[:n]
-                elif inner_type == ContentType.handshake:
-                    self._handle_handshake_fragment(plain[:n])
-                elif inner_type == ContentType.alert:
-                    self._handle_alert(plain[:n])
-                else:
-                    raise UnexpectedMessage(f"unexpected inner content type {inner_type}")
-            elif content_type == ContentType.change_cipher_spec:
-                if len(body) != 1 or body[0] != 1:
-                    raise UnexpectedMessage("ChangeCipherSpec with a wrong body")
-                if not handshake.ccs_allowed:
-                    raise UnexpectedMessage("ChangeCipherSpec outside the handshake")
-            elif content_type == ContentType.alert and self.state is not (
-                ConnectionState.ESTABLISHED
-            ):
-                # Plaintext alerts are accepted during the handshake: a peer that
-                # failed before it had our keys cannot protect them.
-                self._handle_alert(body)
-            elif content_type == ContentType.handshake and protection is None:
-                if len(body) > MAX_PLAINTEXT:
-                    raise RecordOverflow("plaintext record exceeds 2^14 bytes")
-                self._handle_handshake_fragment(body)
-            elif content_type in (ContentType.handshake, ContentType.alert):
-                raise UnexpectedMessage(f"unprotected record of type {content_type} after keys")
-            elif content_type == ContentType.application_data:
-                raise UnexpectedMessage("application data before the handshake")
-            else:
-                raise UnexpectedMessage(f"unknown record content type {content_type}")
-        return None
 
     def _handle_alert(self, body: memoryview) -> None:
         established = self.state is ConnectionState.ESTABLISHED
