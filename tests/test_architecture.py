@@ -41,8 +41,6 @@ PENDING_SPLIT: set[str] = set()
 #: Private attributes a module reads on objects it does not own, by module. Each entry
 #: is a debt: give the owner a public name for what is needed, then remove the entry.
 PENDING_PRIVATE: dict[str, set[str]] = {
-    # argparse has no public name for the type add_subparsers() returns
-    "tcpls.lab.cli": {"_SubParsersAction"},
     # aioquic's tls.Context has no public attribute for these (aioquic is pinned)
     "tcpls.tls.engine": {
         "_cipher_suites",

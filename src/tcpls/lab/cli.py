@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, Protocol, cast
 
 from tcpls.lab.errors import LabError
 from tcpls.lab.lab import Lab
@@ -218,7 +218,15 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_subparser(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+class Subparsers(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as far as we use it."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """A parser for the subcommand ``name``."""
+        ...
+
+
+def add_subparser(subparsers: Subparsers) -> argparse.ArgumentParser:
     """Add the ``lab`` command to ``subparsers``; return its parser.
 
     The parsed namespace has ``func``: ``args.func(args)`` runs the command and returns the
