@@ -420,12 +420,19 @@ def record_open(data: bytes) -> None:
         if not corrupt and inner:
             raise FuzzFailure("an authentic record failed to open") from None
         return
+    except RecordOverflow:
+        # the limit is on the whole inner plaintext, padding included (RFC 8446 §5.4)
+        if len(inner) <= MAX_PLAINTEXT + 1:
+            raise FuzzFailure("a record within the size limit was refused") from None
+        return
     except UnexpectedMessage:
         if any(inner):
             raise FuzzFailure("a record with a content type was refused") from None
         return
     if corrupt:
         raise FuzzFailure("a corrupted record opened")
+    if len(inner) > MAX_PLAINTEXT + 1:
+        raise FuzzFailure("an inner plaintext over 2^14 + 1 bytes was accepted")
     stripped = inner.rstrip(b"\x00")
     if (content_type, bytes(out[:n])) != (stripped[-1], stripped[:-1]):
         raise FuzzFailure("open_into returned other content than was sealed")

@@ -142,3 +142,29 @@ def test_reader_rejects_oversized_and_non_tls_records() -> None:
     reader.feed(b"GET / HTTP/1.1\r\n")
     with pytest.raises(DecodeError):
         reader.next_record()
+
+
+def _sealed_inner(keys: TrafficKeys, inner: bytes) -> bytes:
+    """A record whose TLSInnerPlaintext is ``inner`` (content, type, padding) as given."""
+    header = bytes([ContentType.application_data, 3, 3]) + (len(inner) + 16).to_bytes(2, "big")
+    return header + AESGCM(keys.key).encrypt(keys.iv, inner, header)
+
+
+def test_the_size_limit_covers_padding() -> None:
+    """RFC 8446 §5.4: the whole TLSInnerPlaintext is at most 2^14 + 1 bytes; 2^14 - 8
+    bytes of content with 9 bytes of padding is 2^14 + 2 and must be refused."""
+    keys = TrafficKeys(CipherSuite.AES_128_GCM_SHA256, os.urandom(32))
+    over = _sealed_inner(keys, b"x" * (16384 - 8) + b"\x17" + bytes(9))
+    with pytest.raises(RecordOverflow):
+        RecordProtection(keys).open(over)
+    limit = _sealed_inner(keys, b"x" * (16384 - 8) + b"\x17" + bytes(8))  # exactly 2^14 + 1
+    assert RecordProtection(keys).open(limit) == (ContentType.application_data, b"x" * 16376)
+
+
+def test_padding_is_stripped_whatever_its_length() -> None:
+    keys = TrafficKeys(CipherSuite.AES_128_GCM_SHA256, os.urandom(32))
+    for padding in (0, 1, 1000, 16384 - 2):
+        record = _sealed_inner(keys, b"ab" + b"\x17" + bytes(padding))
+        assert RecordProtection(keys).open(record) == (ContentType.application_data, b"ab")
+    with pytest.raises(UnexpectedMessage):
+        RecordProtection(keys).open(_sealed_inner(keys, bytes(100)))  # no content type

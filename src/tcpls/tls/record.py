@@ -222,6 +222,9 @@ class RecordProtection:
         n = len(body) - TAG_SIZE
         if n < 1:
             raise BadRecordMac("record too short to be protected")
+        if n > MAX_PLAINTEXT + 1:
+            # the limit is on the whole TLSInnerPlaintext, padding included (RFC 8446 §5.4)
+            raise RecordOverflow("protected record's inner plaintext exceeds 2^14 + 1 bytes")
         seq = self.sequence
         try:
             self._aead.decrypt_into(
@@ -230,12 +233,13 @@ class RecordProtection:
         except InvalidTag:
             raise BadRecordMac("record failed authentication") from None
         self.sequence = seq + 1
-        # strip zero padding: the content type is the last non-zero byte
+        # the content type is the last non-zero byte: zero padding is stripped at C speed
+        # (a peer may pad every record, so no Python loop per byte)
         n -= 1
-        while n >= 0 and out[n] == 0:
-            n -= 1
-        if n < 0:
-            raise UnexpectedMessage("protected record without a content type")
+        if out[n] == 0:
+            n = len(bytes(out[:n]).rstrip(b"\x00")) - 1
+            if n < 0:
+                raise UnexpectedMessage("protected record without a content type")
         return out[n], n
 
     def open(self, record: bytes) -> tuple[int, bytes]:
