@@ -15,7 +15,7 @@ import pytest
 
 import tcpls
 from tcpls.devcert import DevPKI
-from tcpls.errors import AlertDescription, PeerAlert, UnexpectedMessage
+from tcpls.errors import AlertDescription, DecodeError, PeerAlert, UnexpectedMessage
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.engine import HandshakeEngine
 from tcpls.tls.events import ConnectionFailed
@@ -202,3 +202,29 @@ def test_only_the_initial_client_hello_record_says_tls_1_0(pki: DevPKI) -> None:
     while pos < len(flight):  # every record of the server's flight
         assert flight[pos + 1 : pos + 3] == b"\x03\x03"
         pos += 5 + int.from_bytes(flight[pos + 3 : pos + 5], "big")
+
+
+@pytest.mark.parametrize(
+    ("alert_record", "expected"),
+    [
+        (b"\x15\x03\x03\x00\x00", UnexpectedMessage),  # an empty alert record
+        (b"\x15\x03\x03\x00\x01\x02", DecodeError),  # half an alert
+    ],
+)
+def test_an_empty_alert_record_is_unexpected_and_a_short_one_malformed(
+    pki: DevPKI, alert_record: bytes, expected: type
+) -> None:
+    from tcpls.core.endpoint import ServerEndpoint
+
+    endpoint = ServerEndpoint(
+        tcpls.ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.key_file))
+    )
+    server = endpoint.new_connection().tls
+    client = new_client(pki)
+    client.start()
+    server.receive_data(client.data_to_send())
+    server.data_to_send()
+    _, events = feed_tls(server, alert_record)
+    (failed,) = [e for e in events if isinstance(e, ConnectionFailed)]
+    assert type(failed.error) is expected
+    assert server.data_to_send()  # its alert (protected: the server has handshake keys)

@@ -31,6 +31,7 @@ from tcpls.errors import (
     PeerAlert,
     ProtocolError,
     TCPLSError,
+    UnexpectedMessage,
 )
 from tcpls.tls.engine import Epoch, HandshakeType
 from tcpls.tls.events import CloseNotifyReceived, ConnectionFailed
@@ -300,6 +301,10 @@ def read_alert(
     (raised as :class:`ConnectionClosedError`); ``user_canceled`` as a warning
     announces that ``close_notify`` (``None``); any other alert is fatal.
     """
+    if not body:
+        # a record of the alert type must hold one whole alert: an empty one is not a
+        # malformed alert but a record that should not exist (RFC 8446 §5.1)
+        raise UnexpectedMessage("empty alert record")
     if len(body) != 2:
         raise DecodeError("malformed alert")
     level, description = body[0], body[1]
