@@ -228,3 +228,23 @@ def test_an_empty_alert_record_is_unexpected_and_a_short_one_malformed(
     (failed,) = [e for e in events if isinstance(e, ConnectionFailed)]
     assert type(failed.error) is expected
     assert server.data_to_send()  # its alert (protected: the server has handshake keys)
+
+
+def test_a_second_change_cipher_spec_is_unexpected(pki: DevPKI) -> None:
+    """Middlebox compatibility allows one ChangeCipherSpec during the handshake; any
+    number was accepted. The second is an unexpected_message (as OpenSSL does since
+    CVE-2020-25648)."""
+    from tcpls.core.endpoint import ServerEndpoint
+
+    endpoint = ServerEndpoint(
+        tcpls.ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.key_file))
+    )
+    ccs = bytes([20, 3, 3, 0, 1, 1])
+    server = endpoint.new_connection().tls
+    client = new_client(pki)
+    client.start()
+    _, events = feed_tls(server, client.data_to_send() + ccs)
+    assert not [e for e in events if isinstance(e, ConnectionFailed)]
+    _, events = feed_tls(server, ccs)
+    (failed,) = [e for e in events if isinstance(e, ConnectionFailed)]
+    assert isinstance(failed.error, UnexpectedMessage)

@@ -538,6 +538,8 @@ class TLSConnection:
                         raise UnexpectedMessage("ChangeCipherSpec with a wrong body")
                     if not handshake.ccs_allowed:
                         raise UnexpectedMessage("ChangeCipherSpec outside the handshake")
+                    # one at most, as OpenSSL accepts since CVE-2020-25648
+                    handshake.ccs_allowed = False
                 elif content_type == ContentType.alert and self.state is not (
                     ConnectionState.ESTABLISHED
                 ):
