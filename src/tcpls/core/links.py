@@ -128,10 +128,13 @@ class Links:
         self.close_error: TCPLSError | None = None
         self._close_notify_seen = False
         self._app_keys: tuple[TrafficKeys, TrafficKeys] | None = None
-        #: The cipher suite of the session's keys (``None`` before the handshake).
-        self.cipher_suite: CipherSuite | None = None
         #: How many records the session's write key may seal (design: Key usage limits).
         self.aead_limit: int | float = float("inf")
+
+    @property
+    def cipher_suite(self) -> CipherSuite | None:
+        """The cipher suite of the session's keys (``None`` before the handshake)."""
+        return self._app_keys[1].cipher_suite if self._app_keys is not None else None
 
     def attach(self, receiver: FrameReceiver) -> None:
         """The receiver that takes the records of the connections (it reports back here)."""
@@ -282,7 +285,6 @@ class Links:
         self._timers.cancel(Timer.HANDSHAKE)
         self.last_activity = self.now
         self._app_keys = conn.tls.traffic_keys()
-        self.cipher_suite = self._app_keys[1].cipher_suite
         self.aead_limit = aead_record_limit(self._app_keys[1].cipher_suite)
         self.handshake_engine = conn.tls.engine
         if event.token is not None and self.is_client:

@@ -282,7 +282,7 @@ class RecordSender:
         acks = self._acks
         log = acks.log_for(conn)
         unacked = acks.unacked_bytes
-        cap = self.tuning.max_unacked_bytes
+        cap = acks.cap()
         sent = logged = 0
         first = stream.send_next
         fin = False
