@@ -1,0 +1,204 @@
+"""What the client and server handshakes share: epochs, secrets out, the message table.
+
+A :class:`HandshakeEngine` is sans-I/O: it is fed whole handshake messages (the record
+layer reassembles them) and returns the messages to send, per :class:`Epoch`, in the order
+they must be sent. Traffic secrets go out through a callback *before* the messages of the
+previous epoch are returned, so the record layer keeps one write key per epoch.
+
+Each side is a state machine written as a table: for every state, the message types it
+accepts and the method that handles each. Any other message is an ``unexpected_message``
+(RFC 8446 §6.2). The client's table is in :mod:`tcpls.tls.hs.client`, the server's in
+:mod:`tcpls.tls.hs.server`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from cryptography import x509
+
+from tcpls.errors import ProtocolError, UnexpectedMessage
+from tcpls.tls.hs.codec import HandshakeType
+from tcpls.tls.hs.keyschedule import KeySchedule, Transcript
+from tcpls.tls.keylog import KeyLog
+from tcpls.tls.record import CipherSuite, hkdf_expand_label, suite_hash
+from tcpls.wire.extensions import DEFAULT_CODEPOINTS, ExtensionCodepoints
+
+__all__ = ["Epoch", "Handler", "HandshakeEngine", "SecretCallback", "noop_secret"]
+
+logger = logging.getLogger("tcpls.tls")
+
+
+class Epoch(IntEnum):
+    """Key epochs of the handshake; records of each epoch use their own keys."""
+
+    INITIAL = 0  # plaintext
+    EARLY = 1  # 0-RTT: the client's early traffic keys
+    HANDSHAKE = 2
+    ONE_RTT = 3  # application traffic keys
+
+
+#: Called for every traffic secret: ``(is_write, epoch, cipher_suite, secret)``.
+SecretCallback = Callable[[bool, Epoch, CipherSuite, bytes], None]
+
+#: NSS key log labels by (client's secret?, epoch).
+_KEYLOG_LABELS = {
+    (True, Epoch.EARLY): "CLIENT_EARLY_TRAFFIC_SECRET",
+    (True, Epoch.HANDSHAKE): "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+    (False, Epoch.HANDSHAKE): "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+    (True, Epoch.ONE_RTT): "CLIENT_TRAFFIC_SECRET_0",
+    (False, Epoch.ONE_RTT): "SERVER_TRAFFIC_SECRET_0",
+}
+
+
+def noop_secret(is_write: bool, epoch: Epoch, suite: CipherSuite, secret: bytes) -> None:
+    """A secret handler that drops the secret (until the record layer sets its own)."""
+    return None
+
+
+#: A handler of one message type in one state (a method of the side's engine).
+Handler = Callable[[Any, bytes], None]
+
+
+class HandshakeEngine:
+    """One TLS 1.3 handshake, client or server (see the module)."""
+
+    #: state → {message type: handler}; filled by each side.
+    TABLE: ClassVar[Mapping[str, Mapping[int, Handler]]] = {}
+    is_client: bool
+
+    def __init__(
+        self,
+        *,
+        on_secret: SecretCallback = noop_secret,
+        tcpls: bool = True,
+        codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS,
+        alpn_protocols: list[str] | tuple[str, ...] | None = None,
+        keylog: KeyLog | None = None,
+    ) -> None:
+        self.codepoints = codepoints
+        self._on_secret = on_secret
+        self._offer_tcpls = tcpls
+        self._keylog = keylog
+        self._alpn_protocols = list(alpn_protocols) if alpn_protocols else []
+        self.state = "start"
+        self.transcript = Transcript()
+        self.schedule: KeySchedule | None = None
+        self._out: list[tuple[Epoch, bytes]] = []
+        self._secrets: dict[tuple[bool, Epoch], bytes] = {}
+        #: Whether TCPLS was negotiated.
+        self.tcpls_negotiated = False
+        #: Client: the token received in ``tcpls_token`` (sequence 1), if any.
+        self.peer_token: bytes | None = None
+        #: Server: the token sent in ``tcpls_token`` (sequence 1), if any.
+        self.issued_token: bytes | None = None
+        self.exporter_secret: bytes | None = None
+        self.cipher_suite: CipherSuite | None = None
+        #: The negotiated key exchange group (``None`` for a PSK-only handshake).
+        self.group: int | None = None
+        self.client_random: bytes | None = None
+        self.legacy_session_id = b""
+        self.session_resumed = False
+        self.alpn_protocol: str | None = None
+        self.peer_certificate: x509.Certificate | None = None
+        #: Whether the server accepted the client's early data.
+        self.early_data_accepted = False
+        #: Whether a HelloRetryRequest was part of the handshake.
+        self.retried = False
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def offers_tcpls(self) -> bool:
+        """Whether this end speaks TCPLS (client: offers it; server: accepts it)."""
+        return self._offer_tcpls
+
+    @property
+    def complete(self) -> bool:
+        """Whether the handshake finished (the peer's Finished was verified)."""
+        return self.state == "connected"
+
+    def traffic_secret(self, is_write: bool, epoch: Epoch) -> bytes | None:
+        """The traffic secret of one direction and epoch, once installed."""
+        return self._secrets.get((is_write, epoch))
+
+    def set_secret_handler(self, on_secret: SecretCallback) -> None:
+        """Send the traffic secrets installed from now on to ``on_secret``."""
+        self._on_secret = on_secret
+
+    def detach(self, *, ended: bool = False) -> None:
+        """Drop the callbacks into the owners (the handshake is over or the session ended)."""
+        self._on_secret = noop_secret
+
+    # -- driving -------------------------------------------------------------
+
+    def handle_message(self, message: bytes) -> list[tuple[Epoch, bytes]]:
+        """Process one complete handshake message; return what to send, by epoch."""
+        handlers = self.TABLE.get(self.state, {})
+        handler = handlers.get(message[0])
+        if handler is None:
+            try:
+                kind = HandshakeType(message[0]).name.replace("_", " ")
+            except ValueError:
+                kind = f"handshake message of type {message[0]}"
+            raise UnexpectedMessage(f"unexpected {kind} (handshake state: {self.state})")
+        try:
+            handler(self, message)
+        except ProtocolError as error:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("handshake failed: %s", error)
+            raise
+        return self._take_output()
+
+    def _take_output(self) -> list[tuple[Epoch, bytes]]:
+        merged: list[tuple[Epoch, bytes]] = []
+        for epoch, data in self._out:
+            if merged and merged[-1][0] is epoch:
+                merged[-1] = (epoch, merged[-1][1] + data)
+            else:
+                merged.append((epoch, data))
+        self._out = []
+        return merged
+
+    def _send(self, epoch: Epoch, message: bytes, *, transcript: bool = True) -> None:
+        if transcript:
+            self.transcript.update(message)
+        self._out.append((epoch, message))
+
+    def _install(self, is_write: bool, epoch: Epoch, client_secret: bool, secret: bytes) -> None:
+        assert self.cipher_suite is not None
+        self._secrets[(is_write, epoch)] = secret
+        self._log_secret(_KEYLOG_LABELS[(client_secret, epoch)], secret)
+        self._on_secret(is_write, epoch, self.cipher_suite, secret)
+
+    def _log_secret(self, label: str, secret: bytes) -> None:
+        if self._keylog is not None and self.client_random is not None:
+            try:
+                self._keylog.write(label, self.client_random, secret)
+            except OSError as exc:
+                logger.warning("cannot write key log %s: %s", self._keylog.path, exc)
+                self._keylog = None
+
+    def _derive_exporter(self, transcript_hash: bytes) -> None:
+        assert self.schedule is not None
+        self.exporter_secret = self.schedule.derive(b"exp master", transcript_hash)
+        self._log_secret("EXPORTER_SECRET", self.exporter_secret)
+
+    # -- exporter ------------------------------------------------------------
+
+    def export_keying_material(self, label: bytes, context: bytes, length: int) -> bytes:
+        """TLS-Exporter of RFC 8446 §7.5 (available once the handshake completed)."""
+        if self.exporter_secret is None or self.cipher_suite is None:
+            raise RuntimeError("the exporter secret is not available before the handshake")
+        from cryptography.hazmat.primitives import hashes
+
+        algorithm = suite_hash(self.cipher_suite)
+        empty = hashes.Hash(suite_hash(self.cipher_suite)).finalize()
+        size = algorithm.digest_size
+        derived = hkdf_expand_label(algorithm, self.exporter_secret, label, empty, size)
+        h = hashes.Hash(suite_hash(self.cipher_suite))
+        h.update(context)
+        return hkdf_expand_label(algorithm, derived, b"exporter", h.finalize(), length)
