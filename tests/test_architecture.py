@@ -40,15 +40,7 @@ PENDING_SPLIT: set[str] = set()
 
 #: Private attributes a module reads on objects it does not own, by module. Each entry
 #: is a debt: give the owner a public name for what is needed, then remove the entry.
-PENDING_PRIVATE: dict[str, set[str]] = {
-    # aioquic's tls.Context has no public attribute for these (aioquic is pinned)
-    "tcpls.tls.engine": {
-        "_cipher_suites",
-        "_peer_certificate",
-        "_server_name",
-        "_supported_groups",
-    },
-}
+PENDING_PRIVATE: dict[str, set[str]] = {}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from tcpls.errors import ConfigurationError
+from tcpls.tls.hs.groups import parse_groups
 from tcpls.tls.record import CipherSuite
 from tcpls.wire.extensions import DEFAULT_CODEPOINTS, ExtensionCodepoints
 
@@ -120,6 +121,19 @@ def load_certificate_chain(path: str | os.PathLike[str]) -> list[x509.Certificat
     if not chain:
         raise ConfigurationError(f"no PEM certificate found in {os.fspath(path)}")
     return chain
+
+
+def _load_pair(
+    certfile: str, keyfile: str, password: bytes | None
+) -> tuple[list[x509.Certificate], Any]:
+    """A certificate chain and its key, checked to belong together."""
+    chain = load_certificate_chain(certfile)
+    key = load_private_key(keyfile, password)
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if chain[0].public_key().public_bytes(der, fmt) != key.public_key().public_bytes(der, fmt):
+        raise ConfigurationError(f"the key {keyfile} does not match the certificate {certfile}")
+    return chain, key
 
 
 def load_private_key(path: str | os.PathLike[str], password: bytes | None = None) -> Any:
@@ -231,8 +245,23 @@ class ClientConfig:
     cipher_suites: Sequence[str | CipherSuite] | None = None
     #: ALPN protocols; when set, the server must select one (design: ALPN).
     alpn_protocols: Sequence[str] | None = None
-    #: A ticket from an earlier session, for PSK resumption (no 0-RTT, design: Early data).
+    #: A ticket from an earlier session, for PSK resumption (a
+    #: :class:`~tcpls.tls.hs.tickets.SessionTicket`; design: Tickets).
     session_ticket: Any = None
+    #: Send early data (0-RTT) when the ticket allows it (design: Early data).
+    early_data: bool = False
+    #: Key exchange groups in preference order (names such as ``"X25519MLKEM768"``,
+    #: ``"x25519"``, ``"secp256r1"``); ``None``: the default (design: Key exchange groups).
+    groups: Sequence[str | int] | None = None
+    #: PEM certificate chain to present when the server asks for one (design: Client
+    #: certificates), with ``keyfile``.
+    certfile: str | None = None
+    #: PEM private key of ``certfile``.
+    keyfile: str | None = None
+    #: Password of an encrypted ``keyfile``.
+    key_password: bytes | None = None
+    #: TCP Fast Open: the first flight rides in the SYN once the kernel has a cookie.
+    fastopen: bool = False
     #: Seconds allowed for the TCP connect.
     connect_timeout: float = 10.0
     #: TLS extension codepoints for TCPLS (design: Extension codepoints).
@@ -247,8 +276,18 @@ class ClientConfig:
         if self.cadata is not None:
             _check_ca_certificates(self.cadata, "cadata")
         parse_cipher_suites(self.cipher_suites)
+        parse_groups(self.groups)
+        self.load_credentials()
         if self.user_timeout is not None and self.user_timeout <= 0:
             raise ConfigurationError("user_timeout must be positive")
+
+    def load_credentials(self) -> tuple[list[x509.Certificate], Any]:
+        """The client certificate chain and key (empty and ``None`` when there is none)."""
+        if not self.certfile and not self.keyfile:
+            return [], None
+        if not self.certfile or not self.keyfile:
+            raise ConfigurationError("a client certificate needs both a certificate and a key")
+        return _load_pair(self.certfile, self.keyfile, self.key_password)
 
     @property
     def effective_user_timeout(self) -> float | None:
@@ -280,6 +319,18 @@ class ServerConfig:
     alpn_protocols: Sequence[str] | None = None
     #: Issue session tickets for PSK resumption.
     session_tickets: bool = True
+    #: Tickets remembered at once (oldest forgotten first) and their lifetime, seconds.
+    max_tickets: int = 4096
+    ticket_lifetime: int = 7200
+    #: Accept up to this many bytes of early data (0-RTT) per resumed session; 0: off.
+    max_early_data: int = 0
+    #: Key exchange groups in preference order; ``None``: the default.
+    groups: Sequence[str | int] | None = None
+    #: PEM file of the CAs client certificates must chain to; when set, every client
+    #: must present a certificate (design: Client certificates).
+    client_cafile: str | None = None
+    #: TCP Fast Open on the listening socket.
+    fastopen: bool = False
     #: Sessions open at once; a new one beyond is refused (``user_canceled``).
     max_sessions: int = 4096
     #: Accepted TCP connections whose ClientHello has not come yet; beyond it, the one
@@ -301,26 +352,22 @@ class ServerConfig:
         """Read and check the certificate chain and key; :class:`ConfigurationError` if bad."""
         if not self.certfile or not self.keyfile:
             raise ConfigurationError("a server needs a certificate file and a key file")
-        chain = load_certificate_chain(self.certfile)
-        key = load_private_key(self.keyfile, self.key_password)
-        pub = chain[0].public_key()
-        ours = key.public_key()
-        fmt = serialization.PublicFormat.SubjectPublicKeyInfo
-        if pub.public_bytes(serialization.Encoding.DER, fmt) != ours.public_bytes(
-            serialization.Encoding.DER, fmt
-        ):
-            raise ConfigurationError(
-                f"the key {self.keyfile} does not match the certificate {self.certfile}"
-            )
-        return chain, key
+        return _load_pair(self.certfile, self.keyfile, self.key_password)
 
     def check(self) -> None:
         """Raise :class:`ConfigurationError` for unusable values."""
         self.load_credentials()
         parse_cipher_suites(self.cipher_suites)
+        parse_groups(self.groups)
+        if self.client_cafile is not None:
+            _check_ca_file(self.client_cafile)
+        if not 0 <= self.max_early_data <= 0xFFFFFFFF:
+            raise ConfigurationError("max_early_data must be between 0 and 2^32 - 1")
+        if not 1 <= self.ticket_lifetime <= 7 * 24 * 3600:
+            raise ConfigurationError("ticket_lifetime must be between 1 s and 7 days")
         if not 1 <= self.max_connections <= 256:
             raise ConfigurationError("max_connections must be between 1 and 256")
-        for name in ("max_sessions", "max_pending_connections", "memory_budget"):
+        for name in ("max_sessions", "max_pending_connections", "memory_budget", "max_tickets"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1")
         if self.hello_timeout <= 0:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tcpls.config import ClientConfig, load_certificate_chain, load_private_key
 from tcpls.core.endpoint import client_session
-from tcpls.tls.engine import HandshakeEngine
 from tcpls.tls.hello import ClientHelloInfo, build_join_client_hello, build_join_server_hello
+from tcpls.tls.hs.server import ServerEngine
 from tcpls.tls.record import ContentType, RecordProtection, plaintext_record
 from tcpls.wire.frames import (
     Ack,
@@ -266,9 +266,7 @@ def _extensions_seeds() -> dict[str, bytes]:
 def _server_flight(client_hello: bytes) -> dict[str, bytes]:
     """The handshake messages our server engine answers a ClientHello with, by name."""
     pki = fuzz_pki()
-    engine = HandshakeEngine(
-        is_client=False,
-        on_secret=lambda *_: None,
+    engine = ServerEngine(
         certificate_chain=load_certificate_chain(str(pki.cert_file)),
         private_key=load_private_key(str(pki.key_file)),
         token_provider=lambda: KNOWN_TOKEN,

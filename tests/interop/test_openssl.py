@@ -21,7 +21,7 @@ import pytest
 import tcpls
 from tcpls.devcert import DevPKI
 from tcpls.tls.connection import TLSConnection
-from tcpls.tls.engine import HandshakeEngine
+from tcpls.tls.hs.client import ClientEngine
 from tests.helpers import SyncTLS, ThreadServer, need_openssl, openssl_server
 
 SUITES = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
@@ -212,9 +212,7 @@ def test_psk_resumption_survives_early_data_tickets(pki: DevPKI) -> None:
 
 
 def _sync_client(pki: DevPKI, port: int) -> SyncTLS:
-    engine = HandshakeEngine(
-        is_client=True, on_secret=lambda *a: None, server_name="localhost", cafile=str(pki.ca_file)
-    )
+    engine = ClientEngine(server_name="localhost", cafile=str(pki.ca_file))
     client = SyncTLS(TLSConnection.client(engine), socket.create_connection(("127.0.0.1", port)))
     client.handshake()
     return client

@@ -17,8 +17,8 @@ import tcpls
 from tcpls.devcert import DevPKI
 from tcpls.errors import AlertDescription, DecodeError, PeerAlert, UnexpectedMessage
 from tcpls.tls.connection import TLSConnection
-from tcpls.tls.engine import HandshakeEngine
 from tcpls.tls.events import ConnectionFailed
+from tcpls.tls.hs.client import ClientEngine
 from tcpls.tls.record import ContentType
 from tests.helpers import SyncTLS, ThreadServer, feed_tls, pull_tls, read_until_eof
 
@@ -43,9 +43,7 @@ def plaintext_alert(description: int) -> bytes:
 
 
 def new_client(pki: DevPKI) -> TLSConnection:
-    engine = HandshakeEngine(
-        is_client=True, on_secret=lambda *a: None, server_name="localhost", cafile=str(pki.ca_file)
-    )
+    engine = ClientEngine(server_name="localhost", cafile=str(pki.ca_file))
     return TLSConnection.client(engine)
 
 

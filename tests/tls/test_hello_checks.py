@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
 
@@ -20,8 +21,10 @@ from tcpls.core.endpoint import ServerEndpoint, client_session
 from tcpls.devcert import DevPKI
 from tcpls.errors import AlertDescription, BadRecordMac, HandshakeFailure, IllegalParameter
 from tcpls.tls.connection import TLSConnection
-from tcpls.tls.engine import HandshakeEngine
 from tcpls.tls.events import ConnectionFailed, Event, HandshakeCompleted
+from tcpls.tls.hs.client import ClientEngine
+from tcpls.tls.hs.server import ServerEngine
+from tcpls.tls.hs.tickets import SessionTicket
 from tcpls.wire.extensions import DEFAULT_CODEPOINTS as CP
 from tests.helpers import pull_tls
 
@@ -86,7 +89,7 @@ def _first_record(data: bytes) -> tuple[bytes, bytes]:
 # --------------------------------------------------------------- refused up front
 
 
-def test_only_unsupported_key_shares_get_handshake_failure(pki: DevPKI) -> None:
+def test_no_group_in_common_gets_handshake_failure(pki: DevPKI) -> None:
     endpoint = _endpoint(pki)
     hello = _client_tls(pki)
     hello.start()
@@ -96,14 +99,39 @@ def test_only_unsupported_key_shares_get_handshake_failure(pki: DevPKI) -> None:
         for i, (kind, _) in enumerate(extensions):
             if kind == 51:
                 extensions[i] = (51, len(share).to_bytes(2, "big") + share)
+            if kind == 10:
+                extensions[i] = (10, struct.pack(">HH", 2, 0x0019))
 
     pending = endpoint.new_connection()
     pending.tls.receive_data(_rewrite_extensions(hello.data_to_send(), p521_only))
     failure = _failure(pending.tls)
     assert isinstance(failure.error, HandshakeFailure)
-    assert "key share" in str(failure.error)
+    assert "group" in str(failure.error)
     assert _alert(pending.tls.data_to_send()) == AlertDescription.handshake_failure
     assert pending.session is None  # refused before a session was made
+
+
+def test_only_unusable_key_shares_get_a_hello_retry_request(pki: DevPKI) -> None:
+    endpoint = _endpoint(pki)
+    hello = _client_tls(pki)
+    hello.start()
+
+    def p521_share(extensions: list[tuple[int, bytes]]) -> None:
+        share = struct.pack(">HH", 0x0019, 133) + b"\x04" + bytes(132)
+        for i, (kind, _) in enumerate(extensions):
+            if kind == 51:
+                extensions[i] = (51, len(share).to_bytes(2, "big") + share)
+            if kind == 10:
+                extensions[i] = (10, struct.pack(">HHH", 4, 0x0019, 0x001D))
+
+    pending = endpoint.new_connection()
+    pending.tls.receive_data(_rewrite_extensions(hello.data_to_send(), p521_share))
+    answer = pending.tls.data_to_send()
+    assert answer[5] == 2  # a ServerHello...
+    assert answer[11:43] == bytes.fromhex(
+        "cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c"
+    )  # ...with the HelloRetryRequest random
+    assert not pending.tls.has_events
 
 
 def test_no_common_cipher_suite_is_refused_before_a_session_is_made(pki: DevPKI) -> None:
@@ -159,14 +187,14 @@ def test_tcpls_extensions_in_a_server_hello_are_illegal(pki: DevPKI, codepoint: 
 def test_tcpls_join_in_encrypted_extensions_is_illegal(
     pki: DevPKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = HandshakeEngine._on_alpn
+    original = ServerEngine._server_extensions
 
-    def with_join(self: HandshakeEngine, alpn: str | None) -> None:
-        original(self, alpn)
-        if not self.is_client:
-            self._ctx.handshake_extensions.append((CP.tcpls_join, _TOKEN_BODY))
+    def with_join(self: ServerEngine, early: bool) -> dict[int, bytes]:
+        extensions = original(self, early)
+        extensions[CP.tcpls_join] = _TOKEN_BODY
+        return extensions
 
-    monkeypatch.setattr(HandshakeEngine, "_on_alpn", with_join)
+    monkeypatch.setattr(ServerEngine, "_server_extensions", with_join)
     client = _client_tls(pki)
     client.start()
     pending = _endpoint(pki).new_connection()
@@ -227,7 +255,7 @@ def test_placement_check_accepts_what_belongs() -> None:
 # ------------------------------------------------------------ declined early data
 
 
-def _resumption_ticket(pki: DevPKI, endpoint: ServerEndpoint) -> object:
+def _resumption_ticket(pki: DevPKI, endpoint: ServerEndpoint) -> SessionTicket:
     client = _client_tls(pki)
     client.start()
     pending = endpoint.new_connection()
@@ -244,13 +272,22 @@ def _resumption_ticket(pki: DevPKI, endpoint: ServerEndpoint) -> object:
     return tickets[-1]
 
 
+def _early_data_client(pki: DevPKI, ticket: SessionTicket) -> TLSConnection:
+    """A client that offers early data (the ticket made to allow it)."""
+    engine = ClientEngine(
+        server_name="localhost",
+        cafile=str(pki.ca_file),
+        session_ticket=dataclasses.replace(ticket, max_early_data=16384),
+        early_data=True,
+    )
+    assert engine.early_data_offered
+    return TLSConnection.client(engine)
+
+
 def test_declined_early_data_is_skipped(pki: DevPKI) -> None:
     endpoint = _endpoint(pki)
     ticket = _resumption_ticket(pki, endpoint)
-    config = ClientConfig(cafile=str(pki.ca_file), server_name="localhost", session_ticket=ticket)
-    client = client_session(config, "localhost").connections[0].tls
-    assert client.engine is not None
-    client.engine._ctx.session_ticket.max_early_data_size = 16384  # offer early data
+    client = _early_data_client(pki, ticket)
     client.start()
     hello = client.data_to_send()
     # what a 0-RTT client sends right after its ClientHello: records we cannot decrypt
@@ -269,10 +306,7 @@ def test_declined_early_data_is_skipped(pki: DevPKI) -> None:
 def test_too_much_declined_early_data_is_refused(pki: DevPKI) -> None:
     endpoint = _endpoint(pki)
     ticket = _resumption_ticket(pki, endpoint)
-    config = ClientConfig(cafile=str(pki.ca_file), server_name="localhost", session_ticket=ticket)
-    client = client_session(config, "localhost").connections[0].tls
-    assert client.engine is not None
-    client.engine._ctx.session_ticket.max_early_data_size = 16384
+    client = _early_data_client(pki, ticket)
     client.start()
     early = b"\x17\x03\x03\x40\x00" + bytes(16384)
     pending = endpoint.new_connection()

@@ -13,12 +13,15 @@ import socket
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+from cryptography import x509
+
 from tcpls.aio.driver import SessionDriver
 from tcpls.aio.info import ConnectionInfo
 from tcpls.aio.joins import Joins, Target
 from tcpls.aio.streams import StreamReader, StreamWriter
 from tcpls.core.scheduler import SCHEDULERS
 from tcpls.errors import ConnectionClosedError, TCPLSError
+from tcpls.tls.hs.groups import group_name
 
 __all__ = ["ConnectionInfo", "Session"]
 
@@ -64,6 +67,27 @@ class Session:
         """Whether the handshake resumed an earlier session (PSK)."""
         engine = self._core.handshake_engine
         return bool(engine and engine.session_resumed)
+
+    @property
+    def group(self) -> str | None:
+        """The negotiated key exchange group, e.g. ``X25519MLKEM768`` (``None`` before it)."""
+        engine = self._core.handshake_engine
+        if engine is None or engine.group is None:
+            return None
+        return group_name(engine.group)
+
+    @property
+    def early_data_accepted(self) -> bool:
+        """Whether the server accepted the client's early data (0-RTT, design: Early data)."""
+        engine = self._core.handshake_engine
+        return bool(engine and engine.early_data_accepted)
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The peer's certificate: the server's, or the client's when the server asked for
+        one (design: Client certificates)."""
+        engine = self._core.handshake_engine
+        return engine.peer_certificate if engine is not None else None
 
     @property
     def session_ticket(self) -> Any:

@@ -9,10 +9,14 @@ import os
 import sys
 import threading
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from tcpls.cli.errors import EXIT_OK, CommandError, describe_error
-from tcpls.cli.sessions import open_session
+from tcpls.cli.sessions import open_session, save_ticket
 from tcpls.errors import TCPLSError
+
+if TYPE_CHECKING:
+    from tcpls.aio.session import Session
 
 __all__ = ["cmd_connect"]
 
@@ -67,6 +71,8 @@ async def cmd_connect(args: argparse.Namespace) -> int:
     session = await open_session(args, args.host, args.port)
     mode = "TCPLS" if session.tcpls_negotiated else "plain TLS 1.3 (peer has no TCPLS)"
     log.info("connected to %s: %s, %s", target, mode, session.cipher_suite)
+    if args.verbose:
+        _describe(session, target)
     reader, writer = await session.open_stream()
 
     async def upload() -> None:
@@ -92,4 +98,26 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         raise CommandError(describe_error(failure, target))
     upload_task.cancel()
     await session.aclose(timeout=5)
+    save_ticket(args, session)
+    if args.verbose:
+        resumption = "resumable (ticket saved)" if args.session and session.session_ticket else ""
+        if resumption:
+            print(f"session: {resumption}", file=sys.stderr)
     return EXIT_OK
+
+
+def _describe(session: Session, target: str) -> None:
+    """The session's parameters, one per line, on standard error (``connect -v``)."""
+    mode = "TCPLS" if session.tcpls_negotiated else "plain TLS 1.3"
+    lines = [
+        f"connected: {target}",
+        f"protocol: {mode}",
+        f"cipher suite: {session.cipher_suite}",
+        f"group: {session.group or 'none (PSK only)'}",
+        f"resumed: {'yes' if session.session_resumed else 'no'}",
+        f"early data: {'accepted' if session.early_data_accepted else 'not accepted'}",
+    ]
+    certificate = session.peer_certificate
+    if certificate is not None:
+        lines.append(f"server certificate: {certificate.subject.rfc4514_string()}")
+    print("\n".join(lines), file=sys.stderr, flush=True)

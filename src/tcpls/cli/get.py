@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 from tcpls.cli.errors import EXIT_OK, CommandError, describe_error
 from tcpls.cli.progress import ConnectionRates, start_download_progress
-from tcpls.cli.sessions import open_session
+from tcpls.cli.sessions import open_session, save_ticket
 from tcpls.errors import TCPLSError
 
 __all__ = ["GET_ANSWER_TIMEOUT", "cmd_get"]
@@ -73,6 +73,7 @@ async def cmd_get(args: argparse.Namespace) -> int:
         output.discard()
     connections = rates.describe(format_rate, final=True)
     await session.aclose(timeout=5)
+    save_ticket(args, session)
     rate = result.bytes / result.seconds if result.seconds else 0.0
     print(
         f"tcpls: {args.path}: {format_bytes(result.bytes)} in {result.seconds:.2f} s "

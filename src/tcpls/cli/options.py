@@ -20,6 +20,7 @@ __all__ = [
     "add_common_tls_options",
     "add_multipath_options",
     "add_reconnect_option",
+    "add_resumption_options",
     "add_scheduler_option",
     "add_server_options",
     "add_tls_client_options",
@@ -63,9 +64,44 @@ def add_tls_client_options(p: argparse.ArgumentParser) -> None:
         help="append TLS secrets to FILE in NSS key log format, for Wireshark "
         "(default: $SSLKEYLOGFILE when set)",
     )
+    p.add_argument(
+        "--cert", metavar="FILE", help="PEM client certificate (chain), when the server asks"
+    )
+    p.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
+    add_resumption_options(p)
     add_multipath_options(p)
     add_reconnect_option(p)
     add_common_tls_options(p)
+
+
+def add_resumption_options(p: argparse.ArgumentParser, *, both_roles: bool = False) -> None:
+    """--session and --early-data, for the client commands (and ``perf``, both roles)."""
+    prefix = "client: " if both_roles else ""
+    p.add_argument(
+        "--session",
+        metavar="FILE",
+        help=f"{prefix}resume with the session ticket in FILE if there is one, and save the "
+        "newest ticket to FILE (it holds a secret: keep it private)",
+    )
+    if both_roles:
+        p.add_argument(
+            "--early-data",
+            nargs="?",
+            const=-1,
+            type=_size,
+            metavar="BYTES",
+            help="client (no BYTES): send the first request as early data (0-RTT) when the "
+            "--session ticket allows it; server: accept up to BYTES of early data per "
+            "session (default: off)",
+        )
+        return
+    p.add_argument(
+        "--early-data",
+        action="store_true",
+        help="send the first request as early data (0-RTT) when the --session ticket "
+        "allows it; it reaches the server one round trip sooner, but can be replayed: "
+        "use it for idempotent requests",
+    )
 
 
 def add_reconnect_option(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -147,6 +183,19 @@ def add_common_tls_options(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         help="TCP_USER_TIMEOUT for every connection, in milliseconds (default: 2000)",
     )
+    p.add_argument(
+        "--groups",
+        metavar="LIST",
+        help="colon- or comma-separated key exchange groups in preference order "
+        "(default: X25519MLKEM768:x25519:secp256r1:secp384r1; known: X25519MLKEM768, "
+        "x25519, x448, secp256r1, secp384r1, secp521r1)",
+    )
+    p.add_argument(
+        "--fastopen",
+        action="store_true",
+        help="TCP Fast Open: the first flight rides in the SYN once the kernel holds a "
+        "cookie for the server (some middleboxes drop such SYNs)",
+    )
     p.add_argument("--debug", action="store_true", help="log protocol details and tracebacks")
 
 
@@ -203,6 +252,11 @@ def add_server_options(p: argparse.ArgumentParser, *, required: bool = True) -> 
         "join or fail over to it; repeatable",
     )
     p.add_argument(
+        "--client-ca",
+        metavar="FILE",
+        help="require a client certificate that chains to a CA in FILE (PEM)",
+    )
+    p.add_argument(
         "--max-connections",
         metavar="N",
         type=_positive_int,
@@ -247,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupted; a failing session never stops the server.",
     )
     add_server_options(p)
+    p.add_argument(
+        "--early-data",
+        type=_size,
+        metavar="BYTES",
+        help="accept up to BYTES of early data (0-RTT) per resumed session (default: off); "
+        "early data can be replayed to another server: serve only idempotent requests so",
+    )
     p.add_argument("--port", "-p", type=_port, default=8443, help="TCP port (default: 8443)")
     add_scheduler_option(p)
     add_common_tls_options(p)
@@ -271,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("host", metavar="HOST", help="server name or address")
     p.add_argument("port", metavar="PORT", type=_port, help="server TCP port")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the session's parameters on standard error once connected: TCPLS or "
+        "plain TLS, cipher suite, key exchange group, resumed or not, early data accepted",
+    )
     add_tls_client_options(p)
     p.set_defaults(func=cmd_connect)
 
@@ -316,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="client: do not verify the certificate"
     )
     p.add_argument("--server-name", metavar="NAME", help="client: name for SNI and verification")
+    add_resumption_options(p, both_roles=True)
     add_multipath_options(p)
     add_reconnect_option(p, prefix="client: ")
     add_common_tls_options(p)

@@ -9,7 +9,7 @@ from typing import Any
 from tcpls.cli.errors import EXIT_OK, EXIT_USAGE, CommandError, describe_error
 from tcpls.cli.progress import start_perf_progress
 from tcpls.cli.serve import serve_until_interrupted
-from tcpls.cli.sessions import open_session, server_config
+from tcpls.cli.sessions import open_session, save_ticket, server_config
 from tcpls.errors import TCPLSError
 
 __all__ = ["PERF_ANSWER_TIMEOUT", "PERF_GRACE", "cmd_perf"]
@@ -99,6 +99,7 @@ async def _perf_client(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.stop()
     await session.aclose(timeout=5)
+    save_ticket(args, session)
     if args.json:
         print(json.dumps(result.as_json()))
     else:

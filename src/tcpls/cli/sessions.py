@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tcpls.cli.errors import CommandError, describe_error
 from tcpls.errors import TCPLSError
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from tcpls.aio.session import Session
     from tcpls.config import ClientConfig, ServerConfig
 
-__all__ = ["client_config", "open_session", "server_config"]
+__all__ = ["client_config", "load_ticket", "open_session", "save_ticket", "server_config"]
 
 #: The command line's logger (every module of it logs as ``tcpls.cli``).
 log = logging.getLogger("tcpls.cli")
@@ -53,6 +53,39 @@ def _ciphers(args: argparse.Namespace) -> list[str] | None:
     return args.ciphers.split(":") if args.ciphers else None
 
 
+def _groups(args: argparse.Namespace) -> str | None:
+    groups: str | None = getattr(args, "groups", None)
+    return groups
+
+
+def load_ticket(args: argparse.Namespace) -> Any:
+    """The ticket saved in ``--session FILE`` (``None`` without one)."""
+    path = getattr(args, "session", None)
+    if not path:
+        return None
+    from tcpls.tls.hs.tickets import SessionTicket
+
+    try:
+        ticket = SessionTicket.load(path)
+    except TCPLSError as exc:
+        raise CommandError(f"--session {path}: {exc}") from None
+    if ticket is None:
+        log.info("no session ticket in %s yet: a full handshake", path)
+    return ticket
+
+
+def save_ticket(args: argparse.Namespace, session: Session) -> None:
+    """Save the session's newest ticket to ``--session FILE`` (if given and one came)."""
+    path = getattr(args, "session", None)
+    ticket = session.session_ticket
+    if not path or ticket is None:
+        return
+    try:
+        ticket.save(path)
+    except OSError as exc:
+        log.warning("cannot save the session ticket to %s: %s", path, exc.strerror or exc)
+
+
 def client_config(args: argparse.Namespace) -> ClientConfig:
     """A :class:`ClientConfig` from the client options."""
     from tcpls.config import ClientConfig
@@ -64,7 +97,13 @@ def client_config(args: argparse.Namespace) -> ClientConfig:
         keylog_file=args.keylog,
         tcpls=not args.no_tcpls,
         cipher_suites=_ciphers(args),
+        groups=_groups(args),
         user_timeout=args.user_timeout / 1000 if args.user_timeout else None,
+        certfile=getattr(args, "cert", None),
+        keyfile=getattr(args, "key", None),
+        session_ticket=load_ticket(args),
+        early_data=bool(getattr(args, "early_data", None)),
+        fastopen=bool(getattr(args, "fastopen", False)),
     )
     reconnect = getattr(args, "reconnect_timeout", None)
     if reconnect is None:
@@ -77,12 +116,17 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     """A :class:`ServerConfig` from the server options."""
     from tcpls.config import ServerConfig
 
+    early = getattr(args, "early_data", None)
     return ServerConfig(
         certfile=args.cert,
         keyfile=args.key,
         keylog_file=args.keylog,
         tcpls=not args.no_tcpls,
         cipher_suites=_ciphers(args),
+        groups=_groups(args),
+        client_cafile=getattr(args, "client_ca", None),
+        max_early_data=early if early and early > 0 else 0,
+        fastopen=bool(getattr(args, "fastopen", False)),
         user_timeout=args.user_timeout / 1000 if args.user_timeout else None,
         max_connections=getattr(args, "max_connections", 4),
         advertise=tuple(getattr(args, "advertise", None) or ()),

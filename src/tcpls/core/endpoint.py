@@ -21,9 +21,14 @@ from tcpls.core.session import CoreSession
 from tcpls.core.tokens import TokenRegistry
 from tcpls.errors import ConfigurationError, HandshakeCanceled, IllegalParameter, TCPLSError
 from tcpls.tls.connection import ConnectionState, TLSConnection
-from tcpls.tls.engine import HandshakeEngine, TicketStore
 from tcpls.tls.events import ConnectionFailed, JoinRequested
 from tcpls.tls.hello import ClientHelloInfo, check_client_hello
+from tcpls.tls.hs.base import HandshakeEngine
+from tcpls.tls.hs.certs import CertificateVerifier
+from tcpls.tls.hs.client import ClientEngine
+from tcpls.tls.hs.groups import parse_groups
+from tcpls.tls.hs.server import ServerEngine
+from tcpls.tls.hs.tickets import TicketStore
 from tcpls.tls.keylog import KeyLog, keylog_path
 
 __all__ = [
@@ -34,10 +39,6 @@ __all__ = [
     "client_session",
     "parse_host_port",
 ]
-
-
-def _noop_secret(*_: object) -> None:
-    return None
 
 
 def client_session(
@@ -51,10 +52,13 @@ def client_session(
     config.check()
     server_name = config.server_name or host
     path = keylog_path(config.keylog_file)
-    engine = HandshakeEngine(
-        is_client=True,
-        on_secret=_noop_secret,
+    chain, key = config.load_credentials()
+    engine = ClientEngine(
         server_name=server_name,
+        certificate_chain=chain,
+        private_key=key,
+        groups=parse_groups(config.groups),
+        early_data=config.early_data,
         verify=config.verify,
         cafile=config.cafile,
         cadata=config.cadata,
@@ -95,7 +99,16 @@ class ServerEndpoint:
         self.reliable = reliable
         self._chain, self._key = config.load_credentials()
         self._suites = parse_cipher_suites(config.cipher_suites)
-        self.tickets = TicketStore() if config.session_tickets else None
+        self.tickets = (
+            TicketStore(config.max_tickets, config.ticket_lifetime)
+            if config.session_tickets
+            else None
+        )
+        self._groups = parse_groups(config.groups)
+        #: Verifies client certificates (when the server requires them).
+        self.client_verifier = (
+            CertificateVerifier(cafile=config.client_cafile) if config.client_cafile else None
+        )
         self.registry: TokenRegistry[CoreSession] = TokenRegistry()
         path = keylog_path(config.keylog_file)
         self._keylog = KeyLog(path) if path else None
@@ -105,12 +118,11 @@ class ServerEndpoint:
         )
         self._next_address_id = len(self.advertised)
         # What the handshake engine accepts, to refuse hopeless ClientHellos up front.
-        probe = HandshakeEngine(
-            is_client=False,
-            on_secret=_noop_secret,
+        probe = ServerEngine(
             certificate_chain=self._chain,
             private_key=self._key,
             cipher_suites=self._suites,
+            groups=self._groups,
             tcpls=config.tcpls,
         )
         self._accepted_suites = probe.cipher_suites
@@ -167,12 +179,13 @@ class ServerEndpoint:
 
     def _make_engine(self, session: CoreSession) -> HandshakeEngine:
         config = self.config
-        return HandshakeEngine(
-            is_client=False,
-            on_secret=_noop_secret,
+        return ServerEngine(
             certificate_chain=self._chain,
             private_key=self._key,
             cipher_suites=self._suites,
+            groups=self._groups,
+            client_verifier=self.client_verifier,
+            max_early_data=config.max_early_data,
             alpn_protocols=config.alpn_protocols,
             tcpls=config.tcpls,
             codepoints=config.codepoints,

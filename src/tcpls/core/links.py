@@ -46,7 +46,6 @@ from tcpls.errors import (
     TCPLSError,
 )
 from tcpls.tls.connection import TLSConnection
-from tcpls.tls.engine import HandshakeEngine
 from tcpls.tls.events import (
     CloseNotifyReceived,
     ConnectionFailed,
@@ -54,6 +53,7 @@ from tcpls.tls.events import (
     SessionTicketReceived,
     TransportEnded,
 )
+from tcpls.tls.hs.base import HandshakeEngine
 from tcpls.tls.record import CipherSuite, TrafficKeys, aead_record_limit
 from tcpls.wire.frames import Ack, ConnectionReset, Frame
 

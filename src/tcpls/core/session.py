@@ -37,7 +37,7 @@ from tcpls.core.timers import TimerSet
 from tcpls.core.tokens import TokenRegistry
 from tcpls.errors import ConnectionClosedError, TCPLSError
 from tcpls.tls.connection import TLSConnection
-from tcpls.tls.engine import HandshakeEngine
+from tcpls.tls.hs.base import HandshakeEngine
 from tcpls.wire.frames import Frame
 
 __all__ = ["CONNECTION_COST", "SESSION_COST", "CoreSession", "SessionState"]

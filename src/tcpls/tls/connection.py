@@ -56,7 +56,6 @@ from tcpls.errors import (
     TCPLSError,
     UnexpectedMessage,
 )
-from tcpls.tls.engine import Epoch, HandshakeEngine
 from tcpls.tls.events import (
     CloseNotifyReceived,
     ConnectionFailed,
@@ -66,6 +65,7 @@ from tcpls.tls.events import (
     TransportEnded,
 )
 from tcpls.tls.handshake import Handshake, HelloCheck, JoinAttempt
+from tcpls.tls.hs.base import Epoch, HandshakeEngine
 from tcpls.tls.layer import ALERT_WARNING, RecordLayer, read_alert
 from tcpls.tls.record import (
     HEADER_SIZE,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tcpls.errors import TCPLSError
-from tcpls.tls.engine import SessionTicket
 from tcpls.tls.hello import ClientHelloInfo
+from tcpls.tls.hs.tickets import SessionTicket
 from tcpls.tls.record import CipherSuite
 
 __all__ = [

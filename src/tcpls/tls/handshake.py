@@ -3,7 +3,7 @@
 A :class:`Handshake` belongs to one :class:`~tcpls.tls.connection.TLSConnection` and holds
 no reference to it. It owns:
 
-* the :class:`~tcpls.tls.engine.HandshakeEngine` (a server builds it from a factory when a
+* the :class:`~tcpls.tls.hs.base.HandshakeEngine` (a server builds it from a factory when a
   ClientHello that is not a join arrives), fed whole messages, its flights written through
   the :class:`~tcpls.tls.layer.RecordLayer`;
 * the reassembly of handshake messages from records. It is done here, not in the engine,
@@ -27,10 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tcpls.errors import DecodeError, IllegalParameter, InternalError, UnexpectedMessage
-from tcpls.tls.engine import HandshakeEngine, HandshakeType
 from tcpls.tls.events import Event, HandshakeCompleted, JoinRequested, SessionTicketReceived
 from tcpls.tls.hello import (
-    EARLY_DATA,
     ClientHelloInfo,
     build_join_client_hello,
     build_join_server_hello,
@@ -38,6 +36,10 @@ from tcpls.tls.hello import (
     parse_client_hello,
     parse_join_server_hello,
 )
+from tcpls.tls.hs.base import HandshakeEngine
+from tcpls.tls.hs.client import ClientEngine
+from tcpls.tls.hs.codec import HandshakeType
+from tcpls.tls.hs.server import ServerEngine
 from tcpls.tls.layer import MAX_SKIPPED_EARLY_DATA, RecordLayer
 from tcpls.tls.record import CipherSuite, ContentType, TrafficKeys
 from tcpls.wire.extensions import ExtensionCodepoints, decode_token_body
@@ -162,7 +164,7 @@ class Handshake:
         if self.join is not None:
             self._layer.send_initial(self.join.hello)
             return
-        assert self.engine is not None
+        assert isinstance(self.engine, ClientEngine)
         self._layer.flush(self.engine.start())
 
     def accept_join(
@@ -259,6 +261,10 @@ class Handshake:
         if engine.offers_tcpls:
             check_tcpls_placement(msg_type, message, self.codepoints)
         outputs = engine.handle_message(message)
+        if isinstance(engine, ServerEngine) and engine.skip_early_data:
+            # Early data declined: its records, which we cannot decrypt, are skipped
+            # (RFC 8446 §4.2.10).
+            self._layer.early_data_skip = MAX_SKIPPED_EARLY_DATA
         self._layer.flush(outputs, echo_ccs=bool(engine.legacy_session_id))
         if not engine.complete:
             return []
@@ -297,10 +303,6 @@ class Handshake:
             raise InternalError("server connection without a handshake engine")
         if hello_check is not None:
             hello_check(info)
-        if info.has_extension(EARLY_DATA):
-            # Early data is declined (the engine never accepts it): its records, which
-            # we cannot decrypt, are skipped (RFC 8446 §4.2.10).
-            self._layer.early_data_skip = MAX_SKIPPED_EARLY_DATA
         self.engine = self._engine_factory()
         self.engine.set_secret_handler(self._layer.install_secret)
         return None
@@ -329,5 +331,5 @@ class Handshake:
 
     def _tickets(self) -> Iterator[SessionTicketReceived]:
         engine = self.engine
-        while engine is not None and engine.session_tickets:
+        while isinstance(engine, ClientEngine) and engine.session_tickets:
             yield SessionTicketReceived(engine.session_tickets.pop(0))

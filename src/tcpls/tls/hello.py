@@ -263,18 +263,21 @@ def check_client_hello(
 ) -> None:
     """Refuse, before any work, a ClientHello the server cannot complete a handshake with.
 
-    No cipher suite in common, or no key share in a group the server supports (it does
-    not send HelloRetryRequest), is a ``handshake_failure``.
+    No cipher suite in common, or no group in common (neither among the key shares nor
+    among the supported groups, which a HelloRetryRequest could ask for), is a
+    ``handshake_failure``.
     """
     if not set(info.cipher_suites) & set(cipher_suites):
         raise HandshakeFailure("the client offered no cipher suite the server supports")
-    if _EXT_KEY_SHARE not in info.extensions:
+    if _EXT_KEY_SHARE not in info.extensions or _EXT_SUPPORTED_GROUPS not in info.extensions:
         return  # the engine answers missing_extension
-    if not set(info.key_share_groups()) & set(groups):
-        raise HandshakeFailure(
-            "the client sent no key share in a group the server supports "
-            "(HelloRetryRequest is not supported yet)"
-        )
+    if set(info.key_share_groups()) & set(groups):
+        return
+    supported = _Reader(info.extensions[_EXT_SUPPORTED_GROUPS])
+    body = _Reader(supported.vector(2))
+    offered = {body.uint(2) for _ in range(body.left // 2)}
+    if not offered & set(groups):
+        raise HandshakeFailure("the client supports no key exchange group the server does")
 
 
 def _extension_types(block: bytes) -> list[int]:

@@ -11,7 +11,7 @@ record is, opening it, and sealing the records a TCPLS session builds in place (
 of every record) are the connection's, on :attr:`RecordLayer.read` and
 :attr:`RecordLayer.write`.
 
-The :class:`~tcpls.tls.engine.HandshakeEngine` installs keys through a callback *before* it
+The :class:`~tcpls.tls.hs.base.HandshakeEngine` installs keys through a callback *before* it
 returns the bytes of the previous epoch, so the layer keeps a write protection per epoch and
 :meth:`RecordLayer.flush` writes the engine's output epoch by epoch, each with its own keys.
 The read protection is replaced the moment the engine installs a new read key, so the next
@@ -33,8 +33,9 @@ from tcpls.errors import (
     TCPLSError,
     UnexpectedMessage,
 )
-from tcpls.tls.engine import Epoch, HandshakeType
 from tcpls.tls.events import CloseNotifyReceived, ConnectionFailed
+from tcpls.tls.hs.base import Epoch
+from tcpls.tls.hs.codec import HandshakeType
 from tcpls.tls.record import (
     HEADER_SIZE,
     LEGACY_VERSION,

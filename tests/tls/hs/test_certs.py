@@ -34,13 +34,12 @@ from tcpls.errors import (
     InternalError,
     ProtocolError,
 )
-from tcpls.tls.hs.certs import (
+from tcpls.tls.hs.certs import CertificateVerifier, parse_certificate_chain
+from tcpls.tls.hs.signatures import (
     CERTIFICATE_SIGNATURE_ALGORITHMS,
     SIGNATURE_ALGORITHMS,
-    CertificateVerifier,
     SignatureScheme,
     choose_scheme,
-    parse_certificate_chain,
     scheme_name,
     schemes_for_key,
     sign_certificate_verify,

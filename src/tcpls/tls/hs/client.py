@@ -34,15 +34,7 @@ from tcpls.errors import (
     ProtocolError,
 )
 from tcpls.tls.hs.base import Epoch, Handler, HandshakeEngine, SecretCallback, noop_secret
-from tcpls.tls.hs.certs import (
-    CERTIFICATE_SIGNATURE_ALGORITHMS,
-    SIGNATURE_ALGORITHMS,
-    CertificateVerifier,
-    choose_scheme,
-    parse_certificate_chain,
-    sign_certificate_verify,
-    verify_certificate_verify,
-)
+from tcpls.tls.hs.certs import CertificateVerifier, parse_certificate_chain
 from tcpls.tls.hs.codec import (
     DOWNGRADE_SENTINELS,
     TLS12,
@@ -75,6 +67,13 @@ from tcpls.tls.hs.codec import (
 )
 from tcpls.tls.hs.groups import DEFAULT_GROUPS, Group, KeyShare
 from tcpls.tls.hs.keyschedule import KeySchedule, ticket_psk
+from tcpls.tls.hs.signatures import (
+    CERTIFICATE_SIGNATURE_ALGORITHMS,
+    SIGNATURE_ALGORITHMS,
+    choose_scheme,
+    sign_certificate_verify,
+    verify_certificate_verify,
+)
 from tcpls.tls.hs.tickets import MAX_TICKET_LIFETIME, SessionTicket
 from tcpls.tls.keylog import KeyLog
 from tcpls.tls.record import CipherSuite, suite_hash
@@ -173,9 +172,11 @@ class ClientEngine(HandshakeEngine):
         self._shares = {s.group: s for s in key_shares} if key_shares else {}
         ticket = session_ticket
         if ticket is not None and (
-            not ticket.is_valid or ticket.cipher_suite not in self.cipher_suites
+            not ticket.is_valid
+            or ticket.cipher_suite not in self.cipher_suites
+            or (server_name is not None and ticket.server_name != server_name)
         ):
-            ticket = None
+            ticket = None  # expired, or for another server: a full handshake
         self._ticket = ticket
         #: Whether early data is offered (the application may send it once keys exist).
         self.early_data_offered = bool(
@@ -323,7 +324,7 @@ class ClientEngine(HandshakeEngine):
                 "the ServerHello has no key_share", AlertDescription.missing_extension
             )
         group, server_share = decode_server_key_share(exts[ExtensionType.key_share])
-        share = self._shares.get(Group(group)) if group in Group._value2member_map_ else None
+        share = next((s for g, s in self._shares.items() if g == group), None)
         if share is None:
             raise IllegalParameter("the server's key share is in a group we sent no share for")
         shared = share.exchange(server_share)
@@ -533,7 +534,7 @@ class ClientEngine(HandshakeEngine):
         ders = [c.public_bytes(Encoding.DER) for c in self._chain] if self._key else []
         self._send(Epoch.HANDSHAKE, Certificate(b"", ders).encode())
         if ders:
-            scheme = choose_scheme(self._key, self._requested_schemes)
+            scheme = choose_scheme(self._key, self._requested_schemes, certificate=self._chain[0])
             signature = sign_certificate_verify(
                 self._key, scheme, self.transcript.digest(), server=False
             )

@@ -29,6 +29,7 @@ __all__ = [
     "GROUP_NAMES",
     "Group",
     "KeyShare",
+    "group_name",
     "parse_groups",
     "respond",
 ]
@@ -74,6 +75,14 @@ _CURVES: dict[int, type[ec.EllipticCurve]] = {
 }
 _MLKEM_KEY = 1184
 _MLKEM_CIPHERTEXT = 1088
+
+
+def group_name(group: int) -> str:
+    """The name of a group (``0x....`` for one we do not know)."""
+    try:
+        return Group(group).name
+    except ValueError:
+        return f"0x{group:04x}"
 
 
 def parse_groups(names: Sequence[str | int] | str | None) -> tuple[Group, ...]:
@@ -139,8 +148,13 @@ class KeyShare:
     __slots__ = ("_ec", "_kem", "_x448", "_x25519", "group", "public")
 
     def __init__(
-        self, group: int, *, x25519_private: x25519.X25519PrivateKey | None = None
+        self,
+        group: int,
+        *,
+        x25519_private: x25519.X25519PrivateKey | None = None,
+        ec_private: ec.EllipticCurvePrivateKey | None = None,
     ) -> None:
+        """A fresh share for ``group``; tests may give the private key (RFC 8448 traces)."""
         self.group = Group(group)
         self._x25519: x25519.X25519PrivateKey | None = None
         self._x448: x448.X448PrivateKey | None = None
@@ -160,7 +174,7 @@ class KeyShare:
                 + self._x25519.public_key().public_bytes_raw()
             )
         else:
-            self._ec = ec.generate_private_key(_CURVES[self.group]())
+            self._ec = ec_private or ec.generate_private_key(_CURVES[self.group]())
             self.public = _ec_public(self._ec)
 
     def exchange(self, server_share: bytes) -> bytes:
@@ -182,8 +196,11 @@ class KeyShare:
         return _ecdh(self.group, self._ec, server_share)
 
 
-def respond(group: int, client_share: bytes) -> tuple[bytes, bytes]:
-    """Server: (our share, shared secret) answering the client's share for ``group``."""
+def respond(group: int, client_share: bytes, ours: KeyShare | None = None) -> tuple[bytes, bytes]:
+    """Server: (our share, shared secret) answering the client's share for ``group``.
+
+    ``ours`` is the server's share for an ECDHE group (made fresh when not given).
+    """
     if group == Group.X25519MLKEM768:
         if len(client_share) != _MLKEM_KEY + 32:
             raise IllegalParameter("an X25519MLKEM768 client share has the wrong size")
@@ -194,8 +211,8 @@ def respond(group: int, client_share: bytes) -> tuple[bytes, bytes]:
             kem_secret, ciphertext = encapsulation_key.encapsulate()
         except ValueError:
             raise IllegalParameter("the ML-KEM encapsulation key does not decode") from None
-        ours = x25519.X25519PrivateKey.generate()
-        secret = kem_secret + _x25519(ours, client_share[_MLKEM_KEY:])
-        return ciphertext + ours.public_key().public_bytes_raw(), secret
-    share = KeyShare(group)
+        classic = x25519.X25519PrivateKey.generate()
+        secret = kem_secret + _x25519(classic, client_share[_MLKEM_KEY:])
+        return ciphertext + classic.public_key().public_bytes_raw(), secret
+    share = ours if ours is not None else KeyShare(group)
     return share.public, share.exchange(client_share)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Protocol
 
 from tcpls.tls.hs.codec import message_hash
 from tcpls.tls.record import CipherSuite, hkdf_expand_label, suite_hash
@@ -20,6 +21,14 @@ from tcpls.tls.record import CipherSuite, hkdf_expand_label, suite_hash
 __all__ = ["KeySchedule", "Transcript", "finished_verify_data", "ticket_psk"]
 
 _HASH_NAMES = {32: "sha256", 48: "sha384"}
+
+
+class _Hash(Protocol):
+    """A running hash of :mod:`hashlib`."""
+
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+    def copy(self) -> _Hash: ...
 
 
 def _hash_name(suite: int) -> str:
@@ -33,7 +42,7 @@ class Transcript:
 
     def __init__(self) -> None:
         self._pending: list[bytes] = []
-        self._hash: hashlib._Hash | None = None
+        self._hash: _Hash | None = None
 
     def start(self, suite: int) -> None:
         """Hash with the hash of ``suite`` from now on (the messages so far included)."""
@@ -59,7 +68,7 @@ class Transcript:
         assert self._hash is not None, "transcript hash before the cipher suite is known"
         return self._hash.copy().digest()
 
-    def copy_hash(self) -> hashlib._Hash:
+    def copy_hash(self) -> _Hash:
         """A copy of the running hash, to hash a message that is not in the transcript."""
         assert self._hash is not None
         return self._hash.copy()

@@ -39,14 +39,7 @@ from tcpls.errors import (
     ProtocolError,
 )
 from tcpls.tls.hs.base import Epoch, Handler, HandshakeEngine, SecretCallback, noop_secret
-from tcpls.tls.hs.certs import (
-    SIGNATURE_ALGORITHMS,
-    CertificateVerifier,
-    choose_scheme,
-    parse_certificate_chain,
-    sign_certificate_verify,
-    verify_certificate_verify,
-)
+from tcpls.tls.hs.certs import CertificateVerifier, parse_certificate_chain
 from tcpls.tls.hs.client import DEFAULT_CIPHER_SUITES
 from tcpls.tls.hs.codec import (
     HRR_RANDOM,
@@ -77,8 +70,14 @@ from tcpls.tls.hs.codec import (
     parse_client_hello,
     vector,
 )
-from tcpls.tls.hs.groups import DEFAULT_GROUPS, Group, respond
+from tcpls.tls.hs.groups import DEFAULT_GROUPS, Group, KeyShare, respond
 from tcpls.tls.hs.keyschedule import KeySchedule, ticket_psk
+from tcpls.tls.hs.signatures import (
+    SIGNATURE_ALGORITHMS,
+    choose_scheme,
+    sign_certificate_verify,
+    verify_certificate_verify,
+)
 from tcpls.tls.hs.tickets import AGE_TOLERANCE, ServerTicket, TicketStore
 from tcpls.tls.keylog import KeyLog
 from tcpls.tls.record import CipherSuite, suite_hash
@@ -124,6 +123,7 @@ class ServerEngine(HandshakeEngine):
         max_early_data: int = 0,
         keylog: KeyLog | None = None,
         random: Callable[[int], bytes] = os.urandom,
+        key_shares: Sequence[KeyShare] = (),
     ) -> None:
         if not certificate_chain or private_key is None:
             raise ValueError("a server needs a certificate and a private key")
@@ -134,6 +134,7 @@ class ServerEngine(HandshakeEngine):
             alpn_protocols=list(alpn_protocols) if alpn_protocols else None,
             keylog=keylog,
         )
+        self._leaf = certificate_chain[0]
         self._chain = [c.public_bytes(Encoding.DER) for c in certificate_chain]
         self._key = private_key
         self.cipher_suites = [CipherSuite(s) for s in cipher_suites or DEFAULT_CIPHER_SUITES]
@@ -143,6 +144,8 @@ class ServerEngine(HandshakeEngine):
         self._client_verifier = client_verifier
         self._max_early_data = max_early_data
         self._random = random
+        #: Our ECDHE shares by group, when given (tests replaying RFC 8448's traces).
+        self._shares = {s.group: s for s in key_shares}
         #: The client's SNI host name, if it sent one.
         self.server_name: str | None = None
         #: Whether the client offered early data that is declined: its records are skipped.
@@ -294,13 +297,12 @@ class ServerEngine(HandshakeEngine):
             self.early_data_accepted = True
             client_early = schedule.derive(b"c e traffic", self.transcript.digest())
             self._install(False, Epoch.EARLY, True, client_early)
-        our_share, shared = respond(group, share)
-        extensions: dict[int, bytes] = {
-            ExtensionType.supported_versions: _u16(TLS13),
-            ExtensionType.key_share: _u16(group) + vector(our_share, 2),
-        }
+        our_share, shared = respond(group, share, self._shares.get(Group(group)))
+        extensions: dict[int, bytes] = {}
         if psk is not None:
             extensions[ExtensionType.pre_shared_key] = _u16(0)
+        extensions[ExtensionType.key_share] = _u16(group) + vector(our_share, 2)
+        extensions[ExtensionType.supported_versions] = _u16(TLS13)
         server_hello = ServerHello(
             random=self._random(32),
             legacy_session_id=hello.legacy_session_id,
@@ -387,7 +389,7 @@ class ServerEngine(HandshakeEngine):
             raise ProtocolError(
                 "the ClientHello has no signature_algorithms", AlertDescription.missing_extension
             )
-        scheme = choose_scheme(self._key, self._client_schemes)
+        scheme = choose_scheme(self._key, self._client_schemes, certificate=self._leaf)
         signature = sign_certificate_verify(
             self._key, scheme, self.transcript.digest(), server=True
         )
