@@ -180,12 +180,17 @@ def _decode_extensions(reader: Reader) -> dict[int, bytes]:
     """The extension block at the end of a message, in order; a duplicate is illegal."""
     block = Reader(reader.vector(2), reader.what)
     reader.end()
+    return _extension_entries(block, reader.what)
+
+
+def _extension_entries(block: Reader, what: str) -> dict[int, bytes]:
+    """The extensions filling ``block``, in order; a duplicate is illegal (RFC 8446 §4.2)."""
     extensions: dict[int, bytes] = {}
     while block.left:
         ext_type = block.uint(2)
         body = block.vector(2)
         if ext_type in extensions:
-            raise IllegalParameter(f"extension {ext_type} appears twice in the {reader.what}")
+            raise IllegalParameter(f"extension {ext_type} appears twice in the {what}")
         extensions[ext_type] = body
     return extensions
 
@@ -332,32 +337,40 @@ def parse_certificate_request(message: bytes) -> CertificateRequest:
 
 @dataclass(slots=True)
 class Certificate:
-    """Certificate: a chain of DER certificates, the end-entity first."""
+    """Certificate: a chain of DER certificates, the end-entity first.
+
+    ``extensions`` holds the extensions of each CertificateEntry, in the order of
+    ``certificates`` (missing entries have none); the state machine decides what they may be.
+    """
 
     context: bytes
     certificates: list[bytes]
+    extensions: list[dict[int, bytes]] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        """The whole message, header included (no per-certificate extensions)."""
-        entries = b"".join(vector(der, 3) + vector(b"", 2) for der in self.certificates)
+        """The whole message, header included."""
+        entries = b"".join(
+            vector(der, 3)
+            + encode_extensions((self.extensions[i] if i < len(self.extensions) else {}).items())
+            for i, der in enumerate(self.certificates)
+        )
         body = vector(self.context, 1) + vector(entries, 3)
         return handshake_message(HandshakeType.certificate, body)
 
 
 def parse_certificate(message: bytes) -> Certificate:
-    """Read Certificate; per-certificate extensions are read and dropped."""
+    """Read Certificate, with the extensions of each entry (a duplicate is illegal)."""
     r = _body(message, HandshakeType.certificate)
     context = r.vector(1)
     entries = Reader(r.vector(3), "certificate list")
     r.end()
     certificates: list[bytes] = []
+    extensions: list[dict[int, bytes]] = []
     while entries.left:
         certificates.append(entries.vector(3, minimum=1))
-        extensions = Reader(entries.vector(2), "certificate entry extensions")
-        while extensions.left:
-            extensions.uint(2)
-            extensions.vector(2)
-    return Certificate(context, certificates)
+        block = Reader(entries.vector(2), "certificate entry extensions")
+        extensions.append(_extension_entries(block, "certificate entry extensions"))
+    return Certificate(context, certificates, extensions)
 
 
 @dataclass(slots=True)
@@ -377,7 +390,7 @@ def parse_certificate_verify(message: bytes) -> CertificateVerify:
     """Read CertificateVerify."""
     r = _body(message, HandshakeType.certificate_verify)
     scheme = r.uint(2)
-    signature = r.vector(2, minimum=1)
+    signature = r.vector(2)  # <0..2^16-1>: an empty one decodes, and fails to verify
     r.end()
     return CertificateVerify(scheme, signature)
 
