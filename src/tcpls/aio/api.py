@@ -56,6 +56,7 @@ def connect(
     local_addrs: Sequence[str] | None = None,
     scheduler: SchedulerName = "aggregate",
     reliable: bool = True,
+    early_data: bytes | None = None,
 ) -> _Connect:
     """Open a session to ``host:port``: ``async with tcpls.connect(...) as session``.
 
@@ -71,12 +72,24 @@ def connect(
     connections are opened from all of them at once, the first one up runs the
     TLS handshake, and each of the others joins the session with the token the
     server sends during that handshake (robust establishment, draft-04 §4.2.2).
+
+    ``early_data`` is the start of the session's first stream, the one the first
+    :meth:`Session.open_stream` returns. With ``config.early_data`` and a ticket that
+    allows it, it leaves as 0-RTT early data with the ClientHello
+    (``session.early_data_accepted`` tells whether the server took it); otherwise, or
+    if the server declines it, it is sent once the handshake completes. It arrives
+    exactly once either way, but early data can be replayed by an attacker to another
+    server: send only requests that are safe to repeat (design: Early data).
     """
     config = config or ClientConfig()
     if local_addrs:
+        if early_data:
+            raise ValueError("early_data is not available with local_addrs")
         addrs = list(local_addrs)
         return _Connect(lambda: _connect_robust(host, port, config, addrs, scheduler, reliable))
-    return _Connect(lambda: _connect_one(host, port, config, local_addr, scheduler, reliable))
+    return _Connect(
+        lambda: _connect_one(host, port, config, local_addr, scheduler, reliable, early_data)
+    )
 
 
 def _effective(config: ClientConfig) -> ClientConfig:
@@ -92,8 +105,11 @@ async def _connect_one(
     local_addr: tuple[str, int] | None,
     scheduler: SchedulerName,
     reliable: bool,
+    early_data: bytes | None = None,
 ) -> Session:
-    session, _ = await _connect(host, port, config, local_addr, scheduler, reliable)
+    session, _ = await _connect(
+        host, port, config, local_addr, scheduler, reliable, early_data=early_data
+    )
     return session
 
 
@@ -105,6 +121,7 @@ async def _connect(
     scheduler: SchedulerName,
     reliable: bool,
     sock: socket.socket | None = None,
+    early_data: bytes | None = None,
 ) -> tuple[Session, SessionDriver]:
     """A session over a new TCP connection (``sock`` when given, already connected from
     ``local_addr``), with its driver."""
@@ -112,6 +129,9 @@ async def _connect(
     core = client_session(config, host, scheduler=scheduler, reliable=reliable)
     loop = asyncio.get_running_loop()
     driver = SessionDriver(core)
+    if early_data:
+        core.queue_early_data(early_data)
+        driver.early_stream = True
     session = Session(driver, target=(host, port, local_addr))
     protocol = ConnectionProtocol(driver, 0)
     try:

@@ -98,6 +98,8 @@ class SessionDriver:
         self._readers: dict[int, StreamReader] = {}
         self._writers: dict[int, StreamWriter] = {}
         self._fallback_stream_taken = False
+        #: Client: stream 0 carries early data; the first open_stream() returns it.
+        self.early_stream = False
         self._join_waiters: dict[int, asyncio.Future[TCPLSError | None]] = {}
         self._removal_waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -197,6 +199,11 @@ class SessionDriver:
 
     def open_stream(self, session: StreamSession) -> tuple[StreamReader, StreamWriter]:
         """A new stream of ours (established sessions); with plain TLS, the one stream."""
+        if self.early_stream:
+            # the stream the early data went on (design: Early data)
+            self.early_stream = False
+            self._fallback_stream_taken = True
+            return self._pair(0, session)
         if not self.core.tcpls:
             if self._fallback_stream_taken:
                 raise TCPLSError("plain TLS fallback carries exactly one stream")

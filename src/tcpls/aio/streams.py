@@ -108,6 +108,17 @@ class StreamReader:
         stream = self._core.io.stream(self.stream_id)
         return stream.readable if stream is not None else 0
 
+    @property
+    def early_data_bytes(self) -> int:
+        """Server: how many of this stream's first bytes arrived as 0-RTT early data.
+
+        Those bytes came before the handshake completed and an attacker can replay them
+        (to this server after a restart, or to another one sharing its tickets): act on
+        them only if doing so twice is harmless (design: Early data).
+        """
+        stream = self._core.io.stream(self.stream_id)
+        return stream.early_bytes if stream is not None else 0
+
     def at_eof(self) -> bool:
         """Whether the peer ended the stream and every byte was read."""
         stream = self._core.io.stream(self.stream_id)

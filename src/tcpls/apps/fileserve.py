@@ -60,6 +60,7 @@ __all__ = [
     "ServerReadError",
     "TransferTruncated",
     "download",
+    "file_request",
     "make_file_handler",
     "resolve_path",
 ]
@@ -366,6 +367,18 @@ def _parse_header(line: bytes, path: str) -> int:
     raise FileServerError(path, code, reason)
 
 
+def file_request(path: str) -> bytes:
+    """The request line that asks a file server for ``path`` (checked)."""
+    if not path.startswith("/"):
+        path = "/" + path
+    if any(c in path for c in "\r\n\0"):
+        raise FileTransferError(path, "a file path cannot contain line breaks or NUL bytes")
+    request = f"GET {path}\r\n".encode()
+    if len(request) > MAX_REQUEST:
+        raise FileTransferError(path, f"the path is longer than {MAX_REQUEST - 6} bytes")
+    return request
+
+
 async def download(
     session: Session,
     path: str,
@@ -374,8 +387,12 @@ async def download(
     on_progress: Callable[[int], Any] | None = None,
     on_start: Callable[[int], Any] | None = None,
     answer_timeout: float | None = None,
+    request_sent: bool = False,
 ) -> DownloadResult:
     """Fetch ``path`` over a new stream of ``session`` into ``out`` (anything with ``write``).
+
+    ``request_sent``: the session's first stream already carries
+    :func:`file_request` ``(path)`` (sent as early data with ``tcpls.connect``).
 
     ``on_start(size)`` is called with the size the server announced,
     ``on_progress(received)`` after each piece. ``answer_timeout`` bounds the
@@ -389,15 +406,12 @@ async def download(
     the header raises its own error (a :class:`~tcpls.errors.TCPLSError` or
     :class:`OSError`).
     """
+    request = file_request(path)
     if not path.startswith("/"):
         path = "/" + path
-    if any(c in path for c in "\r\n\0"):
-        raise FileTransferError(path, "a file path cannot contain line breaks or NUL bytes")
-    request = f"GET {path}\r\n".encode()
-    if len(request) > MAX_REQUEST:
-        raise FileTransferError(path, f"the path is longer than {MAX_REQUEST - 6} bytes")
     reader, writer = await session.open_stream()
-    writer.write(request)
+    if not request_sent:
+        writer.write(request)
     writer.write_eof()
     try:
         async with asyncio.timeout(answer_timeout):

@@ -68,7 +68,12 @@ async def _stdin_chunks(chunk_size: int = 65536) -> AsyncIterator[bytes]:
 async def cmd_connect(args: argparse.Namespace) -> int:
     """``tcpls connect``: standard input to the server, the server's bytes to standard output."""
     target = f"{args.host}:{args.port}"
-    session = await open_session(args, args.host, args.port)
+    chunks = _stdin_chunks()
+    first: bytes | None = None
+    if args.early_data:
+        # the first chunk of standard input is the request sent as early data
+        first = await anext(chunks, b"") or None
+    session = await open_session(args, args.host, args.port, first)
     mode = "TCPLS" if session.tcpls_negotiated else "plain TLS 1.3 (peer has no TCPLS)"
     log.info("connected to %s: %s, %s", target, mode, session.cipher_suite)
     if args.verbose:
@@ -76,7 +81,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
     reader, writer = await session.open_stream()
 
     async def upload() -> None:
-        async for chunk in _stdin_chunks():
+        async for chunk in chunks:
             writer.write(chunk)
             await writer.drain()
         writer.write_eof()

@@ -23,13 +23,23 @@ GET_ANSWER_TIMEOUT = 10.0
 
 async def cmd_get(args: argparse.Namespace) -> int:
     """``tcpls get``: download a file with progress and per-connection rates."""
-    from tcpls.apps.fileserve import FileTransferError, NotAFileServer, OutputError, download
+    from tcpls.apps.fileserve import (
+        FileTransferError,
+        NotAFileServer,
+        OutputError,
+        download,
+        file_request,
+    )
     from tcpls.apps.perf import format_bytes, format_rate
 
     target = f"{args.host}:{args.port}"
     output = _Output(args.output)  # before connecting: a local problem needs no server
     try:
-        session = await open_session(args, args.host, args.port)
+        early = file_request(args.path) if args.early_data else None
+    except FileTransferError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        session = await open_session(args, args.host, args.port, early)
         live = sys.stderr.isatty()
         rates = ConnectionRates(session)
         progress: Any = None
@@ -49,6 +59,7 @@ async def cmd_get(args: argparse.Namespace) -> int:
                 session,
                 args.path,
                 output.file,
+                request_sent=early is not None,
                 on_start=on_start,
                 on_progress=on_progress,
                 answer_timeout=GET_ANSWER_TIMEOUT + args.reconnect_timeout,

@@ -20,8 +20,13 @@ __all__ = ["client_config", "load_ticket", "open_session", "save_ticket", "serve
 log = logging.getLogger("tcpls.cli")
 
 
-async def open_session(args: argparse.Namespace, host: str, port: int) -> Session:
-    """Connect with the client options, then make the ``--join`` connections."""
+async def open_session(
+    args: argparse.Namespace, host: str, port: int, early_data: bytes | None = None
+) -> Session:
+    """Connect with the client options, then make the ``--join`` connections.
+
+    ``early_data`` starts the first stream (0-RTT with ``--early-data``, design: Early data).
+    """
     from tcpls.aio.api import connect
 
     target = f"{host}:{port}"
@@ -33,6 +38,7 @@ async def open_session(args: argparse.Namespace, host: str, port: int) -> Sessio
             config=client_config(args),
             local_addr=local,
             scheduler=getattr(args, "scheduler", "aggregate"),
+            early_data=early_data,
         )
     except (TCPLSError, OSError) as exc:
         raise CommandError(describe_error(exc, target)) from None

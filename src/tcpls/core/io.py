@@ -79,6 +79,11 @@ class StreamView:
         return self._stream.send_pending
 
     @property
+    def early_bytes(self) -> int:
+        """How many of the stream's first bytes arrived as early data (0-RTT)."""
+        return self._stream.early_bytes
+
+    @property
     def fin_queued(self) -> bool:
         """Whether our direction was ended (FIN queued or sent)."""
         return self._stream.fin_queued
@@ -160,8 +165,11 @@ class IODuties:
             conn.remote_address = remote or conn.remote_address
 
     def start_handshake(self) -> None:
-        """Client: the first TCP connection is up: send the ClientHello."""
-        self._links.connections[0].tls.start()
+        """Client: the first TCP connection is up: send the ClientHello, and the early data
+        queued on stream 0 when the ticket allows it (design: Early data)."""
+        conn = self._links.connections[0]
+        conn.tls.start()
+        self._links.early.send(conn)
 
     @property
     def cipher_suite(self) -> CipherSuite | None:

@@ -13,7 +13,8 @@ application keys that joins reuse, and the rules that tie them together:
 * closing: flush, wait for the ACKs, close_notify on every connection; the peer is done
   once close_notify came on every connection it still has (design: Closing);
 * a client left without connections joins again if it can (break-before-make); a server
-  waits ``rejoin_timeout`` for it. TLS reports by events (:meth:`Links.drain_tls`).
+  waits ``rejoin_timeout`` for it. TLS reports by events (:meth:`Links.drain_tls`);
+* early data settled when the handshake completes (design: Early data).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from enum import Enum
 from tcpls.config import SessionTuning
 from tcpls.core.acks import AckTracker
 from tcpls.core.connection import Connection, ConnectionStatus
+from tcpls.core.early import EarlyData
 from tcpls.core.events import (
     ConnectionAdded,
     ConnectionRemoved,
@@ -106,10 +108,10 @@ class Links:
         self._tokens = tokens
         self._timers = timers
         self._receiver: FrameReceiver | None = None
+        self.early = EarlyData(streams)  #: 0-RTT data of the first connection
         self.connections: dict[int, Connection] = {}
         self.state = SessionState.HANDSHAKE
-        #: Whether the session ended (``state`` is ``CLOSED``).
-        self.closed = False
+        self.closed = False  #: Whether the session ended (``state`` is ``CLOSED``).
         #: ``True`` for TCPLS, ``False`` for plain TLS fallback, ``None`` during the handshake.
         self.tcpls: bool | None = None
         self.error: TCPLSError | None = None
@@ -143,9 +145,7 @@ class Links:
     def check_open(self, *, writing: bool = False) -> None:
         """Raise unless the application may use the streams (``writing``: and write)."""
         if self.state is SessionState.CLOSED:
-            raise ConnectionClosedError(
-                f"session closed: {self.error}" if self.error else "session closed"
-            )
+            raise ConnectionClosedError(f"session closed{f': {self.error}' if self.error else ''}")
         if self.state is SessionState.HANDSHAKE:
             raise TCPLSError("the session is not established yet")
         if writing and self.close_requested:
@@ -296,6 +296,8 @@ class Links:
             self._tokens.revoke_all()
         self._events.append(SessionEstablished(event.tcpls))
         self._ready(conn)
+        if event.early_data_accepted:
+            self.early.settle(conn, event.tcpls, self.now)
         self.replenish_tokens()
         for held in list(self.connections.values()):
             if held is not conn and held.status is ConnectionStatus.HANDSHAKE:
@@ -575,8 +577,8 @@ class Links:
         self._events.append(SessionClosed(error))
 
     def _release(self) -> None:
-        """The session ended: keep only what arrived in order, for the application to
-        read, and nothing that ties the connections back to us (design: Ownership)."""
+        """The session ended: keep only what arrived in order, for the application, and
+        nothing that ties the connections back to us (design: Ownership)."""
         self._streams.release()
         self._control.clear()
         self._receiver = None  # (it refers back to us)

@@ -275,6 +275,18 @@ class CoreSession:
             raise TCPLSError("plain TLS fallback carries exactly one stream")
         return self.stream_set.open_local()
 
+    def queue_early_data(self, data: bytes | bytearray | memoryview) -> int:
+        """Client, before the handshake: queue the first bytes of stream 0, which leave as
+        early data when the ticket allows it, else once the handshake completes (design:
+        Early data). Returns the stream's ID (0)."""
+        if self.links.state is not SessionState.HANDSHAKE or not self.is_client:
+            raise RuntimeError("early data is queued by a client before its handshake")
+        streams = self.stream_set
+        if 0 not in streams.table:
+            streams.open_local()
+        streams.queue(0, data)
+        return 0
+
     def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes on a stream; they leave when a connection pulls records."""
         self.links.check_open(writing=True)

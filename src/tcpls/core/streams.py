@@ -430,6 +430,7 @@ class Stream:
 
     __slots__ = (
         "acked_to",
+        "early_bytes",
         "fin_ack_seen",
         "fin_acked",
         "fin_queued",
@@ -458,6 +459,8 @@ class Stream:
         self.fin_ack_seen = False  # the record carrying FIN was acknowledged
         self.acked_to = 0  # every byte below this offset was acknowledged
         self.recv = ReceiveBuffer()
+        #: Receiver: the first bytes of the stream that arrived as early data (0-RTT).
+        self.early_bytes = 0
 
     # -- send side -----------------------------------------------------------
 

@@ -91,8 +91,11 @@ class StreamSet:
         return sid
 
     def use_plain_tls(self) -> None:
-        """Plain TLS fallback: exactly one stream, 0, and no other (design: Fallback)."""
-        self.table[0] = Stream(0, local=True)
+        """Plain TLS fallback: exactly one stream, 0, and no other (design: Fallback).
+
+        A stream 0 that exists already (a client queued early data on it) is kept."""
+        if 0 not in self.table:
+            self.table[0] = Stream(0, local=True)
         self._next_local = self._next_peer = 2
 
     def require(self, stream_id: int) -> Stream:

@@ -13,10 +13,11 @@ This module owns the connection's life cycle (:class:`ConnectionState`), its
 events and the reading of records, one at a time, each routed by its type and the
 state. Opening application records, and sealing those a TCPLS session builds in
 place (:meth:`~TLSConnection.seal_staged`), the path of every record, are done
-here too, on the layer's keys. Two helpers that the connection owns, and that hold
-no reference back to it, do the rest: the record layer (:mod:`tcpls.tls.layer`:
-keys, record buffers, writing the other records, alerts) and the handshake
-(:mod:`tcpls.tls.handshake`: the engine, handshake messages, joins).
+here too, on the layer's keys. Helpers that the connection owns, and that hold no
+reference back to it, do the rest: the record layer (:mod:`tcpls.tls.layer`: keys,
+record buffers, writing the other records, alerts), the handshake
+(:mod:`tcpls.tls.handshake`: the engine, handshake messages, joins) and the early
+data (:mod:`tcpls.tls.early`).
 
 Once the handshake is complete, the owner pulls application data, one record at a
 time, with :meth:`~TLSConnection.records` (for plain TLS, design: Fallback, the
@@ -33,9 +34,8 @@ TCPLS session with a token (draft-04 §4.2.1, design: Joins), and a server answe
 such a join with :meth:`TLSConnection.accept_join` or
 :meth:`TLSConnection.reject_join` after the :class:`JoinRequested` event.
 
-Errors never escape as exceptions from the input methods: a protocol violation
-queues the matching alert, closes the connection and emits
-:class:`ConnectionFailed`.
+Errors never escape as exceptions from the input methods: a protocol violation queues
+the matching alert, closes the connection and emits :class:`ConnectionFailed`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from tcpls.errors import (
     TCPLSError,
     UnexpectedMessage,
 )
+from tcpls.tls.early import EarlyData
 from tcpls.tls.events import (
     CloseNotifyReceived,
     ConnectionFailed,
@@ -148,6 +149,7 @@ class TLSConnection:
         #: it were read.
         self._eof = False
         self._ended = False
+        self.early = EarlyData(layer, self._handshake)  #: 0-RTT data (design: Early data)
 
     # -- construction ----------------------------------------------------------
 
@@ -519,6 +521,9 @@ class TLSConnection:
                     if n > MAX_PLAINTEXT:
                         raise RecordOverflow("protected record content exceeds 2^14 bytes")
                     if inner_type == ContentType.application_data:
+                        if layer.read_epoch is Epoch.EARLY and not self.is_client:
+                            self.early.receive(plain[:n])
+                            continue
                         if self.state is not ConnectionState.ESTABLISHED:
                             raise UnexpectedMessage(
                                 "application data before the handshake completed"

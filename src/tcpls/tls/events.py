@@ -32,6 +32,8 @@ class HandshakeCompleted:
     ``tcpls`` says whether TCPLS was negotiated (otherwise the connection is
     plain TLS 1.3, design: Fallback). ``token`` is the ``tcpls_token`` a client received.
     ``joined`` is true for a connection joined to an existing session.
+    ``early_data_accepted`` says whether the server took the client's early data
+    (design: Early data): if not, the client sends those bytes again.
     """
 
     tcpls: bool
@@ -40,6 +42,7 @@ class HandshakeCompleted:
     alpn_protocol: str | None = None
     token: bytes | None = None
     joined: bool = False
+    early_data_accepted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -280,6 +280,7 @@ class Handshake:
             session_resumed=engine.session_resumed,
             alpn_protocol=engine.alpn_protocol,
             token=engine.peer_token,
+            early_data_accepted=engine.early_data_accepted,
         )
         return [completed, *self._tickets()]
 

@@ -213,8 +213,11 @@ class RecordLayer:
                 if self.is_client:
                     self.send_ccs()
                 self.send_protected(ContentType.handshake, data, epoch)
-        if self.write:
-            self.write_epoch = max(self.write)
+        # Alerts go out in the newest epoch the peer surely reads: not the early one,
+        # which a server may decline.
+        epochs = [e for e in self.write if e is not Epoch.EARLY]
+        if epochs:
+            self.write_epoch = max(epochs)
 
     def send_ccs(self) -> None:
         """Write the ChangeCipherSpec record, once."""

@@ -28,8 +28,7 @@ messages, and each substitution is checked first:
 * **CertificateRequest** (§6): the server's signature_algorithms list is the RFC's
   (``tcpls.tls.hs.server.SIGNATURE_ALGORITHMS`` patched).
 * **HelloRetryRequest** (§5): the cookie is the RFC's (``secrets.token_bytes`` patched);
-  our HRR carries the same fields and extensions as the RFC's in another order, so the
-  RFC's is hashed and sent in its place (the byte-identical check is an xfail below).
+  our HRR is then the RFC's, byte for byte (checked below).
   The client's P-256 share made after the HRR is the RFC's (``client.KeyShare`` patched:
   ``key_shares=`` only covers the first ClientHello).
 * **Certificate path validation** is off: the RFC's certificates are self-signed test
@@ -39,8 +38,7 @@ messages, and each substitution is checked first:
 * **Tickets**: the §4 ticket is put in the server's store under the RFC's label, and the
   client is given a :class:`SessionTicket` whose obfuscated age is the RFC's. The §3
   server's NewSessionTicket gets the RFC's label and age_add (store subclass,
-  ``secrets.token_bytes`` patched); its nonce stays ours (the byte-identical check is an
-  xfail below).
+  ``secrets.token_bytes`` patched); the rest, its nonce included, is ours.
 * **Configuration**, not substitution: the servers prefer TLS_AES_128_GCM_SHA256 as the
   RFC's does (ours prefer AES-256 by default), the §5 server supports P-256 only, and
   both ends run plain TLS 1.3 (``tcpls=False``).
@@ -470,7 +468,7 @@ def check_own_hello(own: bytes, rfc: bytes, same: Sequence[int]) -> None:
 def check_server_resumption(store: RfcTicketStore, trace: Trace) -> None:
     """The ticket the server issued stands for the RFC's resumption_master_secret."""
     (ticket,) = store.issued
-    expected = expand_label(trace["resumption_master_secret"], b"resumption", b"\x00")
+    expected = expand_label(trace["resumption_master_secret"], b"resumption", b"\x00\x00")
     assert ticket.psk == expected
     assert ticket.cipher_suite == SUITE
 
@@ -609,9 +607,8 @@ def test_server_full_handshake(name: str, monkeypatch: pytest.MonkeyPatch) -> No
     check_server_resumption(store, trace)
     assert [epoch for epoch, _ in after] == [Epoch.ONE_RTT]
     if nst is not None:
-        # the RFC's ticket, but for the nonce: ours is one byte (see the xfail below)
-        expected = NewSessionTicket(nst.lifetime, nst.age_add, b"\x00", nst.ticket, nst.extensions)
-        assert after[0][1] == expected.encode()
+        # the RFC's ticket (its label and age_add are the test store's)
+        assert after[0][1] == nst.encode()
     assert not tokens.queued
     assert server.draws.sizes == [32] and not server.draws.values
 
@@ -870,7 +867,7 @@ def test_server_hello_retry_request(monkeypatch: pytest.MonkeyPatch) -> None:
     assert server.handle_message(trace["client_hello"]) == [
         (Epoch.INITIAL, trace["hello_retry_request_record_payload"])
     ]
-    # Ours has the RFC's fields and extensions (in another order: see the xfail below).
+    # Ours has the RFC's fields and extensions, in the same order.
     (own,) = server.own_retries
     ours, theirs = parse_server_hello(own), parse_server_hello(trace["hello_retry_request"])
     assert ours.is_retry_request
@@ -1137,14 +1134,9 @@ def test_client_client_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
     assert client.draws.sizes == [32, 32] and not client.draws.values
 
 
-# -- where the engine's own bytes differ from the RFC's ---------------------------------------
+# -- the engine's own HelloRetryRequest and NewSessionTicket are the RFC's --------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ServerEngine._retry writes the HRR extensions as supported_versions, key_share, "
-    "cookie; RFC 8448 §5 has key_share, cookie, supported_versions",
-)
 def test_hello_retry_request_is_the_rfc_s(monkeypatch: pytest.MonkeyPatch) -> None:
     trace = Trace(RETRY)
     server, _ = retry_server(monkeypatch, Installed(), RfcTicketStore())
@@ -1152,10 +1144,6 @@ def test_hello_retry_request_is_the_rfc_s(monkeypatch: pytest.MonkeyPatch) -> No
     assert server.own_retries == [trace["hello_retry_request"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ServerEngine._issue_ticket uses the one-byte ticket_nonce 00; RFC 8448 §3 has 0000",
-)
 def test_new_session_ticket_is_the_rfc_s(monkeypatch: pytest.MonkeyPatch) -> None:
     trace = Trace(FULL_TRACES[0])
     nst = parse_new_session_ticket(trace["new_session_ticket"])

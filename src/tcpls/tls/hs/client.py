@@ -196,6 +196,11 @@ class ClientEngine(HandshakeEngine):
         self.session_tickets: list[SessionTicket] = []
 
     @property
+    def early_data_tcpls(self) -> bool:
+        """Whether early data carries TCPLS frames: the resumed session negotiated TCPLS."""
+        return bool(self.early_data_offered and self._ticket is not None and self._ticket.tcpls)
+
+    @property
     def max_early_data(self) -> int:
         """Bytes of early data the ticket allows (0 when none is offered)."""
         return self._ticket.max_early_data if self.early_data_offered and self._ticket else 0

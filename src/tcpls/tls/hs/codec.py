@@ -520,9 +520,15 @@ def decode_server_name(body: bytes) -> str | None:
     return host
 
 
+#: Protocol names are opaque bytes (RFC 7301 §3.1): they are UTF-8 text here, and bytes that
+#: are not UTF-8 are kept as lone surrogates, so that what decodes encodes to the same bytes
+#: and a name read from the peer compares equal to the same name configured here.
+_ALPN_ENCODING = ("utf-8", "surrogateescape")
+
+
 def encode_alpn(protocols: Sequence[str]) -> bytes:
     """application_layer_protocol_negotiation."""
-    return vector(b"".join(vector(p.encode(), 1) for p in protocols), 2)
+    return vector(b"".join(vector(p.encode(*_ALPN_ENCODING), 1) for p in protocols), 2)
 
 
 def decode_alpn(body: bytes) -> list[str]:
@@ -532,7 +538,7 @@ def decode_alpn(body: bytes) -> list[str]:
     r.end()
     protocols: list[str] = []
     while names.left:
-        protocols.append(names.vector(1, minimum=1).decode("latin-1"))
+        protocols.append(names.vector(1, minimum=1).decode(*_ALPN_ENCODING))
     return protocols
 
 

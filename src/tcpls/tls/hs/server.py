@@ -230,9 +230,9 @@ class ServerEngine(HandshakeEngine):
             legacy_session_id=hello.legacy_session_id,
             cipher_suite=suite,
             extensions={
-                ExtensionType.supported_versions: _u16(TLS13),
                 ExtensionType.key_share: _u16(group),
                 ExtensionType.cookie: vector(self._cookie, 2),
+                ExtensionType.supported_versions: _u16(TLS13),
             },
         )
         self.transcript.update(message)
@@ -524,7 +524,7 @@ class ServerEngine(HandshakeEngine):
 
     def _issue_ticket(self, resumption_secret: bytes) -> None:
         assert self._tickets is not None and self.cipher_suite is not None
-        nonce = b"\x00"
+        nonce = b"\x00\x00"  # one ticket per handshake (two bytes, as RFC 8448 shows)
         age_add = int.from_bytes(secrets.token_bytes(4), "big")
         max_early = self._max_early_data
         ticket = ServerTicket(
