@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import replace
 from typing import Any
 
+from tcpls.aio import fastopen
 from tcpls.aio.driver import SessionDriver
 from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.server import Handler, Server
@@ -134,9 +135,15 @@ async def _connect(
         driver.early_stream = True
     session = Session(driver, target=(host, port, local_addr))
     protocol = ConnectionProtocol(driver, 0)
+    driver.fastopen = config.fastopen
     try:
         if sock is not None:
             await loop.create_connection(lambda: protocol, sock=sock)
+        elif config.fastopen:
+            await asyncio.wait_for(
+                fastopen.open_connection(lambda: protocol, host, port, local_addr),
+                config.connect_timeout,
+            )
         else:
             await asyncio.wait_for(
                 loop.create_connection(lambda: protocol, host, port, local_addr=local_addr),
@@ -242,4 +249,6 @@ async def serve(
     endpoint = ServerEndpoint(config, scheduler=scheduler, reliable=reliable)
     server = Server(handler, endpoint)
     await server.listen(host, port, **listen_kwargs)
+    if config.fastopen:
+        fastopen.enable_on_listener(server.listen_sockets)
     return server

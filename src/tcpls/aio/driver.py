@@ -100,6 +100,8 @@ class SessionDriver:
         self._fallback_stream_taken = False
         #: Client: stream 0 carries early data; the first open_stream() returns it.
         self.early_stream = False
+        #: Client: new TCP connections use TCP Fast Open (design: TCP Fast Open).
+        self.fastopen = False
         self._join_waiters: dict[int, asyncio.Future[TCPLSError | None]] = {}
         self._removal_waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import socket
 
+from tcpls.aio import fastopen
 from tcpls.aio.driver import SessionDriver
 from tcpls.aio.info import ConnectionInfo
 from tcpls.aio.protocol import ConnectionProtocol
@@ -80,6 +81,8 @@ class Joins:
                 async with asyncio.timeout(timeout):
                     if sock is not None:
                         await loop.create_connection(lambda: protocol, sock=sock)
+                    elif driver.fastopen:
+                        await fastopen.open_connection(lambda: protocol, host, port, local_addr)
                     else:
                         await loop.create_connection(
                             lambda: protocol, host, port, local_addr=local_addr

@@ -51,7 +51,7 @@ class Server:
         :meth:`listen` is called (:func:`serve` does both)."""
         self._handler = handler
         self._endpoint = endpoint
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self._table = _SessionTable(endpoint, self._session_adopted, self._session_established)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -80,6 +80,11 @@ class Server:
     def sessions(self) -> list[Session]:
         """The sessions currently open."""
         return list(self._table.sessions.values())
+
+    @property
+    def listen_sockets(self) -> list[socket.socket]:
+        """The listening sockets."""
+        return [sock for server in self._servers for sock in server.sockets]
 
     async def listen(self, host: str | None, port: int, **kwargs: Any) -> None:
         """Listen on ``host:port`` too (:func:`serve` calls this once); ``kwargs`` go to
