@@ -32,6 +32,7 @@ DEFAULT_OPTIONS: dict[str, tuple[str, ...]] = {
     "tls_server": ("-max_len=8192",),
     "tls_join_client": ("-max_len=8192",),
     "session": ("-max_len=20000",),
+    "handshake_engine": ("-max_len=8192",),
 }
 #: Options for every target: an input that takes 10 s or 2 GiB is a finding too.
 COMMON_OPTIONS = ("-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1")

@@ -82,6 +82,7 @@ from tcpls.wire.frames import (
     is_retransmittable,
     parse_frames,
 )
+from tests.fuzz.fuzz_handshake_engine import handshake_engine
 
 __all__ = [
     "FIXED_SUITES",
@@ -820,4 +821,5 @@ TARGETS: dict[str, Target] = {
     "tls_server": tls_server,
     "tls_join_client": tls_join_client,
     "session": session,
+    "handshake_engine": handshake_engine,
 }

@@ -49,6 +49,7 @@ from tcpls.tls.hs.codec import (
     NewSessionTicket,
     PskOffer,
     ServerHello,
+    decode_alpn,
     decode_client_key_shares,
     decode_pre_shared_key,
     encode_alpn,
@@ -673,6 +674,15 @@ FIX_MISPLACED_EXTENSION = _fix(
     "certificate_authorities, oid_filters, signature_algorithms_cert; NST: early_data); "
     "unknown types stay ignored (§4.3.2, §4.6.1)",
 )
+FIX_CERTIFICATE_NAMES = _fix(
+    "certs.py parse_certificate_chain",
+    "cryptography parses a certificate's subject and issuer lazily: force them with the "
+    "extensions (`certificate.subject, certificate.issuer, certificate.extensions` in the "
+    "same try, ValueError or TypeError → bad_certificate), else a name that does not decode "
+    "(a UTF8String that is not UTF-8: ValueError; a common name that is a BIT STRING: "
+    "TypeError) raises from CertificateVerifier._explain → _is_self_signed when the path "
+    "does not validate; found by fuzz target handshake_engine",
+)
 FIX_CERTIFICATE_ENTRY_EXTENSIONS = _fix(
     "client.py ClientEngine._certificate (codec.Certificate.extensions now keeps them)",
     "for each entry's extensions: a type of ExtensionType other than status_request and "
@@ -1086,6 +1096,14 @@ def _cases() -> list[Case]:
         A.illegal_parameter, xfail=FIX_CERTIFICATE_ENTRY_EXTENSIONS)
     add("cert/entry-extensions-overrun", C, ct, certificate_entry_extensions(b"\x00\x05\x00\x09"),
         A.decode_error)
+    add("cert/subject-not-utf8 (fuzz)", C, ct, leaf_bytes(b"\x0c\x09localhost", b"\x0c\x09\x93"),
+        A.bad_certificate, xfail=FIX_CERTIFICATE_NAMES)
+    add("cert/issuer-cn-bit-string (fuzz)", C, ct,
+        leaf_bytes(b"\x0c\x0dtcpls test CA", b"\x03\x0d\x00"), A.bad_certificate,
+        xfail=FIX_CERTIFICATE_NAMES)
+    add("cert/client-subject-not-utf8 (fuzz)", S, ct,
+        leaf_bytes(b"\x0c\x06client", b"\x0c\x06\x93"), A.bad_certificate, scenario=auth,
+        xfail=FIX_CERTIFICATE_NAMES)
     add("cert/client-empty-when-required", S, ct, certificate(_attr("certificates", [])),
         A.certificate_required, scenario=auth)
     add("cert/client-garbage-der", S, ct, certificate(_attr("certificates", [b"\x00"])),
@@ -1191,6 +1209,20 @@ def _cases() -> list[Case]:
         A.illegal_parameter)
     # fmt: on
     return cases
+
+
+def leaf_bytes(find: bytes, start: bytes) -> Mutation:
+    """The end-entity certificate with the first ``find`` starting with ``start`` instead
+    (its signature no longer verifies: the path validation fails)."""
+
+    def mutate(message: bytes, scene: Scene) -> list[bytes]:
+        cert = parse_certificate(message)
+        der = cert.certificates[0]
+        assert find in der
+        cert.certificates[0] = der.replace(find, start + find[len(start) :], 1)
+        return [cert.encode()]
+
+    return mutate
 
 
 def shorter(message: bytes, scene: Scene) -> list[bytes]:
@@ -1335,3 +1367,18 @@ def test_truncated(material: Material, t: Truncation) -> None:
         if error is None or error.alert != A.decode_error:
             failures.append(f"{case.id}: {error!r}, decode_error expected")
     assert not failures, "\n".join(failures)
+
+
+# --------------------------------------------------------------------------- fuzz regressions
+
+
+def test_alpn_names_are_bytes_both_ways(material: Material) -> None:
+    """ALPN names that are not ASCII: what is read encodes to the same bytes, and our client
+    and server agree on one (it was encoded as UTF-8 and read as Latin-1)."""
+    for body in (b"\x00\x03\x02\xff\xfe", encode_alpn(["é", "h2"])):
+        assert encode_alpn(decode_alpn(body)) == body
+    client, server = _engines(
+        material, {"alpn_protocols": ["ü/1", "h2"]}, {"alpn_protocols": ["ü/1"]}
+    )
+    _drive(client, server)
+    assert client.alpn_protocol == server.alpn_protocol == "ü/1"
