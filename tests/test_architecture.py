@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,3 +375,31 @@ def _report() -> None:
 
 if __name__ == "__main__":
     _report()
+
+
+def _cited_design_names() -> dict[str, list[str]]:
+    """Every ``design: Name`` the sources cite (comments and docstrings may wrap a name
+    over two lines), with where."""
+    cited: dict[str, list[str]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        text = re.sub(r"\n\s*(#:?\s*)?", " ", path.read_text())
+        for match in re.finditer(
+            r"design: ((?:[A-Z][A-Za-z0-9]*|[a-z]+)(?: [A-Za-z0-9]+)*)", text
+        ):
+            name = match.group(1)
+            cited.setdefault(name, []).append(str(path.relative_to(SRC)))
+    return cited
+
+
+def test_design_citations_name_sections() -> None:
+    """A ``(design: Name)`` in the code names a section of docs/design.md."""
+    design = (SRC.parent / "docs" / "design.md").read_text()
+    headings = {line.removeprefix("### ").strip() for line in design.splitlines()}
+    unknown = []
+    for name, where in _cited_design_names().items():
+        # a citation may run on into the sentence: the longest heading it starts with
+        if not any(name == h or name.startswith(h + " ") for h in headings):
+            unknown.append(f"{name!r} in {', '.join(sorted(set(where)))}")
+    assert not unknown, "design citations without a section in docs/design.md:\n" + "\n".join(
+        unknown
+    )

@@ -257,3 +257,43 @@ def test_ticket_file_round_trip(pki: DevPKI, tmp_path: Path) -> None:
     assert SessionTicket.load(tmp_path / "session") == ticket
     assert SessionTicket.load(tmp_path / "missing") is None
     assert (tmp_path / "session").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_resumed_session_keeps_both_identities(pki: DevPKI) -> None:
+    chain, key = _client_credentials(pki)
+    store = TicketStore()
+    verifier = CertificateVerifier(cafile=str(pki.ca_file))
+    client, server, _, _ = pair(
+        pki,
+        client_args={"certificate_chain": chain, "private_key": key},
+        server_args={"client_verifier": verifier, "ticket_store": store},
+    )
+    run(client, server)
+    ticket = SessionTicket.from_bytes(client.session_tickets[0].to_bytes())
+    client, server, _, _ = pair(
+        pki,
+        client_args={"certificate_chain": chain, "private_key": key, "session_ticket": ticket},
+        server_args={"client_verifier": verifier, "ticket_store": store},
+    )
+    run(client, server)
+    assert client.session_resumed and server.session_resumed
+    assert server.peer_certificate == chain[0]
+    assert client.peer_certificate == load_certificate_chain(pki.cert_file)[0]
+
+
+def test_a_ticket_without_a_client_identity_does_not_resume_where_one_is_required(
+    pki: DevPKI,
+) -> None:
+    store = TicketStore()
+    ticket = _ticket(pki, store)
+    chain, key = _client_credentials(pki)
+    client, server, _, _ = pair(
+        pki,
+        client_args={"certificate_chain": chain, "private_key": key, "session_ticket": ticket},
+        server_args={
+            "client_verifier": CertificateVerifier(cafile=str(pki.ca_file)),
+            "ticket_store": store,
+        },
+    )
+    run(client, server)
+    assert not server.session_resumed and server.peer_certificate == chain[0]

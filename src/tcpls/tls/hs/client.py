@@ -324,6 +324,8 @@ class ClientEngine(HandshakeEngine):
                 raise IllegalParameter("the server's suite does not fit the resumed session")
             psk = ticket.psk
             self._psk_accepted = self.session_resumed = True
+            if ticket.server_certificate is not None:  # the same peer as the session's
+                self.peer_certificate = x509.load_der_x509_certificate(ticket.server_certificate)
         if ExtensionType.key_share not in exts:
             raise ProtocolError(
                 "the ServerHello has no key_share", AlertDescription.missing_extension
@@ -572,6 +574,11 @@ class ClientEngine(HandshakeEngine):
                 server_name=self.server_name,
                 alpn_protocol=self.alpn_protocol,
                 tcpls=self.tcpls_negotiated,
+                server_certificate=(
+                    self.peer_certificate.public_bytes(Encoding.DER)
+                    if self.peer_certificate is not None
+                    else None
+                ),
             )
         )
 

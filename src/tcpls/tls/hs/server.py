@@ -419,6 +419,8 @@ class ServerEngine(HandshakeEngine):
             return None, None, suite
         if ticket.cipher_suite not in self.cipher_suites:
             return None, None, suite
+        if self._client_verifier is not None and ticket.peer_certificate is None:
+            return None, None, suite  # a client certificate is required: a full handshake
         if self.retried and suite_hash(ticket.cipher_suite).name != suite_hash(suite).name:
             return None, None, suite
         # after a HelloRetryRequest, the suite is fixed
@@ -438,6 +440,7 @@ class ServerEngine(HandshakeEngine):
         if not hmac.compare_digest(expected, offer.binders[0]):
             raise ProtocolError("the PSK binder does not verify", AlertDescription.decrypt_error)
         self.session_resumed = True
+        self.peer_certificate = ticket.peer_certificate  # the identity of the session
         self._ticket_age_ok = self._age_ok(ticket, obfuscated_age)
         return ticket.psk, ticket, ticket_suite
 
@@ -537,6 +540,7 @@ class ServerEngine(HandshakeEngine):
             alpn_protocol=self.alpn_protocol,
             tcpls=self.tcpls_negotiated,
             server_name=self.server_name,
+            peer_certificate=self.peer_certificate,
         )
         label = self._tickets.issue(ticket)
         extensions: dict[int, bytes] = {}

@@ -19,6 +19,8 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
+from cryptography import x509
+
 from tcpls.errors import ConfigurationError
 from tcpls.tls.record import CipherSuite
 
@@ -55,6 +57,9 @@ class SessionTicket:
     alpn_protocol: str | None
     #: Whether the session it resumes negotiated TCPLS.
     tcpls: bool
+    #: The server's certificate (DER) in the session it resumes: a resumed session has
+    #: the same peer (design: Client certificates).
+    server_certificate: bytes | None = None
 
     @property
     def is_valid(self) -> bool:
@@ -71,6 +76,9 @@ class SessionTicket:
         fields = asdict(self)
         fields["ticket"] = self.ticket.hex()
         fields["psk"] = self.psk.hex()
+        fields["server_certificate"] = (
+            self.server_certificate.hex() if self.server_certificate is not None else None
+        )
         fields["cipher_suite"] = int(self.cipher_suite)
         return json.dumps({"format": _FORMAT, **fields}, sort_keys=True).encode()
 
@@ -92,6 +100,11 @@ class SessionTicket:
                 server_name=fields["server_name"],
                 alpn_protocol=fields["alpn_protocol"],
                 tcpls=bool(fields["tcpls"]),
+                server_certificate=(
+                    bytes.fromhex(fields["server_certificate"])
+                    if fields.get("server_certificate")
+                    else None
+                ),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ConfigurationError("not a tcpls session ticket") from None
@@ -134,6 +147,8 @@ class ServerTicket:
     alpn_protocol: str | None
     tcpls: bool
     server_name: str | None
+    #: The client's certificate in the session, if it presented one.
+    peer_certificate: x509.Certificate | None = None
 
 
 class TicketStore:
