@@ -285,19 +285,18 @@ class SessionDriver:
         io = core.io
         loop_time = self.loop.time
         guard = self._guard
+        readers, writers = self._readers, self._writers
         for _ in range(64):
             self._handle_events()
-            if io.has_wakeups:
-                readable, writable = io.wakeups()
-                readers, writers = self._readers, self._writers
-                for sid in readable:
-                    reader = readers.get(sid)
-                    if reader is not None:
-                        reader.wakeup()
-                for sid in writable:
-                    writer = writers.get(sid)
-                    if writer is not None:
-                        writer.wakeup()
+            readable, writable = io.wakeups()  # empty on most passes
+            for sid in readable:
+                reader = readers.get(sid)
+                if reader is not None:
+                    reader.wakeup()
+            for sid in writable:
+                writer = writers.get(sid)
+                if writer is not None:
+                    writer.wakeup()
             wrote = False
             for cid, protocol in list(self.protocols.items()):
                 transport = protocol.transport

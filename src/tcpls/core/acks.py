@@ -62,6 +62,8 @@ class AckTracker:
 
     def any_due(self, now: float) -> bool:
         """Whether some ACK must go out now."""
+        if not self.pending:  # asked on every pass of the I/O layer, and mostly empty
+            return False
         return any(c.ack_due(now) for c in self.pending)
 
     def all_due(self) -> None:
@@ -98,8 +100,12 @@ class AckTracker:
 
     def next_deadline(self) -> float | None:
         """When the earliest delayed ACK becomes due."""
-        deadlines = [c.ack_deadline for c in self.pending if c.ack_deadline is not None]
-        return min(deadlines) if deadlines else None
+        earliest: float | None = None
+        for conn in self.pending:
+            deadline = conn.ack_deadline
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         """Delayed ACKs whose delay passed become due; their deadline is cleared, so it is

@@ -50,34 +50,36 @@ class SessionClock:
         if self._links.state is SessionState.HANDSHAKE and timers.get(Timer.HANDSHAKE) is None:
             timers.set(Timer.HANDSHAKE, now + self._links.tuning.handshake_timeout)
 
-    def activity(self) -> float:
-        """When stream data last moved, either way (idleness is measured from it)."""
-        latest = max(self._streams.last_sent, self._links.last_activity)
-        for conn in self._links.connections.values():
+    def _idle_deadline(self) -> float | None:
+        """When the session becomes idle: ``idle_timeout`` after stream data last moved,
+        either way."""
+        links = self._links
+        idle = links.tuning.idle_timeout
+        if idle is None or links.state is not SessionState.ESTABLISHED:
+            return None
+        latest = self._streams.last_sent
+        if links.last_activity > latest:
+            latest = links.last_activity
+        for conn in links.connections.values():
             received = conn.last_data
             if received is not None and received > latest:
                 latest = received
-        return latest
-
-    def _idle_deadline(self) -> float | None:
-        idle = self._links.tuning.idle_timeout
-        if idle is None or self._links.state is not SessionState.ESTABLISHED:
-            return None
-        return self.activity() + idle
+        return latest + idle
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next (``None``: no timer).
 
         Every deadline is cleared or moved by :meth:`handle_timer` once it has passed, so
-        a deadline in the past fires once and never re-arms itself.
+        a deadline in the past fires once and never re-arms itself. The I/O layer asks
+        after every pass, so the owners are only asked when they may have a deadline.
         """
         links = self._links
         if links.closed:
             return None  # a closed session runs no timer
         earliest = self.timers.next()
         for deadline in (
-            self._acks.next_deadline(),
             self._idle_deadline(),
+            self._acks.next_deadline() if self._acks.pending else None,
             self._liveness.next_deadline(links.connections.values()) if links.tcpls else None,
         ):
             if deadline is not None and (earliest is None or deadline < earliest):

@@ -78,10 +78,20 @@ class RecordSender:
     # ------------------------------------------------------------ the pull model
 
     def wants_transmit(self, conn: Connection, now: float) -> bool:
-        """Whether :meth:`transmit` would produce bytes for ``conn`` now."""
-        wants = self.wants(conn)
-        if wants is not None:
-            return wants
+        """Whether :meth:`transmit` would produce bytes for ``conn`` now (asked for every
+        connection on every pass of the I/O layer, hence one call)."""
+        tls = conn.tls
+        if tls.pending_output:
+            return True
+        if not tls.can_send:
+            return False
+        if conn.ping_pending or conn.ping_answer:
+            return True
+        if conn.status is ConnectionStatus.ACTIVE:
+            if self._control or self._sendable_for(conn):
+                return True
+        elif conn.status is not ConnectionStatus.DRAINING:
+            return False
         links = self._links
         if links.close_requested and links.flushed():
             return True
@@ -135,23 +145,6 @@ class RecordSender:
         links.close()
 
     # ------------------------------------------------------------ what is due
-
-    def wants(self, conn: Connection) -> bool | None:
-        """Whether there is something to send on ``conn`` now; ``None``: only if the
-        session may send close_notify or an ACK is due (the caller knows)."""
-        tls = conn.tls
-        if tls.pending_output:
-            return True
-        if not tls.can_send:
-            return False
-        if conn.ping_pending or conn.ping_answer:
-            return True
-        if conn.status is ConnectionStatus.ACTIVE:
-            if self._control or self._sendable_for(conn):
-                return True
-        elif conn.status is not ConnectionStatus.DRAINING:
-            return False
-        return None
 
     def _sendable_for(self, conn: Connection) -> bool:
         sendable = self._streams.sendable
