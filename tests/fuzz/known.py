@@ -24,34 +24,7 @@ class KnownBug:
     summary: str
 
 
-KNOWN_BUGS: tuple[KnownBug, ...] = (
-    KnownBug(
-        crashes=("handshake_engine/x25519-all-zero-share",),
-        targets=("handshake_engine",),
-        exception="ValueError",
-        message="Error computing shared key",
-        summary="an all-zero (low-order) X25519 share makes cryptography raise ValueError in "
-        "groups._x25519 before its all-zero check: it must be an illegal_parameter",
-    ),
-    KnownBug(
-        crashes=("handshake_engine/certificate-subject-not-utf8",),
-        targets=("handshake_engine",),
-        exception="ValueError",
-        message="error parsing asn1 value",
-        summary="a peer certificate whose subject does not decode (a UTF8String that is not "
-        "UTF-8) passes certs.parse_certificate_chain, then raises ValueError when a failed "
-        "validation is explained: it must be a bad_certificate",
-    ),
-    KnownBug(
-        crashes=("handshake_engine/certificate-issuer-bit-string",),
-        targets=("handshake_engine",),
-        exception="TypeError",
-        message="oid must be X500_UNIQUE_IDENTIFIER",
-        summary="a peer certificate whose issuer has a BIT STRING common name passes "
-        "certs.parse_certificate_chain, then raises TypeError when a failed validation is "
-        "explained: it must be a bad_certificate",
-    ),
-)
+KNOWN_BUGS: tuple[KnownBug, ...] = ()
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

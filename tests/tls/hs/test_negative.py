@@ -84,6 +84,8 @@ UNKNOWN_EXTENSION = 0xFF01
 CCM_SUITE = 0x1304
 DOWNGRADE_TLS12 = b"DOWNGRD\x01"
 DOWNGRADE_TLS11 = b"DOWNGRD\x00"
+#: The version field of an X.509 v3 certificate (explicit [0] INTEGER 2).
+V3 = b"\xa0\x03\x02\x01\x02"
 
 
 # --------------------------------------------------------------------------- material
@@ -638,58 +640,6 @@ def _random_ending(tail: bytes) -> Callable[[ServerHello], None]:
 
 
 # The fixes the engine needs (the xfail reasons).
-FIX_LEGACY_VERSION = _fix(
-    "client.py ClientEngine._server_hello and ._retry",
-    "replace `if sh.legacy_version != TLS12: raise IllegalParameter(...)` by `if "
-    "sh.legacy_version <= 0x0300: raise ProtocolError(..., AlertDescription.protocol_version)` "
-    "(RFC 8446 D.5) and ignore any other legacy_version once supported_versions says TLS 1.3 "
-    "(§4.2.1: clients MUST ignore it); do the same check in _retry, which checks none",
-)
-FIX_PSK_WITHOUT_KEY_SHARE = _fix(
-    "client.py ClientEngine._server_hello",
-    "when the ServerHello accepts our PSK but has no key_share although we offered only "
-    "psk_dhe_ke, raise IllegalParameter (§4.2.11: 'a server key_share extension is present if "
-    "required by psk_key_exchange_modes ... illegal_parameter'); keep missing_extension for a "
-    "ServerHello without key_share nor pre_shared_key",
-)
-FIX_X25519_LOW_ORDER = _fix(
-    "groups.py _x25519 and _x448",
-    "cryptography raises ValueError('Error computing shared key.') from exchange() for a "
-    "low-order point before the all-zero check runs; wrap `private.exchange(...)` in "
-    "`try: ... except ValueError: raise IllegalParameter('the X25519 key share gives an "
-    "all-zero secret') from None` (RFC 8446 §7.4.2); found by fuzz target handshake_engine",
-)
-FIX_FINISHED_LENGTH = _fix(
-    "client.py ClientEngine._finished and server.py ServerEngine._finished",
-    "before comparing, `if len(message) != 4 + schedule.hash_size: raise DecodeError(...)`: "
-    "verify_data is opaque[Hash.length] (§4.4.4), a Finished of another length is not "
-    "decodable (§6.2 decode_error, as OpenSSL does), only a wrong value is decrypt_error",
-)
-FIX_MISPLACED_EXTENSION = _fix(
-    "server.py ServerEngine._client_hello (and _second_client_hello), client.py "
-    "_certificate_request and _new_session_ticket",
-    "after parsing, refuse with IllegalParameter any extension of ExtensionType that the "
-    "table of §4.2 does not allow in that message (CH: all but oid_filters; CR: "
-    "status_request, signature_algorithms, signed_certificate_timestamp, "
-    "certificate_authorities, oid_filters, signature_algorithms_cert; NST: early_data); "
-    "unknown types stay ignored (§4.3.2, §4.6.1)",
-)
-FIX_CERTIFICATE_NAMES = _fix(
-    "certs.py parse_certificate_chain",
-    "cryptography parses a certificate's subject and issuer lazily: force them with the "
-    "extensions (`certificate.subject, certificate.issuer, certificate.extensions` in the "
-    "same try, ValueError or TypeError → bad_certificate), else a name that does not decode "
-    "(a UTF8String that is not UTF-8: ValueError; a common name that is a BIT STRING: "
-    "TypeError) raises from CertificateVerifier._explain → _is_self_signed when the path "
-    "does not validate; found by fuzz target handshake_engine",
-)
-FIX_CERTIFICATE_ENTRY_EXTENSIONS = _fix(
-    "client.py ClientEngine._certificate (codec.Certificate.extensions now keeps them)",
-    "for each entry's extensions: a type of ExtensionType other than status_request and "
-    "signed_certificate_timestamp is IllegalParameter (§4.2 table, CT column); any type the "
-    "ClientHello did not carry is unsupported_extension (§4.2, §4.4.2: 'Extensions in the "
-    "Certificate message from the server MUST correspond to ones from the ClientHello')",
-)
 
 
 def _cases() -> list[Case]:
@@ -733,7 +683,7 @@ def _cases() -> list[Case]:
         None)
     add("ch/grease-extension-ignored", S, ch, client_hello(_set(0x0A0A, b"")), None)
     add("ch/oid-filters-belongs-in-cr", S, ch, client_hello(_set(E.oid_filters, b"\x00\x00")),
-        A.illegal_parameter, xfail=FIX_MISPLACED_EXTENSION)
+        A.illegal_parameter)
     add("ch/legacy-version-ssl3", S, ch, client_hello(_attr("legacy_version", 0x0300)),
         A.protocol_version)
     add("ch/legacy-version-ssl2", S, ch, client_hello(_attr("legacy_version", 0x0002)),
@@ -811,9 +761,9 @@ def _cases() -> list[Case]:
     add("ch/x25519-share-33-bytes", S, ch, share(Group.x25519, bytes(range(33))),
         A.illegal_parameter, scenario="x25519")
     add("ch/x25519-share-all-zero (fuzz)", S, ch, share(Group.x25519, bytes(32)),
-        A.illegal_parameter, scenario="x25519", xfail=FIX_X25519_LOW_ORDER)
+        A.illegal_parameter, scenario="x25519")
     add("ch/x25519-share-low-order (fuzz)", S, ch, share(Group.x25519, b"\x01" + bytes(31)),
-        A.illegal_parameter, scenario="x25519", xfail=FIX_X25519_LOW_ORDER)
+        A.illegal_parameter, scenario="x25519")
     add("ch/p256-share-not-on-curve", S, ch, share(Group.secp256r1, b"\x04" + bytes(range(64))),
         A.illegal_parameter, scenario="p256")
     add("ch/p256-share-compressed", S, ch, share(Group.secp256r1, b"\x02" + bytes(range(32))),
@@ -826,7 +776,7 @@ def _cases() -> list[Case]:
         share(Group.X25519MLKEM768, b"\xff" * 1184 + bytes(range(9, 41))),
         A.illegal_parameter, scenario="mlkem")
     add("ch/mlkem-x25519-part-all-zero (fuzz)", S, ch, share(Group.X25519MLKEM768, bytes(1216)),
-        A.illegal_parameter, scenario="mlkem", xfail=FIX_X25519_LOW_ORDER)
+        A.illegal_parameter, scenario="mlkem")
     # pre_shared_key and its binders (§4.2.11)
     add("ch/resumption-unchanged", S, ch, same, None, scenario=resume)
     add("ch/resumption-rebound", S, ch, client_hello(lambda h: None, bind=True), None,
@@ -881,7 +831,7 @@ def _cases() -> list[Case]:
     add("hrr/tls12", C, sh, server_hello(_set(E.supported_versions, _u16(0x0303))),
         A.illegal_parameter, scenario=hrr)
     add("hrr/legacy-version-ssl3", C, sh, server_hello(_attr("legacy_version", 0x0300)),
-        A.protocol_version, scenario=hrr, xfail=FIX_LEGACY_VERSION)
+        A.protocol_version, scenario=hrr)
     add("hrr/unknown-extension", C, sh, server_hello(_set(UNKNOWN_EXTENSION, b"")),
         A.unsupported_extension, scenario=hrr)
     add("hrr/signature-algorithms-belongs-in-ch", C, sh,
@@ -918,7 +868,7 @@ def _cases() -> list[Case]:
         client_hello(_attr("cipher_suites", (CipherSuite.AES_128_GCM_SHA256,))),
         A.illegal_parameter, scenario=hrr, occurrence=2)
     add("ch2/x25519-share-all-zero (fuzz)", S, ch, share(Group.x25519, bytes(32)),
-        A.illegal_parameter, scenario=hrr, occurrence=2, xfail=FIX_X25519_LOW_ORDER)
+        A.illegal_parameter, scenario=hrr, occurrence=2)
 
     # -- ServerHello (to the client) ----------------------------------------------------------
     add("sh/unchanged", C, sh, same, None)
@@ -955,9 +905,9 @@ def _cases() -> list[Case]:
     add("sh/supported-versions-list", C, sh,
         server_hello(_set(E.supported_versions, encode_u16_list([0x0304], 1))), A.decode_error)
     add("sh/legacy-version-ssl3", C, sh, server_hello(_attr("legacy_version", 0x0300)),
-        A.protocol_version, xfail=FIX_LEGACY_VERSION)
+        A.protocol_version)
     add("sh/legacy-version-tls10-ignored", C, sh, server_hello(_attr("legacy_version", 0x0301)),
-        None, xfail=FIX_LEGACY_VERSION)
+        None)
     add("sh/share-in-group-without-our-share", C, sh,
         server_hello(_server_share(Group.secp256r1, KeyShare(Group.secp256r1).public)),
         A.illegal_parameter)
@@ -973,8 +923,7 @@ def _cases() -> list[Case]:
                                                                    bytes(range(31)))),
         A.illegal_parameter)
     add("sh/x25519-share-all-zero (fuzz)", C, sh,
-        server_hello(_server_share(Group.x25519, bytes(32))), A.illegal_parameter,
-        xfail=FIX_X25519_LOW_ORDER)
+        server_hello(_server_share(Group.x25519, bytes(32))), A.illegal_parameter)
     add("sh/p256-share-not-on-curve", C, sh,
         server_hello(_server_share(Group.secp256r1, b"\x04" + bytes(range(64)))),
         A.illegal_parameter, scenario="p256")
@@ -986,7 +935,7 @@ def _cases() -> list[Case]:
         server_hello(_attr("cipher_suite", CipherSuite.AES_128_GCM_SHA256)),
         A.illegal_parameter, scenario=resume)
     add("sh/psk-without-key-share", C, sh, server_hello(_pop(E.key_share)), A.illegal_parameter,
-        scenario=resume, xfail=FIX_PSK_WITHOUT_KEY_SHARE)
+        scenario=resume)
     add("sh/psk-malformed", C, sh, server_hello(_set(E.pre_shared_key, b"\x00")),
         A.decode_error, scenario=resume)
     add("sh/unknown-extension", C, sh, server_hello(_set(UNKNOWN_EXTENSION, b"")),
@@ -1062,7 +1011,7 @@ def _cases() -> list[Case]:
         certificate_request(_set(UNKNOWN_EXTENSION, b"\x05")), None, scenario=auth)
     add("cr/key-share-belongs-in-hellos", C, cr,
         certificate_request(_set(E.key_share, _u16(Group.x25519))), A.illegal_parameter,
-        scenario=auth, xfail=FIX_MISPLACED_EXTENSION)
+        scenario=auth)
     add("cr/duplicate-signature-algorithms", C, cr, duplicate(E.signature_algorithms),
         A.illegal_parameter, scenario=auth)
     add("cr/in-psk-handshake", C, fin, replace(CertificateRequest(b"", sig_algs).encode()),
@@ -1089,21 +1038,22 @@ def _cases() -> list[Case]:
     add("cert/duplicate-entry-extension", C, ct,
         certificate_entry_extensions(entry(E.status_request, b"") * 2), A.illegal_parameter)
     add("cert/unsolicited-entry-extension", C, ct,
-        certificate_entry_extensions(entry(UNKNOWN_EXTENSION, b"")), A.unsupported_extension,
-        xfail=FIX_CERTIFICATE_ENTRY_EXTENSIONS)
+        certificate_entry_extensions(entry(UNKNOWN_EXTENSION, b"")), A.unsupported_extension)
     add("cert/key-share-in-entry", C, ct,
         certificate_entry_extensions(entry(E.key_share, _u16(Group.x25519))),
-        A.illegal_parameter, xfail=FIX_CERTIFICATE_ENTRY_EXTENSIONS)
+        A.illegal_parameter)
     add("cert/entry-extensions-overrun", C, ct, certificate_entry_extensions(b"\x00\x05\x00\x09"),
         A.decode_error)
     add("cert/subject-not-utf8 (fuzz)", C, ct, leaf_bytes(b"\x0c\x09localhost", b"\x0c\x09\x93"),
-        A.bad_certificate, xfail=FIX_CERTIFICATE_NAMES)
+        A.bad_certificate)
+    add("cert/version-15 (fuzz)", C, ct, leaf_bytes(V3, b"\xa0\x03\x02\x01\x0f"),
+        A.decode_error)
+    add("cert/client-version-15 (fuzz)", S, ct, leaf_bytes(V3, b"\xa0\x03\x02\x01\x0f"),
+        A.decode_error, scenario=auth)
     add("cert/issuer-cn-bit-string (fuzz)", C, ct,
-        leaf_bytes(b"\x0c\x0dtcpls test CA", b"\x03\x0d\x00"), A.bad_certificate,
-        xfail=FIX_CERTIFICATE_NAMES)
+        leaf_bytes(b"\x0c\x0dtcpls test CA", b"\x03\x0d\x00"), A.bad_certificate)
     add("cert/client-subject-not-utf8 (fuzz)", S, ct,
-        leaf_bytes(b"\x0c\x06client", b"\x0c\x06\x93"), A.bad_certificate, scenario=auth,
-        xfail=FIX_CERTIFICATE_NAMES)
+        leaf_bytes(b"\x0c\x06client", b"\x0c\x06\x93"), A.bad_certificate, scenario=auth)
     add("cert/client-empty-when-required", S, ct, certificate(_attr("certificates", [])),
         A.certificate_required, scenario=auth)
     add("cert/client-garbage-der", S, ct, certificate(_attr("certificates", [b"\x00"])),
@@ -1138,12 +1088,12 @@ def _cases() -> list[Case]:
     # -- Finished -----------------------------------------------------------------------------
     add("fin/server-bad", C, fin, flip_last, A.decrypt_error)
     add("fin/server-resumed-bad", C, fin, flip_last, A.decrypt_error, scenario=resume)
-    add("fin/server-truncated", C, fin, shorter, A.decode_error, xfail=FIX_FINISHED_LENGTH)
-    add("fin/server-trailing-byte", C, fin, trailing, A.decode_error, xfail=FIX_FINISHED_LENGTH)
-    add("fin/server-empty", C, fin, truncated(0), A.decode_error, xfail=FIX_FINISHED_LENGTH)
+    add("fin/server-truncated", C, fin, shorter, A.decode_error)
+    add("fin/server-trailing-byte", C, fin, trailing, A.decode_error)
+    add("fin/server-empty", C, fin, truncated(0), A.decode_error)
     add("fin/client-bad", S, fin, flip_last, A.decrypt_error)
     add("fin/client-after-certificate-bad", S, fin, flip_last, A.decrypt_error, scenario=auth)
-    add("fin/client-truncated", S, fin, shorter, A.decode_error, xfail=FIX_FINISHED_LENGTH)
+    add("fin/client-truncated", S, fin, shorter, A.decode_error)
 
     # -- messages out of order ----------------------------------------------------------------
     add("order/finished-before-certificate", C, ct, replace(fake_finished), A.unexpected_message)
@@ -1202,8 +1152,7 @@ def _cases() -> list[Case]:
     add("nst/unknown-extension-ignored", C, nst, new_session_ticket(_set(UNKNOWN_EXTENSION, b"x")),
         None)
     add("nst/key-share-belongs-in-hellos", C, nst,
-        new_session_ticket(_set(E.key_share, _u16(Group.x25519))), A.illegal_parameter,
-        xfail=FIX_MISPLACED_EXTENSION)
+        new_session_ticket(_set(E.key_share, _u16(Group.x25519))), A.illegal_parameter)
     add("nst/duplicate-early-data", C, nst,
         then(new_session_ticket(_set(E.early_data, bytes(4))), duplicate(E.early_data)),
         A.illegal_parameter)

@@ -20,14 +20,22 @@ from typing import Any, ClassVar
 
 from cryptography import x509
 
-from tcpls.errors import ProtocolError, UnexpectedMessage
-from tcpls.tls.hs.codec import HandshakeType
+from tcpls.errors import IllegalParameter, ProtocolError, UnexpectedMessage
+from tcpls.tls.hs.codec import ExtensionType, HandshakeType
 from tcpls.tls.hs.keyschedule import KeySchedule, Transcript
 from tcpls.tls.keylog import KeyLog
 from tcpls.tls.record import CipherSuite, hkdf_expand_label, suite_hash
 from tcpls.wire.extensions import DEFAULT_CODEPOINTS, ExtensionCodepoints
 
-__all__ = ["Epoch", "Handler", "HandshakeEngine", "SecretCallback", "noop_secret"]
+__all__ = [
+    "ALLOWED_IN",
+    "Epoch",
+    "Handler",
+    "HandshakeEngine",
+    "SecretCallback",
+    "check_placement",
+    "noop_secret",
+]
 
 logger = logging.getLogger("tcpls.tls")
 
@@ -57,6 +65,46 @@ _KEYLOG_LABELS = {
 def noop_secret(is_write: bool, epoch: Epoch, suite: CipherSuite, secret: bytes) -> None:
     """A secret handler that drops the secret (until the record layer sets its own)."""
     return None
+
+
+E = ExtensionType
+#: Where each extension the engine knows may appear (RFC 8446 §4.2, RFC 8449 for
+#: record_size_limit): CH ClientHello, SH ServerHello, HRR HelloRetryRequest,
+#: EE EncryptedExtensions, CT Certificate entry, CR CertificateRequest, NST NewSessionTicket.
+ALLOWED_IN: dict[int, frozenset[str]] = {
+    E.server_name: frozenset({"CH", "EE"}),
+    E.max_fragment_length: frozenset({"CH", "EE"}),
+    E.status_request: frozenset({"CH", "CR", "CT"}),
+    E.supported_groups: frozenset({"CH", "EE"}),
+    E.signature_algorithms: frozenset({"CH", "CR"}),
+    E.use_srtp: frozenset({"CH", "EE"}),
+    E.heartbeat: frozenset({"CH", "EE"}),
+    E.alpn: frozenset({"CH", "EE"}),
+    E.signed_certificate_timestamp: frozenset({"CH", "CR", "CT"}),
+    E.client_certificate_type: frozenset({"CH", "EE"}),
+    E.server_certificate_type: frozenset({"CH", "EE"}),
+    E.padding: frozenset({"CH"}),
+    E.record_size_limit: frozenset({"CH", "EE"}),
+    E.key_share: frozenset({"CH", "SH", "HRR"}),
+    E.pre_shared_key: frozenset({"CH", "SH"}),
+    E.psk_key_exchange_modes: frozenset({"CH"}),
+    E.early_data: frozenset({"CH", "EE", "NST"}),
+    E.cookie: frozenset({"CH", "HRR"}),
+    E.supported_versions: frozenset({"CH", "SH", "HRR"}),
+    E.certificate_authorities: frozenset({"CH", "CR"}),
+    E.oid_filters: frozenset({"CR"}),
+    E.post_handshake_auth: frozenset({"CH"}),
+    E.signature_algorithms_cert: frozenset({"CH", "CR"}),
+}
+
+
+def check_placement(where: str, extensions: Mapping[int, bytes], what: str) -> None:
+    """``illegal_parameter`` for a known extension that does not belong in ``where``
+    (RFC 8446 §4.2); unknown types are left to the caller."""
+    for ext in extensions:
+        allowed = ALLOWED_IN.get(ext)
+        if allowed is not None and where not in allowed:
+            raise IllegalParameter(f"{ExtensionType(ext).name} does not belong in the {what}")
 
 
 #: A handler of one message type in one state (a method of the side's engine).

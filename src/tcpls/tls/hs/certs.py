@@ -63,24 +63,26 @@ def parse_certificate_chain(ders: Sequence[bytes]) -> list[x509.Certificate]:
 
     Raises :class:`~tcpls.errors.DecodeError` (``decode_error``) for bytes that are
     not a DER X.509 certificate, and :class:`~tcpls.errors.CertificateVerificationError`
-    (``bad_certificate``) for a certificate whose extensions are malformed (duplicate
-    or undecodable). An empty ``ders`` gives ``[]``: an empty chain is the caller's
+    (``bad_certificate``) for a certificate whose names or extensions are malformed
+    (duplicate or undecodable). An empty ``ders`` gives ``[]``: an empty chain is the caller's
     business (RFC 8446 §4.4.2.4 wants different alerts for clients and servers).
     """
     chain: list[x509.Certificate] = []
     for index, der in enumerate(ders, 1):
         try:
             certificate = x509.load_der_x509_certificate(bytes(der))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion):
             raise DecodeError(
-                f"the peer's certificate {index} of {len(ders)} is not a DER X.509 "
-                f"certificate ({exc})"
+                f"the peer's certificate {index} of {len(ders)} is not a DER X.509 certificate"
             ) from None
         try:
             certificate.extensions  # noqa: B018 -- parsed lazily: parse now
-        except (ValueError, x509.DuplicateExtension) as exc:
+            certificate.subject.rfc4514_string()  # and the names, which errors quote
+            certificate.issuer.rfc4514_string()
+        except (ValueError, TypeError, x509.DuplicateExtension):
             raise CertificateVerificationError(
-                f"the peer's certificate {index} of {len(ders)} has malformed extensions ({exc})",
+                f"the peer's certificate {index} of {len(ders)} is malformed (its names or "
+                "extensions do not decode)",
                 AlertDescription.bad_certificate,
             ) from None
         chain.append(certificate)

@@ -33,11 +33,17 @@ from tcpls.errors import (
     IllegalParameter,
     ProtocolError,
 )
-from tcpls.tls.hs.base import Epoch, Handler, HandshakeEngine, SecretCallback, noop_secret
+from tcpls.tls.hs.base import (
+    Epoch,
+    Handler,
+    HandshakeEngine,
+    SecretCallback,
+    check_placement,
+    noop_secret,
+)
 from tcpls.tls.hs.certs import CertificateVerifier, parse_certificate_chain
 from tcpls.tls.hs.codec import (
     DOWNGRADE_SENTINELS,
-    TLS12,
     TLS13,
     Certificate,
     CertificateVerify,
@@ -95,22 +101,6 @@ DEFAULT_CIPHER_SUITES = (
 _PSK_DHE_KE = 1
 #: Extensions a server may put in EncryptedExtensions without our asking.
 _EE_UNSOLICITED = {ExtensionType.supported_groups}
-#: Extensions that never belong in EncryptedExtensions (RFC 8446 §4.2 table).
-_EE_FORBIDDEN = {
-    ExtensionType.supported_versions,
-    ExtensionType.key_share,
-    ExtensionType.pre_shared_key,
-    ExtensionType.signature_algorithms,
-    ExtensionType.signature_algorithms_cert,
-    ExtensionType.psk_key_exchange_modes,
-    ExtensionType.cookie,
-    ExtensionType.certificate_authorities,
-    ExtensionType.post_handshake_auth,
-    ExtensionType.oid_filters,
-    ExtensionType.padding,
-    ExtensionType.status_request,
-    ExtensionType.signed_certificate_timestamp,
-}
 
 
 def _hash(suite: int, data: bytes) -> bytes:
@@ -291,8 +281,11 @@ class ClientEngine(HandshakeEngine):
             )
         if decode_u16(exts[ExtensionType.supported_versions], "supported_versions") != TLS13:
             raise IllegalParameter("the ServerHello selects a version other than TLS 1.3")
-        if sh.legacy_version != TLS12:
-            raise IllegalParameter("the ServerHello's legacy_version is not 0x0303")
+        if sh.legacy_version <= 0x0300:  # otherwise ignored (RFC 8446 §4.2.1, §D.5)
+            raise ProtocolError(
+                "the ServerHello's legacy_version is SSL 3.0 or older",
+                AlertDescription.protocol_version,
+            )
         self._check_common(sh.legacy_session_id, sh.cipher_suite, sh.compression_method)
         if self._hrr_suite is not None and sh.cipher_suite != self._hrr_suite:
             raise IllegalParameter("the ServerHello's suite differs from the HelloRetryRequest's")
@@ -327,6 +320,8 @@ class ClientEngine(HandshakeEngine):
             if ticket.server_certificate is not None:  # the same peer as the session's
                 self.peer_certificate = x509.load_der_x509_certificate(ticket.server_certificate)
         if ExtensionType.key_share not in exts:
+            if psk is not None:  # we offered psk_dhe_ke only (RFC 8446 §4.2.11)
+                raise IllegalParameter("the ServerHello takes our PSK without a key share")
             raise ProtocolError(
                 "the ServerHello has no key_share", AlertDescription.missing_extension
             )
@@ -373,6 +368,11 @@ class ClientEngine(HandshakeEngine):
             raise ProtocolError("a second HelloRetryRequest", AlertDescription.unexpected_message)
         self.retried = True
         exts = hrr.extensions
+        if hrr.legacy_version <= 0x0300:
+            raise ProtocolError(
+                "the HelloRetryRequest's legacy_version is SSL 3.0 or older",
+                AlertDescription.protocol_version,
+            )
         self._check_common(hrr.legacy_session_id, hrr.cipher_suite, hrr.compression_method)
         if ExtensionType.supported_versions not in exts:
             raise ProtocolError(
@@ -430,9 +430,8 @@ class ClientEngine(HandshakeEngine):
         hello = self._hello
         assert hello is not None
         cp = self.codepoints
+        check_placement("EE", ee.extensions, "EncryptedExtensions")
         for ext in ee.extensions:
-            if ext in _EE_FORBIDDEN:
-                raise IllegalParameter(f"extension {ext} does not belong in EncryptedExtensions")
             if ext not in hello.extensions and ext not in _EE_UNSOLICITED:
                 if ext == cp.tcpls_token and cp.tcpls in hello.extensions:
                     continue  # checked below, with tcpls
@@ -471,6 +470,7 @@ class ClientEngine(HandshakeEngine):
 
     def _certificate_request(self, message: bytes) -> None:
         request = parse_certificate_request(message)
+        check_placement("CR", request.extensions, "CertificateRequest")
         if request.context:
             raise IllegalParameter("a CertificateRequest during the handshake has a context")
         if ExtensionType.signature_algorithms not in request.extensions:
@@ -491,6 +491,16 @@ class ClientEngine(HandshakeEngine):
             raise IllegalParameter("the server's Certificate has a request context")
         if not certificate.certificates:
             raise DecodeError("the server sent an empty Certificate")
+        hello = self._hello
+        assert hello is not None
+        for extensions in certificate.extensions:
+            check_placement("CT", extensions, "Certificate")
+            for ext in extensions:
+                if ext not in hello.extensions:  # they answer ours (RFC 8446 §4.4.2)
+                    raise ProtocolError(
+                        f"the Certificate carries extension {ext}, which we did not offer",
+                        AlertDescription.unsupported_extension,
+                    )
         chain = parse_certificate_chain(certificate.certificates)
         if self._verifier is not None:
             self._verifier.verify_server(chain, self.server_name)
@@ -516,6 +526,8 @@ class ClientEngine(HandshakeEngine):
         schedule = self.schedule
         assert schedule is not None
         client_hs, server_hs = self._handshake_secrets
+        if len(message) != 4 + schedule.hash_size:
+            raise DecodeError("the server's Finished has the wrong length")
         expected = finished_message(schedule.finished(server_hs, self.transcript.digest()))
         if not hmac.compare_digest(expected, message):
             raise ProtocolError(
@@ -551,6 +563,7 @@ class ClientEngine(HandshakeEngine):
 
     def _new_session_ticket(self, message: bytes) -> None:
         nst = parse_new_session_ticket(message)
+        check_placement("NST", nst.extensions, "NewSessionTicket")
         if nst.lifetime > MAX_TICKET_LIFETIME:
             raise IllegalParameter("a ticket lifetime over seven days")
         max_early = 0

@@ -111,7 +111,10 @@ def parse_groups(names: Sequence[str | int] | str | None) -> tuple[Group, ...]:
 def _x25519(private: x25519.X25519PrivateKey, peer: bytes) -> bytes:
     if len(peer) != 32:
         raise IllegalParameter("an X25519 key share is not 32 bytes")
-    secret = private.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+    try:
+        secret = private.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+    except ValueError:  # cryptography refuses an all-zero result itself
+        secret = b""
     if not any(secret):  # a small-order point (RFC 8446 §7.4.2)
         raise IllegalParameter("the X25519 key share gives an all-zero secret")
     return secret
@@ -120,7 +123,10 @@ def _x25519(private: x25519.X25519PrivateKey, peer: bytes) -> bytes:
 def _x448(private: x448.X448PrivateKey, peer: bytes) -> bytes:
     if len(peer) != 56:
         raise IllegalParameter("an X448 key share is not 56 bytes")
-    secret = private.exchange(x448.X448PublicKey.from_public_bytes(peer))
+    try:
+        secret = private.exchange(x448.X448PublicKey.from_public_bytes(peer))
+    except ValueError:
+        secret = b""
     if not any(secret):
         raise IllegalParameter("the X448 key share gives an all-zero secret")
     return secret
@@ -133,7 +139,10 @@ def _ecdh(group: int, private: ec.EllipticCurvePrivateKey, peer: bytes) -> bytes
         public = ec.EllipticCurvePublicKey.from_encoded_point(_CURVES[group](), peer)
     except ValueError:
         raise IllegalParameter("an EC key share is not a point on its curve") from None
-    return private.exchange(ec.ECDH(), public)
+    try:
+        return private.exchange(ec.ECDH(), public)
+    except ValueError:
+        raise IllegalParameter("an EC key share does not give a shared secret") from None
 
 
 def _ec_public(private: ec.EllipticCurvePrivateKey) -> bytes:

@@ -38,7 +38,14 @@ from tcpls.errors import (
     IllegalParameter,
     ProtocolError,
 )
-from tcpls.tls.hs.base import Epoch, Handler, HandshakeEngine, SecretCallback, noop_secret
+from tcpls.tls.hs.base import (
+    Epoch,
+    Handler,
+    HandshakeEngine,
+    SecretCallback,
+    check_placement,
+    noop_secret,
+)
 from tcpls.tls.hs.certs import CertificateVerifier, parse_certificate_chain
 from tcpls.tls.hs.client import DEFAULT_CIPHER_SUITES
 from tcpls.tls.hs.codec import (
@@ -165,6 +172,7 @@ class ServerEngine(HandshakeEngine):
     def _client_hello(self, message: bytes) -> None:
         hello = parse_client_hello(message)
         exts = hello.extensions
+        check_placement("CH", exts, "ClientHello")
         if hello.legacy_version <= 0x0300:
             raise ProtocolError(
                 "the client offers SSL 3.0 or older", AlertDescription.protocol_version
@@ -242,6 +250,7 @@ class ServerEngine(HandshakeEngine):
 
     def _second_client_hello(self, message: bytes) -> None:
         hello = parse_client_hello(message)
+        check_placement("CH", hello.extensions, "ClientHello")
         first = self._first
         assert first is not None and self.cipher_suite is not None
         exts = hello.extensions
@@ -511,6 +520,8 @@ class ServerEngine(HandshakeEngine):
     def _finished(self, message: bytes) -> None:
         schedule = self.schedule
         assert schedule is not None and self.cipher_suite is not None
+        if len(message) != 4 + schedule.hash_size:
+            raise DecodeError("the client's Finished has the wrong length")
         expected = finished_message(
             schedule.finished(self._handshake_secrets[0], self.transcript.digest())
         )
