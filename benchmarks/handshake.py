@@ -35,10 +35,22 @@ letting the default handler log them (see ``asyncio_errors`` in their results): 
 connection currently provokes one per join (a bug reported with this benchmark), and
 formatting its traceback would be billed to the join.
 
-All use TLS_AES_128_GCM_SHA256, an ECDSA P-256 certificate and, by default on both
-stacks, X25519 key exchange; the servers send session tickets after each handshake
-(tcpls: ``ServerConfig.session_tickets``; OpenSSL: two tickets by default). stdlib
-``ssl`` gets the suite through ``OPENSSL_CONF`` (see ``common.py``).
+Key exchange groups (``--groups``): by default the tcpls peers use the library's default
+groups (client and server prefer X25519MLKEM768; the client sends key shares for
+X25519MLKEM768 *and* x25519, so it makes both keys, and the server answers the hybrid).
+``--groups X25519MLKEM768,x25519`` runs the full-handshake systems (``tcpls``,
+``tcpls_plain_tls``) once per group in every round, as ``tcpls@X25519MLKEM768`` and
+``tcpls@x25519``: client and server both get ``groups=[that group]`` (one key share, no
+HelloRetryRequest), and the group negotiated is checked on every session (server side).
+``default`` in the list is the library default under the plain name (``tcpls``). The joins
+make no key exchange and always use the default. ``ratios`` then has
+``<system>_mlkem_over_x25519_*`` and ``<system>@<group>_over_ssl_*``.
+
+All use TLS_AES_128_GCM_SHA256 and an ECDSA P-256 certificate; stdlib ``ssl`` uses
+OpenSSL's default groups (X25519 first here: OpenSSL 3.0 has no ML-KEM); the servers send
+session tickets after each handshake (tcpls: ``ServerConfig.session_tickets``; OpenSSL: two
+tickets by default). stdlib ``ssl`` gets the suite through ``OPENSSL_CONF`` (see
+``common.py``).
 
 Prints one JSON line on stdout; progress goes to stderr.
 """
@@ -72,13 +84,18 @@ from common import (
     run_benchmark,
     run_child,
     run_pair,
+    serve_commands,
     ssl_client_context,
     summarize,
 )
-from peers import ssl_sink_server, tcpls_sink_server
+from peers import ssl_sink_server
 
 SYSTEMS = ("tcpls", "tcpls_plain_tls", "ssl", "tcpls_join", "tcpls_join_keep")
 JOIN_SYSTEMS = ("tcpls_join", "tcpls_join_keep")
+#: The systems that make full handshakes with tcpls: run once per ``--groups`` entry.
+GROUP_SYSTEMS = ("tcpls", "tcpls_plain_tls")
+#: ``--groups`` entry for the library's default groups (results under the plain name).
+DEFAULT_GROUP = "default"
 #: Joins made on one session (a session has at most 255 tokens; W8).
 JOINS_PER_SESSION = 250
 
@@ -107,33 +124,54 @@ def _report(
 
 
 def tcpls_handshake_client(
-    conn: Connection, port: int, pki: Pki, handshakes: int, warmup: int, offer_tcpls: bool
+    conn: Connection,
+    port: int,
+    pki: Pki,
+    handshakes: int,
+    warmup: int,
+    offer_tcpls: bool,
+    group: str | None = None,
 ) -> None:
-    """tcpls client: sequential ``connect`` + ``aclose``."""
+    """tcpls client: sequential ``connect`` + ``aclose`` (only ``group`` offered if given)."""
     run_child(
         conn,
-        lambda control: _tcpls_handshakes(control, port, pki, handshakes, warmup, offer_tcpls),
+        lambda control: _tcpls_handshakes(
+            control, port, pki, handshakes, warmup, offer_tcpls, group
+        ),
     )
 
 
 async def _tcpls_handshakes(
-    control: Control, port: int, pki: Pki, handshakes: int, warmup: int, offer_tcpls: bool
+    control: Control,
+    port: int,
+    pki: Pki,
+    handshakes: int,
+    warmup: int,
+    offer_tcpls: bool,
+    group: str | None,
 ) -> None:
     import tcpls
 
     config = tcpls.ClientConfig(
-        cafile=pki.ca_file, cipher_suites=[CIPHER_SUITE], tcpls=offer_tcpls
+        cafile=pki.ca_file,
+        cipher_suites=[CIPHER_SUITE],
+        tcpls=offer_tcpls,
+        groups=[group] if group is not None else None,
     )
     cipher = ""
+    negotiated: str | None = None
 
     async def once() -> float:
-        nonlocal cipher
+        nonlocal cipher, negotiated
         start = time.perf_counter()
         session = await tcpls.connect(HOST, port, config=config)
         latency = time.perf_counter() - start
         try:
             if not cipher:
                 cipher = check_tcpls_session(session, tcpls_expected=offer_tcpls)
+                negotiated = getattr(session, "group", None)
+                if group is not None and negotiated != group:
+                    raise BenchmarkError(f"tcpls negotiated group {negotiated}, not {group}")
         finally:
             await session.aclose(timeout=CLOSE_TIMEOUT)
         if session.error is not None:
@@ -145,7 +183,7 @@ async def _tcpls_handshakes(
     await control.ready()
     meter = Meter()
     latencies = [await once() for _ in range(handshakes)]
-    control.reply(_report(meter, latencies, cipher, {"tcpls": offer_tcpls}))
+    control.reply(_report(meter, latencies, cipher, {"tcpls": offer_tcpls, "group": negotiated}))
 
 
 def ssl_handshake_client(
@@ -181,6 +219,46 @@ async def _ssl_handshakes(
     meter = Meter()
     latencies = [await once() for _ in range(handshakes)]
     control.reply(_report(meter, latencies, cipher, {}))
+
+
+# -- tcpls server for full handshakes -----------------------------------------------
+
+
+def tcpls_handshake_server(conn: Connection, pki: Pki, group: str | None) -> None:
+    """tcpls server (``groups=[group]`` if given); counts sessions and negotiated groups.
+
+    The handler is the one of ``peers.tcpls_sink_server`` for a session that opens no
+    stream (it waits for the session to end), plus counting the group."""
+    run_child(conn, lambda control: _tcpls_handshake_server(control, pki, group))
+
+
+async def _tcpls_handshake_server(control: Control, pki: Pki, group: str | None) -> None:
+    import tcpls
+
+    groups: dict[str, int] = {}
+    extra: dict[str, Any] = {"sessions": 0, "tcpls_sessions": 0, "groups": groups}
+
+    async def handler(session: tcpls.Session) -> None:
+        extra["sessions"] += 1
+        extra["tcpls_sessions"] += int(session.tcpls_negotiated)
+        name = str(getattr(session, "group", None))
+        groups[name] = groups.get(name, 0) + 1
+        async for _reader, _writer in session:
+            pass
+
+    config = tcpls.ServerConfig(
+        certfile=pki.cert_file,
+        keyfile=pki.key_file,
+        cipher_suites=[CIPHER_SUITE],
+        groups=[group] if group is not None else None,
+    )
+    server = await tcpls.serve(handler, HOST, 0, config=config, reliable=True)
+    try:
+        await serve_commands(control, server.port, extra)
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT)
 
 
 # -- joins --------------------------------------------------------------------------
@@ -303,13 +381,20 @@ async def _tcpls_joins(
 # -- orchestration ------------------------------------------------------------------
 
 
-def _peers(system: str, args: argparse.Namespace, pki: Pki) -> tuple[Peer, Peer]:
+def _split(key: str) -> tuple[str, str | None]:
+    """``"tcpls@x25519"`` -> ``("tcpls", "x25519")``; ``"tcpls"`` -> ``("tcpls", None)``."""
+    system, _, group = key.partition("@")
+    return system, group or None
+
+
+def _peers(key: str, args: argparse.Namespace, pki: Pki) -> tuple[Peer, Peer]:
     n, warmup = args.handshakes, args.warmup
-    if system in ("tcpls", "tcpls_plain_tls"):
+    system, group = _split(key)
+    if system in GROUP_SYSTEMS:
         offer = system == "tcpls"
         return (
-            Peer(f"{system}-server", tcpls_sink_server, (pki, True)),
-            Peer(f"{system}-client", tcpls_handshake_client, (pki, n, warmup, offer)),
+            Peer(f"{key}-server", tcpls_handshake_server, (pki, group)),
+            Peer(f"{key}-client", tcpls_handshake_client, (pki, n, warmup, offer, group)),
         )
     if system in JOIN_SYSTEMS:
         retire = system == "tcpls_join"
@@ -326,7 +411,8 @@ def _peers(system: str, args: argparse.Namespace, pki: Pki) -> tuple[Peer, Peer]
     raise BenchmarkError(f"unknown system {system!r}")
 
 
-def _summarize(system: str, runs: list[PairResult], warmup: int) -> dict[str, Any]:
+def _summarize(key: str, runs: list[PairResult], warmup: int) -> dict[str, Any]:
+    system, group = _split(key)
     for run in runs:
         if system in JOIN_SYSTEMS:
             joins = run.server.get("joins")
@@ -340,7 +426,9 @@ def _summarize(system: str, runs: list[PairResult], warmup: int) -> dict[str, An
         if seen != expected:
             raise BenchmarkError(f"{system}: the server saw {seen} handshakes, not {expected}")
         if system == "tcpls" and run.server.get("tcpls_sessions") != expected:
-            raise BenchmarkError(f"{system}: not every session negotiated TCPLS")
+            raise BenchmarkError(f"{key}: not every session negotiated TCPLS")
+        if group is not None and run.server.get("groups") != {group: expected}:
+            raise BenchmarkError(f"{key}: the server negotiated {run.server.get('groups')}")
     n = runs[0].client["handshakes"]
     return {
         "handshakes": n,
@@ -354,6 +442,11 @@ def _summarize(system: str, runs: list[PairResult], warmup: int) -> dict[str, An
             "server": round(max(r.server["memory_mb"]["peak"] for r in runs), 1),
         },
         "cipher": runs[0].client["cipher"],
+        **(
+            {"group": runs[0].client.get("group"), "server_groups": runs[0].server["groups"]}
+            if system in GROUP_SYSTEMS
+            else {}
+        ),
         **(
             {
                 "unit": "join (rates, CPU and latency are per join)",
@@ -383,6 +476,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {SYSTEMS}"
     )
     parser.add_argument(
+        "--groups",
+        default=DEFAULT_GROUP,
+        help="comma-separated key exchange groups: tcpls and tcpls_plain_tls run once per "
+        "group (client and server restricted to it), e.g. X25519MLKEM768,x25519; "
+        f"{DEFAULT_GROUP!r} = the library's default groups",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=None,
@@ -395,7 +495,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--systems: unknown {sorted(unknown)}")
     if args.handshakes < 1 or args.runs < 1 or args.warmup < 0:
         parser.error("--handshakes and --runs must be at least 1, --warmup at least 0")
+    try:
+        from tcpls.tls.hs.groups import GROUP_NAMES
+    except ImportError:  # a revision without the project's own handshake engine
+        GROUP_NAMES = {}
+    groups: list[str | None] = []
+    for name in (g.strip() for g in args.groups.split(",") if g.strip()):
+        if name.lower() == DEFAULT_GROUP:
+            canonical = None
+        elif name.lower() in GROUP_NAMES:
+            canonical = GROUP_NAMES[name.lower()].name
+        else:
+            parser.error(f"--groups: unknown group {name!r} (known: {sorted(GROUP_NAMES)})")
+        if canonical not in groups:
+            groups.append(canonical)
+    if not groups:
+        parser.error("--groups: empty")
+    args.group_list = groups
     args.system_list = systems
+    # what runs in a round, in order: every group of a system one after the other
+    args.keys = [
+        f"{s}@{g}" if g is not None else s
+        for s in systems
+        for g in (groups if s in GROUP_SYSTEMS else [None])
+    ]
     return args
 
 
@@ -406,9 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> dict[str, Any]:
         machine = machine_info()
         pki = make_pki()
-        results: dict[str, list[PairResult]] = {s: [] for s in args.system_list}
+        results: dict[str, list[PairResult]] = {s: [] for s in args.keys}
         for round_no in range(1, args.runs + 1):
-            for system in args.system_list:
+            for system in args.keys:
                 server, client = _peers(system, args, pki)
                 run = run_pair(server, client, timeout)
                 results[system].append(run)
@@ -441,6 +564,26 @@ def main(argv: list[str] | None = None) -> int:
                     med("tcpls", "handshakes_per_s") / med("ssl", "handshakes_per_s"), 3
                 ),
             }
+        for key in summary:
+            if "@" in key and "ssl" in summary:
+                for side in ("client", "server"):
+                    ratios[f"{key}_over_ssl_{side}_cpu"] = round(
+                        med(key, f"{side}_cpu_ms_per_handshake")
+                        / med("ssl", f"{side}_cpu_ms_per_handshake"),
+                        3,
+                    )
+        for base in GROUP_SYSTEMS:
+            hybrid, classic = f"{base}@X25519MLKEM768", f"{base}@x25519"
+            if hybrid in summary and classic in summary:
+                for side in ("client", "server"):
+                    ratios[f"{base}_mlkem_over_x25519_{side}_cpu"] = round(
+                        med(hybrid, f"{side}_cpu_ms_per_handshake")
+                        / med(classic, f"{side}_cpu_ms_per_handshake"),
+                        3,
+                    )
+                ratios[f"{base}_mlkem_over_x25519_rate"] = round(
+                    med(hybrid, "handshakes_per_s") / med(classic, "handshakes_per_s"), 3
+                )
         for join_system in JOIN_SYSTEMS:
             if join_system in summary and "tcpls" in summary:
                 suffix = "" if join_system == "tcpls_join" else "_keep"
@@ -467,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
                 "handshakes": args.handshakes,
                 "warmup": args.warmup,
                 "runs": args.runs,
+                "groups": [g or DEFAULT_GROUP for g in args.group_list],
                 "cipher_suite": CIPHER_SUITE,
                 "certificate": "ECDSA P-256 (tcpls.devcert), verified by the client",
                 "host": HOST,
