@@ -194,7 +194,9 @@ def add_common_tls_options(p: argparse.ArgumentParser) -> None:
         "--fastopen",
         action="store_true",
         help="TCP Fast Open: the first flight rides in the SYN once the kernel holds a "
-        "cookie for the server (some middleboxes drop such SYNs)",
+        "cookie for the server (some middleboxes drop such SYNs). A SYN carries about "
+        "1420 bytes: with the default post-quantum key share the ClientHello does not "
+        "fit, add --groups x25519 to trade it for the round trip (joins always fit)",
     )
     p.add_argument("--debug", action="store_true", help="log protocol details and tracebacks")
 

@@ -7,9 +7,11 @@ state does not move. When the server accepts them, they count as sent and acknow
 when it declines them, the normal path sends the same bytes again under the application
 keys, so they arrive exactly once either way.
 
-Server: the early records the TLS connection kept are read once the handshake completes,
-before any later record, and each stream remembers how many of its first bytes came early
-(they could be a replay: an application decides what it does with them).
+Server: a server that accepts early data starts the session as soon as its flight is out,
+so the application reads the early data and answers at once (RFC 8446 §4.4.4 allows data
+then), a round trip before the client's Finished; the early records are read as they
+come, before any later record. Each stream remembers how many of its first bytes came
+early (they could be a replay: an application decides what it does with them).
 """
 
 from __future__ import annotations
@@ -58,15 +60,7 @@ class EarlyData:
         sent, self.sent = offset - self.sent, offset
         return sent
 
-    def settle(self, conn: Connection, tcpls: bool, now: float) -> None:
-        """The handshake completed and the server accepted early data: a client counts it
-        as delivered, a server delivers it."""
-        if conn.tls.is_client:
-            self._accepted(now)
-        else:
-            self._receive(conn, tcpls)
-
-    def _accepted(self, now: float) -> None:
+    def accepted(self, now: float) -> None:
         """Client: the server took the early data: it was sent and acknowledged."""
         stream = self._streams.table.get(EARLY_STREAM)
         if stream is None or not self.sent:
@@ -74,8 +68,9 @@ class EarlyData:
         self._streams.sent(stream, 0, self.sent, False, now)
         self._streams.acked(stream, 0, self.sent, False)
 
-    def _receive(self, conn: Connection, tcpls: bool) -> None:
-        """Server, once established: deliver the early records, in order."""
+    def deliver(self, conn: Connection, tcpls: bool) -> None:
+        """Server: deliver the early records that arrived, in order (the session started
+        when the server's flight went out, before the client's Finished)."""
         streams = self._streams
         for content in conn.tls.early.take():
             view = memoryview(content)

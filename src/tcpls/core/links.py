@@ -40,18 +40,13 @@ from tcpls.core.joins import TokenBook
 from tcpls.core.receiver import FrameReceiver
 from tcpls.core.streamset import StreamSet
 from tcpls.core.timers import Timer, TimerSet
-from tcpls.errors import (
-    ConnectionClosedError,
-    InternalError,
-    PeerAlert,
-    ProtocolError,
-    TCPLSError,
-)
+from tcpls.errors import ConnectionClosedError, InternalError, PeerAlert, ProtocolError, TCPLSError
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.events import (
     CloseNotifyReceived,
     ConnectionFailed,
     HandshakeCompleted,
+    HandshakeConfirmed,
     SessionTicketReceived,
     TransportEnded,
 )
@@ -130,13 +125,14 @@ class Links:
         self.close_error: TCPLSError | None = None
         self._close_notify_seen = False
         self._app_keys: tuple[TrafficKeys, TrafficKeys] | None = None
+        self._suite: CipherSuite | None = None
         #: How many records the session's write key may seal (design: Key usage limits).
         self.aead_limit: int | float = float("inf")
 
     @property
     def cipher_suite(self) -> CipherSuite | None:
         """The cipher suite of the session's keys (``None`` before the handshake)."""
-        return self._app_keys[1].cipher_suite if self._app_keys is not None else None
+        return self._suite
 
     def attach(self, receiver: FrameReceiver) -> None:
         """The receiver that takes the records of the connections (it reports back here)."""
@@ -172,18 +168,14 @@ class Links:
         self._control.extend(self._tokens.replenish(live, self.max_connections))
 
     def redeem_join(self, tls: TLSConnection, sequence: int) -> Connection | None:
-        """Server: a join with this session's token ``sequence`` arrived on ``tls``.
-
-        Returns the new connection, or ``None`` if the session cannot take it
-        (closing or closed); the caller then rejects the join. A join that
-        arrives while the session is still handshaking is held and answered
-        once the client Finished is verified (design: Tokens, draft-04 §4.2.2).
-        """
+        """Server: a join with this session's token ``sequence`` arrived on ``tls``: the new
+        connection, or ``None`` if the session is closing (the caller rejects the join). A
+        join is held until both Finished verified (design: Tokens, draft-04 §4.2.2)."""
         self._tokens.redeemed(sequence)
         if self.state not in (SessionState.HANDSHAKE, SessionState.ESTABLISHED):
             return None
         conn = self.add(tls, sequence)
-        if self.state is SessionState.ESTABLISHED:
+        if self._app_keys is not None:
             self._accept_join(conn)
         return conn
 
@@ -194,13 +186,11 @@ class Links:
         self.drain_tls(conn)
 
     def start_join(self, **tls_kwargs: object) -> tuple[TLSConnection, int]:
-        """Client: a new connection that joins this session with a spare token (design: Joins).
+        """Client: a new connection that joins this session with a spare token (design: Joins),
+        registered (status ``handshake``) under the token's sequence, its Connection ID.
 
-        The connection is registered (status ``handshake``) under the token's
-        sequence number, its Connection ID. Call ``tls.start()`` once the TCP
-        connection is up; :class:`ConnectionAdded` (or :class:`ConnectionRemoved`
-        with the error) reports the outcome. Raises :class:`TCPLSError` when no
-        token is left.
+        Call ``tls.start()`` once TCP is up; :class:`ConnectionAdded` (or
+        :class:`ConnectionRemoved`) reports the outcome. :class:`TCPLSError`: no token left.
         """
         if self._app_keys is None or not self.tcpls or self.state is not SessionState.ESTABLISHED:
             raise ConnectionClosedError("joins need an established TCPLS session")
@@ -223,10 +213,8 @@ class Links:
         return tls, seq
 
     def abandon_join(self, connection_id: int, error: TCPLSError | None = None) -> None:
-        """Client: the TCP connection for a join never came up; forget it.
-
-        The token was never sent, so it goes back to the spare tokens.
-        """
+        """Client: the TCP connection for a join never came up; forget it (a token never
+        sent goes back to the spare tokens)."""
         conn = self.connections.get(connection_id)
         if conn is None or conn.status is not ConnectionStatus.HANDSHAKE:
             self._tokens.join_abandoned(connection_id, token_sent=True)
@@ -249,7 +237,11 @@ class Links:
             if receiver is None or conn.status is ConnectionStatus.HANDSHAKE:
                 return  # (the session ended, or the connection is not ready yet)
             try:
+                if conn.tls.early.pending:  # server: early data first (design: Early data)
+                    self.early.deliver(conn, bool(self.tcpls))
                 receiver.pull(conn, bool(self.tcpls))
+                if conn.tls.early.pending:
+                    self.early.deliver(conn, bool(self.tcpls))
             except TCPLSError as exc:  # the peer broke the rules (design: Alerts)
                 self._tls_failed(conn, exc)
                 return
@@ -265,6 +257,8 @@ class Links:
         while (event := tls.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
                 self._handshake_completed(conn, event)
+            elif isinstance(event, HandshakeConfirmed):
+                self._confirmed(conn)
             elif isinstance(event, SessionTicketReceived):
                 self.session_tickets.append(event.ticket)
             elif isinstance(event, CloseNotifyReceived):
@@ -284,8 +278,12 @@ class Links:
         self.state = SessionState.ESTABLISHED
         self._timers.cancel(Timer.HANDSHAKE)
         self.last_activity = self.now
-        self._app_keys = conn.tls.traffic_keys()
-        self.aead_limit = aead_record_limit(self._app_keys[1].cipher_suite)
+        self._suite = event.cipher_suite
+        self.aead_limit = aead_record_limit(event.cipher_suite)
+        # a server that accepted early data starts before the client's Finished: joins
+        # wait for it, as they need the client's application key (design: Early data)
+        started_early = event.early_data_accepted and not self.is_client
+        self._app_keys = None if started_early else conn.tls.traffic_keys()
         self.handshake_engine = conn.tls.engine
         if event.token is not None and self.is_client:
             self._tokens.spare[1] = event.token
@@ -296,12 +294,18 @@ class Links:
             self._tokens.revoke_all()
         self._events.append(SessionEstablished(event.tcpls))
         self._ready(conn)
-        if event.early_data_accepted:
-            self.early.settle(conn, event.tcpls, self.now)
+        if event.early_data_accepted and self.is_client:
+            self.early.accepted(self.now)
         self.replenish_tokens()
+        if not started_early:
+            self._confirmed(conn)
+
+    def _confirmed(self, conn: Connection) -> None:
+        """Both Finished messages verified: answer the joins that came meanwhile."""
+        self._app_keys = conn.tls.traffic_keys()
         for held in list(self.connections.values()):
             if held is not conn and held.status is ConnectionStatus.HANDSHAKE:
-                if event.tcpls:
+                if self.tcpls:
                     self._accept_join(held)
                 else:
                     held.tls.reject_join()
@@ -322,12 +326,9 @@ class Links:
         self._maybe_closed()
 
     def _check_peer_closed(self) -> None:
-        """The peer is done once close_notify came on every connection it still has.
-
-        A close_notify on one connection does not end the session's data: bytes
-        sent earlier on another connection may still be in flight there, and TCP
-        delivers them before that connection's own close_notify (design: Closing).
-        """
+        """The peer is done once close_notify came on every connection it still has: bytes
+        sent earlier on another connection may still be in flight there, and TCP delivers
+        them before that connection's own close_notify (design: Closing)."""
         if self.peer_closed or not self._close_notify_seen:
             return
         for c in self.connections.values():
@@ -414,7 +415,7 @@ class Links:
                 f"connection {conn.id} was lost before the peer finished sending on it; "
                 "what it sent there may be missing"
             )
-        if was_handshake and conn.id != 0 and self.state is SessionState.HANDSHAKE:
+        if was_handshake and conn.id != 0 and self._app_keys is None:
             self._join_failed(conn, error)  # a held join: the session itself is untouched
             return
         if (
@@ -497,10 +498,8 @@ class Links:
     # ------------------------------------------------------------------ closing
 
     def close(self, now: float | None = None) -> None:
-        """Close gracefully: flush and wait for ACKs, then ``close_notify`` everywhere.
-
-        ``now`` starts the close deadline; without it, the time of the last input or
-        timer is used. (design: Closing)
+        """Close gracefully: flush and wait for ACKs, then ``close_notify`` everywhere
+        (design: Closing). ``now`` starts the close deadline (default: the last input or timer).
         """
         if self.state is SessionState.CLOSED or self.close_requested:
             return

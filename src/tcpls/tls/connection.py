@@ -243,12 +243,13 @@ class TLSConnection:
 
     @property
     def read_protection(self) -> RecordProtection | None:
-        """The protection incoming records are opened with."""
-        return self._layer.read
+        """The protection incoming application records are opened with (or ``None``)."""
+        layer = self._layer
+        return layer.read if layer.read_epoch is Epoch.ONE_RTT else None
 
     def traffic_keys(self) -> tuple[TrafficKeys, TrafficKeys]:
         """The application ``(read, write)`` keys, for joining more connections."""
-        read, write = self._layer.read, self._layer.write.get(Epoch.ONE_RTT)
+        read, write = self.read_protection, self._layer.write.get(Epoch.ONE_RTT)
         if read is None or write is None or self.state is not ConnectionState.ESTABLISHED:
             raise RuntimeError("application keys are not available before the handshake")
         return read.keys, write.keys
@@ -362,11 +363,8 @@ class TLSConnection:
         self._layer.send_application(data, self.max_record_size)
 
     def staging_buffer(self) -> memoryview:
-        """A view of 16 KiB in which the caller writes one record's content.
-
-        Then call :meth:`seal_staged`. This lets a TCPLS session build frames
-        in place with a single copy of the stream data.
-        """
+        """A view of 16 KiB in which the caller writes one record's content, then calls
+        :meth:`seal_staged`: a TCPLS session builds frames in place, copying data once."""
         return scratch.staging[:MAX_PLAINTEXT]
 
     def seal_staged(self, length: int, check: bool = True) -> int:

@@ -3,9 +3,9 @@ Early data).
 
 A client may seal early data after its ClientHello, under the early traffic keys, while
 the ticket's ``max_early_data`` allows it and no HelloRetryRequest came. A server that
-accepted early data keeps the early records it opens until the handshake completes
-(at most the configured ``max_early_data`` bytes, beyond which the peer broke the rules:
-``unexpected_message``), and its owner takes them then, before any later record.
+accepted early data keeps the early records it opens (at most the configured
+``max_early_data`` bytes, beyond which the peer broke the rules: ``unexpected_message``)
+until its owner takes them, which it does before any later record.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = ["EarlyData"]
 class EarlyData:
     """The early data of one connection (see the module)."""
 
-    __slots__ = ("_handshake", "_layer", "_records", "bytes")
+    __slots__ = ("_handshake", "_layer", "_records", "bytes", "pending")
 
     def __init__(self, layer: RecordLayer, handshake: Handshake) -> None:
         self._layer = layer
@@ -32,6 +32,8 @@ class EarlyData:
         self._records: list[bytes] = []
         #: Server: bytes of early data received; client: bytes of early data sent.
         self.bytes = 0
+        #: Server: whether early records wait to be taken.
+        self.pending = False
 
     @property
     def room(self) -> int:
@@ -57,6 +59,10 @@ class EarlyData:
         early data (sequence numbers from 0 under the early key)."""
         if not 0 < length <= self.room:
             raise RuntimeError("no room for this much early data")
+        if not self.bytes:
+            # middlebox compatibility: ChangeCipherSpec right after the ClientHello when
+            # offering early data (RFC 8446 §D.4)
+            self._layer.send_ccs()
         self.bytes += length
         self._layer.seal(length, ContentType.application_data, Epoch.EARLY)
 
@@ -68,8 +74,10 @@ class EarlyData:
         if self.bytes > limit:
             raise UnexpectedMessage(f"more early data than the {limit} bytes the server accepts")
         self._records.append(bytes(content))
+        self.pending = True
 
     def take(self) -> list[bytes]:
         """Server: the content of the early records received, in order (once)."""
         records, self._records = self._records, []
+        self.pending = False
         return records

@@ -19,6 +19,7 @@ __all__ = [
     "ConnectionFailed",
     "Event",
     "HandshakeCompleted",
+    "HandshakeConfirmed",
     "JoinRequested",
     "SessionTicketReceived",
     "TransportEnded",
@@ -43,6 +44,16 @@ class HandshakeCompleted:
     token: bytes | None = None
     joined: bool = False
     early_data_accepted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeConfirmed:
+    """Server that accepted early data: the client's Finished verified.
+
+    Such a server reports :class:`HandshakeCompleted` as soon as its own flight is out,
+    so that it reads the early data and answers at once (RFC 8446 §4.4.4 lets it send
+    then); the client's Finished comes a round trip later (design: Early data).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +106,7 @@ class ConnectionFailed:
 
 Event = (
     HandshakeCompleted
+    | HandshakeConfirmed
     | JoinRequested
     | SessionTicketReceived
     | CloseNotifyReceived

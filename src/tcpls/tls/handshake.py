@@ -27,7 +27,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tcpls.errors import DecodeError, IllegalParameter, InternalError, UnexpectedMessage
-from tcpls.tls.events import Event, HandshakeCompleted, JoinRequested, SessionTicketReceived
+from tcpls.tls.events import (
+    Event,
+    HandshakeCompleted,
+    HandshakeConfirmed,
+    JoinRequested,
+    SessionTicketReceived,
+)
 from tcpls.tls.hello import (
     ClientHelloInfo,
     build_join_client_hello,
@@ -106,6 +112,7 @@ class Handshake:
         "_complete",
         "_engine_factory",
         "_layer",
+        "_started",
         "_tcpls",
         "ccs_allowed",
         "codepoints",
@@ -143,6 +150,8 @@ class Handshake:
         self._accept_joins = accept_joins
         self._buffer = bytearray()
         self._complete = False
+        #: Server: reported complete before the client's Finished (it accepted early data).
+        self._started = False
         self._tcpls = False
 
     @property
@@ -266,15 +275,25 @@ class Handshake:
             # (RFC 8446 §4.2.10).
             self._layer.early_data_skip = MAX_SKIPPED_EARLY_DATA
         self._layer.flush(outputs, echo_ccs=bool(engine.legacy_session_id))
+        started = self._started
         if not engine.complete:
+            if isinstance(engine, ServerEngine) and engine.early_data_accepted and not started:
+                # answer the early data now, before the client's Finished (design: Early data)
+                self._started = True
+                return [self._completed(engine)]
             return []
         self._complete = True
         self._tcpls = engine.tcpls_negotiated
         self.ccs_allowed = False
         self._engine_factory = None  # needed for the ClientHello only
         engine.detach()
+        if started:
+            return [HandshakeConfirmed()]
+        return [self._completed(engine), *self._tickets()]
+
+    def _completed(self, engine: HandshakeEngine) -> HandshakeCompleted:
         assert engine.cipher_suite is not None
-        completed = HandshakeCompleted(
+        return HandshakeCompleted(
             tcpls=engine.tcpls_negotiated,
             cipher_suite=engine.cipher_suite,
             session_resumed=engine.session_resumed,
@@ -282,7 +301,6 @@ class Handshake:
             token=engine.peer_token,
             early_data_accepted=engine.early_data_accepted,
         )
-        return [completed, *self._tickets()]
 
     def _read_client_hello(
         self, msg_type: int, message: bytes, hello_check: HelloCheck | None

@@ -29,6 +29,7 @@ from tcpls.wire.extensions import DEFAULT_CODEPOINTS, ExtensionCodepoints
 
 __all__ = [
     "ALLOWED_IN",
+    "DEFAULT_CIPHER_SUITES",
     "Epoch",
     "Handler",
     "HandshakeEngine",
@@ -38,6 +39,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger("tcpls.tls")
+
+
+#: Cipher suites offered and accepted by default, in preference order.
+DEFAULT_CIPHER_SUITES = (
+    CipherSuite.AES_256_GCM_SHA384,
+    CipherSuite.AES_128_GCM_SHA256,
+    CipherSuite.CHACHA20_POLY1305_SHA256,
+)
 
 
 class Epoch(IntEnum):

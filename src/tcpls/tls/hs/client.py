@@ -16,7 +16,6 @@ early data only when the ticket allows it and the application asked (design: Ear
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import os
@@ -34,6 +33,7 @@ from tcpls.errors import (
     ProtocolError,
 )
 from tcpls.tls.hs.base import (
+    DEFAULT_CIPHER_SUITES,
     Epoch,
     Handler,
     HandshakeEngine,
@@ -72,7 +72,7 @@ from tcpls.tls.hs.codec import (
     vector,
 )
 from tcpls.tls.hs.groups import DEFAULT_GROUPS, Group, KeyShare
-from tcpls.tls.hs.keyschedule import KeySchedule, ticket_psk
+from tcpls.tls.hs.keyschedule import KeySchedule, hash_of, ticket_psk
 from tcpls.tls.hs.signatures import (
     CERTIFICATE_SIGNATURE_ALGORITHMS,
     SIGNATURE_ALGORITHMS,
@@ -90,21 +90,11 @@ from tcpls.wire.extensions import (
     decode_token_body,
 )
 
-__all__ = ["DEFAULT_CIPHER_SUITES", "ClientEngine"]
+__all__ = ["ClientEngine"]
 
-#: Cipher suites offered by default, in preference order.
-DEFAULT_CIPHER_SUITES = (
-    CipherSuite.AES_256_GCM_SHA384,
-    CipherSuite.AES_128_GCM_SHA256,
-    CipherSuite.CHACHA20_POLY1305_SHA256,
-)
 _PSK_DHE_KE = 1
 #: Extensions a server may put in EncryptedExtensions without our asking.
 _EE_UNSOLICITED = {ExtensionType.supported_groups}
-
-
-def _hash(suite: int, data: bytes) -> bytes:
-    return hashlib.new(suite_hash(suite).name, data).digest()
 
 
 def _is_ip(name: str) -> bool:
@@ -236,7 +226,7 @@ class ClientEngine(HandshakeEngine):
         if self.early_data_offered:
             assert self._ticket is not None and self._psk_schedule is not None
             self.cipher_suite = self._ticket.cipher_suite
-            early = self._psk_schedule.derive(b"c e traffic", _hash(self.cipher_suite, message))
+            early = self._psk_schedule.derive(b"c e traffic", hash_of(self.cipher_suite, message))
             self._install(True, Epoch.EARLY, True, early)
         return self._take_output()
 
@@ -261,7 +251,7 @@ class ClientEngine(HandshakeEngine):
         truncated = draft[: -(2 + 1 + size)]
         self._psk_schedule = KeySchedule(suite, ticket.psk)
         binder_key = self._psk_schedule.binder_key()
-        binder = self._psk_schedule.finished(binder_key, _hash(suite, prefix + truncated))
+        binder = self._psk_schedule.finished(binder_key, hash_of(suite, prefix + truncated))
         hello.extensions[ExtensionType.pre_shared_key] = encode_pre_shared_key(identity, [binder])
         return hello.encode()
 
@@ -420,7 +410,7 @@ class ClientEngine(HandshakeEngine):
         if ticket is not None and suite_hash(ticket.cipher_suite).name != suite_hash(suite).name:
             self._ticket = None  # the PSK cannot be used with this suite's hash
         # The binder covers the transcript so far: message_hash(ClientHello1) ‖ HRR.
-        prefix = message_hash(_hash(suite, self._first_hello)) + message
+        prefix = message_hash(hash_of(suite, self._first_hello)) + message
         self._send(Epoch.INITIAL, self._finish_hello(hello, prefix))
 
     # -- the server's encrypted flight ----------------------------------------------

@@ -18,7 +18,7 @@ from typing import Protocol
 from tcpls.tls.hs.codec import message_hash
 from tcpls.tls.record import CipherSuite, hkdf_expand_label, suite_hash
 
-__all__ = ["KeySchedule", "Transcript", "finished_verify_data", "ticket_psk"]
+__all__ = ["KeySchedule", "Transcript", "finished_verify_data", "hash_of", "ticket_psk"]
 
 _HASH_NAMES = {32: "sha256", 48: "sha384"}
 
@@ -79,6 +79,11 @@ class Transcript:
         first = self.digest()
         self._hash = hashlib.new(_hash_name(suite))
         self._hash.update(message_hash(first))
+
+
+def hash_of(suite: int, data: bytes) -> bytes:
+    """The hash of ``data`` with the hash of ``suite``."""
+    return hashlib.new(_hash_name(suite), data).digest()
 
 
 def _extract(name: str, salt: bytes, ikm: bytes) -> bytes:

@@ -20,7 +20,6 @@ a certificate and refuses a handshake without one (``certificate_required``).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -39,6 +38,7 @@ from tcpls.errors import (
     ProtocolError,
 )
 from tcpls.tls.hs.base import (
+    DEFAULT_CIPHER_SUITES,
     Epoch,
     Handler,
     HandshakeEngine,
@@ -47,7 +47,6 @@ from tcpls.tls.hs.base import (
     noop_secret,
 )
 from tcpls.tls.hs.certs import CertificateVerifier, parse_certificate_chain
-from tcpls.tls.hs.client import DEFAULT_CIPHER_SUITES
 from tcpls.tls.hs.codec import (
     HRR_RANDOM,
     TLS12,
@@ -78,7 +77,7 @@ from tcpls.tls.hs.codec import (
     vector,
 )
 from tcpls.tls.hs.groups import DEFAULT_GROUPS, Group, KeyShare, respond
-from tcpls.tls.hs.keyschedule import KeySchedule, ticket_psk
+from tcpls.tls.hs.keyschedule import KeySchedule, hash_of, ticket_psk
 from tcpls.tls.hs.signatures import (
     SIGNATURE_ALGORITHMS,
     choose_scheme,
@@ -98,10 +97,6 @@ from tcpls.wire.extensions import (
 __all__ = ["ServerEngine"]
 
 _PSK_DHE_KE = 1
-
-
-def _hash(suite: int, data: bytes) -> bytes:
-    return hashlib.new(suite_hash(suite).name, data).digest()
 
 
 def _u16(value: int) -> bytes:
@@ -439,7 +434,7 @@ class ServerEngine(HandshakeEngine):
         prefix_hash = self.transcript.digest() if self.transcript.started else None
         schedule = KeySchedule(ticket_suite, ticket.psk)
         if prefix_hash is None:
-            binder_hash = _hash(ticket_suite, truncated)
+            binder_hash = hash_of(ticket_suite, truncated)
         else:
             # After a HelloRetryRequest: message_hash(ClientHello1) ‖ HRR ‖ truncated CH2.
             h = self.transcript.copy_hash()
