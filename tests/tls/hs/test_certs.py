@@ -696,17 +696,31 @@ def test_self_signed_certificate_not_trusted_is_unknown_ca(pki: PKI, keys: Keys)
 def test_pinned_self_signed_certificate(keys: Keys) -> None:
     cert = make_cert("a.example", keys.p256, sans=dns("a.example"))
     CertificateVerifier(cadata=pem(cert)).verify_server([cert], "a.example", now=NOW)
-    # the shape `openssl req -x509 -addext subjectAltName=...` makes: a CA certificate
+    # the shape `openssl req -x509 -addext subjectAltName=...` makes, a CA certificate,
+    # is trusted as it is when pinned (as OpenSSL does), for its names only
     ca_shaped = make_cert("a.example", keys.p256, ca=True, sans=dns("a.example"))
-    error = refused(
-        lambda: CertificateVerifier(cadata=pem(ca_shaped)).verify_server(
-            [ca_shaped], "a.example", now=NOW
-        ),
+    pinned = CertificateVerifier(cadata=pem(ca_shaped))
+    pinned.verify_server([ca_shaped], "a.example", now=NOW)
+    pinned.verify_client([ca_shaped], now=NOW)
+    wrong = refused(
+        lambda: pinned.verify_server([ca_shaped], "b.example", now=NOW), A.bad_certificate
+    )
+    assert str(wrong) == "the certificate is valid for a.example, not for b.example"
+    refused(
+        lambda: pinned.verify_server([ca_shaped], "a.example", now=NOW + 5000 * DAY),
+        A.certificate_expired,
+    )
+    # without a subjectAltName (the usual one-liner), its Common Name
+    bare = make_cert("a.example", keys.p256, ca=True)
+    CertificateVerifier(cadata=pem(bare)).verify_server([bare], "a.example", now=NOW)
+    refused(
+        lambda: CertificateVerifier(cadata=pem(bare)).verify_server([bare], "b.example", now=NOW),
         A.bad_certificate,
     )
-    assert str(error) == (
-        "certificate verification failed: the server certificate is a CA certificate "
-        "(basicConstraints CA:TRUE)"
+    # not pinned: still refused
+    refused(
+        lambda: CertificateVerifier(cadata=pem(cert)).verify_server([bare], "a.example", now=NOW),
+        A.unknown_ca,
     )
 
 

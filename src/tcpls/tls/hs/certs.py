@@ -13,9 +13,10 @@ baseline requirements), unchanged. What matters to users:
   never used as a host name) and an ``authorityKeyIdentifier``, must not be a CA
   certificate (``basicConstraints CA:TRUE``), and, if it has an extended key usage,
   it must list ``serverAuth`` (servers) or ``clientAuth`` (clients).
-* A self-signed certificate is accepted only when it is itself in the trust
-  store (pinned) and has the end-entity shape above; ``openssl req -x509`` makes
-  ``CA:TRUE`` certificates, which are refused as server certificates.
+* A self-signed certificate that is itself in the trust store (pinned) is accepted as
+  it is, whatever its shape (``openssl req -x509`` marks it a CA), the way OpenSSL
+  accepts it: within its validity period, for the names of its subjectAltName or, when
+  it has none, its Common Name.
 * CA certificates need ``basicConstraints CA:TRUE`` (critical) and ``keyUsage``;
   CA keys must be RSA (2048 bits or more) or ECDSA P-256/P-384/P-521, and
   certificates must be signed with RSA PKCS#1 v1.5 / RSA-PSS (SHA-256/384/512) or
@@ -244,6 +245,37 @@ def _subjects_of(certificate: x509.Certificate) -> list[Subject]:
     return subjects
 
 
+def _pinned_names(certificate: x509.Certificate) -> list[x509.DNSName | x509.IPAddress]:
+    """The subjectAltName DNS and IP entries, else the Common Name (as OpenSSL does)."""
+    names: list[x509.DNSName | x509.IPAddress] = []
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += [x509.DNSName(n) for n in san.get_values_for_type(x509.DNSName)]
+        names += [x509.IPAddress(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension):
+        pass
+    if names:
+        return names
+    for attribute in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+        if isinstance(attribute.value, str):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(attribute.value)))
+            except ValueError:
+                names.append(x509.DNSName(attribute.value))
+    return names
+
+
+def _name_matches(wanted: Subject, name: x509.DNSName | x509.IPAddress) -> bool:
+    """Whether a certificate name covers the wanted one (a wildcard: one leftmost label)."""
+    if isinstance(wanted, x509.IPAddress) or isinstance(name, x509.IPAddress):
+        return isinstance(wanted, x509.IPAddress) and wanted == name
+    host, pattern = wanted.value.lower().rstrip("."), name.value.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = host.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return host == pattern
+
+
 class CertificateVerifier:
     """Validates a peer's certificate chain with :mod:`cryptography.x509.verification`.
 
@@ -342,7 +374,39 @@ class CertificateVerifier:
                 reason = str(exc)
                 if "no matching subjectAltName" in reason and index + 1 < len(verifiers):
                     continue  # no server name: try the certificate's next name
+                if self._pinned(leaf, server_name, moment):
+                    return
                 raise self._explain(reason, chain, moment, server_name, "server") from None
+
+    def _pinned(
+        self, leaf: x509.Certificate, server_name: str | None, moment: datetime.datetime
+    ) -> bool:
+        """Whether ``leaf`` is itself a trust anchor, within its validity, for the name.
+
+        A self-signed certificate the user put in the CA file is trusted as it is, the
+        way OpenSSL trusts it, even with the shape the web PKI profile refuses for an
+        end-entity certificate (``openssl req -x509`` marks it a CA). Its name is its
+        subjectAltName entries or, when it has none, its Common Name.
+        """
+        if leaf not in self._anchor_set:
+            return False
+        if not leaf.not_valid_before_utc <= moment <= leaf.not_valid_after_utc:
+            return False
+        if server_name is None:
+            return True
+        names = _pinned_names(leaf)
+        try:
+            wanted = _subject_for(server_name)
+        except ValueError:
+            return False
+        if any(_name_matches(wanted, name) for name in names):
+            return True
+        shown = ", ".join(_printable(str(n.value)) for n in names[:_MAX_NAMES_SHOWN])
+        raise CertificateVerificationError(
+            f"the certificate is valid for {shown or 'no host'}, not for "
+            f"{_printable(server_name)}",
+            AlertDescription.bad_certificate,
+        )
 
     def verify_client(
         self, chain: Sequence[x509.Certificate], now: datetime.datetime | None = None
@@ -363,6 +427,8 @@ class CertificateVerifier:
         try:
             self._builder(moment).build_client_verifier().verify(chain[0], list(chain[1:]))
         except VerificationError as exc:
+            if self._pinned(chain[0], None, moment):
+                return
             raise self._explain(str(exc), chain, moment, None, "client") from None
         except x509.UnsupportedGeneralNameType as exc:
             raise CertificateVerificationError(
