@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import ipaddress
 import os
 import re
 import warnings
@@ -45,7 +44,6 @@ from cryptography.x509.verification import (
     PolicyBuilder,
     ServerVerifier,
     Store,
-    Subject,
     VerificationError,
 )
 
@@ -54,6 +52,18 @@ from tcpls.errors import (
     CertificateVerificationError,
     ConfigurationError,
     DecodeError,
+)
+from tcpls.tls.hs.names import (
+    MAX_NAMES_SHOWN,
+    dn,
+    is_self_signed,
+    name_matches,
+    pinned_names,
+    printable,
+    subject_for,
+    subjects_of,
+    valid_for,
+    when,
 )
 
 __all__ = ["CertificateVerifier", "parse_certificate_chain"]
@@ -137,62 +147,9 @@ def _load_file_anchors(path: str) -> tuple[x509.Certificate, ...]:
 
 # -- path validation ---------------------------------------------------------------------
 
-_MAX_NAMES_SHOWN = 8
 _MAX_SUBJECTS_TRIED = 64  # names of a certificate tried when there is no server name
-_MAX_TEXT = 120
 _ALGORITHM_PARAMS = re.compile(r"params: (\w+)")
 _EXTENSION_OID = re.compile(r"invalid extension: ([0-9.]+)")
-
-
-def _printable(text: str) -> str:
-    """``text`` safe for a one-line message: control characters escaped, length capped."""
-    safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    return safe if len(safe) <= _MAX_TEXT else safe[: _MAX_TEXT - 3] + "..."
-
-
-def _dn(name: x509.Name) -> str:
-    try:
-        text = name.rfc4514_string()
-    except ValueError:
-        text = ""
-    return _printable(text) or "(an empty name)"
-
-
-def _when(moment: datetime.datetime) -> str:
-    if moment.time() == datetime.time(0, 0):
-        return moment.strftime("%Y-%m-%d")
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _san_names(certificate: x509.Certificate) -> list[str]:
-    """The DNS names and IP addresses a certificate is valid for (possibly hostile text)."""
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
-        names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension):
-        return []
-    return [_printable(n) for n in names]
-
-
-def _valid_for(certificate: x509.Certificate) -> str:
-    names = _san_names(certificate)
-    if not names:
-        return "names no host"
-    shown = ", ".join(names[:_MAX_NAMES_SHOWN])
-    if len(names) > _MAX_NAMES_SHOWN:
-        shown += f" and {len(names) - _MAX_NAMES_SHOWN} more"
-    return f"is valid for {shown}"
-
-
-def _is_self_signed(certificate: x509.Certificate) -> bool:
-    if certificate.subject != certificate.issuer:
-        return False
-    try:
-        certificate.verify_directly_issued_by(certificate)
-    except Exception:  # any failure (bad signature, odd key type): not self-signed
-        return False
-    return True
 
 
 def _moment(now: datetime.datetime | None) -> datetime.datetime:
@@ -200,80 +157,6 @@ def _moment(now: datetime.datetime | None) -> datetime.datetime:
     if now is None:
         return datetime.datetime.now(datetime.UTC)
     return now if now.tzinfo is not None else now.replace(tzinfo=datetime.UTC)
-
-
-def _subject_for(server_name: str) -> Subject:
-    """The verification subject of a server name: an IP address literal or a DNS name.
-
-    Brackets around an IPv6 literal and an IPv6 zone (``%eth0``) are dropped; so is one
-    trailing dot of a DNS name; an internationalized name is converted to its ASCII
-    (IDNA) form. A name cryptography cannot use raises ``ValueError``.
-    """
-    name = server_name
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    literal = name.split("%", 1)[0] if ":" in name else name
-    try:
-        return x509.IPAddress(ipaddress.ip_address(literal))
-    except ValueError:
-        pass
-    if name.endswith("."):
-        name = name[:-1]
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError("invalid domain name") from None
-    return x509.DNSName(name)
-
-
-def _subjects_of(certificate: x509.Certificate) -> list[Subject]:
-    """Names the certificate is valid for, as verification subjects (for no server name)."""
-    subjects: list[Subject] = []
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension):
-        return subjects
-    for dns in san.get_values_for_type(x509.DNSName):
-        if dns.startswith("*."):
-            dns = "tcpls-any" + dns[1:]
-        try:
-            subjects.append(x509.DNSName(dns))
-        except ValueError:
-            continue
-    subjects += [x509.IPAddress(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return subjects
-
-
-def _pinned_names(certificate: x509.Certificate) -> list[x509.DNSName | x509.IPAddress]:
-    """The subjectAltName DNS and IP entries, else the Common Name (as OpenSSL does)."""
-    names: list[x509.DNSName | x509.IPAddress] = []
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names += [x509.DNSName(n) for n in san.get_values_for_type(x509.DNSName)]
-        names += [x509.IPAddress(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    except (x509.ExtensionNotFound, ValueError, x509.DuplicateExtension):
-        pass
-    if names:
-        return names
-    for attribute in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
-        if isinstance(attribute.value, str):
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(attribute.value)))
-            except ValueError:
-                names.append(x509.DNSName(attribute.value))
-    return names
-
-
-def _name_matches(wanted: Subject, name: x509.DNSName | x509.IPAddress) -> bool:
-    """Whether a certificate name covers the wanted one (a wildcard: one leftmost label)."""
-    if isinstance(wanted, x509.IPAddress) or isinstance(name, x509.IPAddress):
-        return isinstance(wanted, x509.IPAddress) and wanted == name
-    host, pattern = wanted.value.lower().rstrip("."), name.value.lower().rstrip(".")
-    if pattern.startswith("*."):
-        head, _, rest = host.partition(".")
-        return bool(head) and rest == pattern[2:]
-    return host == pattern
 
 
 class CertificateVerifier:
@@ -346,17 +229,17 @@ class CertificateVerifier:
         verifiers: list[ServerVerifier] = []
         if server_name is not None:
             try:
-                verifiers.append(builder.build_server_verifier(_subject_for(server_name)))
+                verifiers.append(builder.build_server_verifier(subject_for(server_name)))
             except ValueError:
                 raise CertificateVerificationError(
-                    f"the certificate {_valid_for(leaf)}, not for {_printable(server_name)!r} "
+                    f"the certificate {valid_for(leaf)}, not for {printable(server_name)!r} "
                     "(not a valid host name or IP address)",
                     AlertDescription.bad_certificate,
                 ) from None
         else:
             # No name to check: verify for each name the certificate itself gives until
             # one passes (a placeholder when it gives none, so that the policy says why).
-            subjects = _subjects_of(leaf)[:_MAX_SUBJECTS_TRIED]
+            subjects = subjects_of(leaf)[:_MAX_SUBJECTS_TRIED]
             for subject in subjects or [x509.DNSName("invalid.invalid")]:
                 with contextlib.suppress(ValueError):  # a name cryptography cannot use
                     verifiers.append(builder.build_server_verifier(subject))
@@ -394,17 +277,16 @@ class CertificateVerifier:
             return False
         if server_name is None:
             return True
-        names = _pinned_names(leaf)
+        names = pinned_names(leaf)
         try:
-            wanted = _subject_for(server_name)
+            wanted = subject_for(server_name)
         except ValueError:
             return False
-        if any(_name_matches(wanted, name) for name in names):
+        if any(name_matches(wanted, name) for name in names):
             return True
-        shown = ", ".join(_printable(str(n.value)) for n in names[:_MAX_NAMES_SHOWN])
+        shown = ", ".join(printable(str(n.value)) for n in names[:MAX_NAMES_SHOWN])
         raise CertificateVerificationError(
-            f"the certificate is valid for {shown or 'no host'}, not for "
-            f"{_printable(server_name)}",
+            f"the certificate is valid for {shown or 'no host'}, not for {printable(server_name)}",
             AlertDescription.bad_certificate,
         )
 
@@ -465,7 +347,7 @@ class CertificateVerifier:
         def fail(text: str, alert: AlertDescription) -> CertificateVerificationError:
             return CertificateVerificationError(f"certificate verification failed: {text}", alert)
 
-        if _is_self_signed(leaf) and leaf not in self._anchor_set:
+        if is_self_signed(leaf) and leaf not in self._anchor_set:
             return fail("self-signed certificate (not trusted)", A.unknown_ca)
         if "not valid at validation time" in low:
             return self._validity(chain, now)
@@ -476,7 +358,7 @@ class CertificateVerifier:
                     A.bad_certificate,
                 )
             return CertificateVerificationError(
-                f"the certificate {_valid_for(leaf)}, not for {_printable(server_name)}",
+                f"the certificate {valid_for(leaf)}, not for {printable(server_name)}",
                 A.bad_certificate,
             )
         if not in_chain:  # the leaf itself does not fit the profile
@@ -517,10 +399,10 @@ class CertificateVerifier:
                 )
             if "asn.1 parsing error" in low:
                 return fail(
-                    f"the {role} certificate is malformed ({_printable(reason)})",
+                    f"the {role} certificate is malformed ({printable(reason)})",
                     A.bad_certificate,
                 )
-            return fail(f"bad {role} certificate ({_printable(reason)})", A.bad_certificate)
+            return fail(f"bad {role} certificate ({printable(reason)})", A.bad_certificate)
         if (
             "signature does not match" in low
             or "all candidates exhausted" in low
@@ -551,12 +433,12 @@ class CertificateVerifier:
             return fail("the chain breaks a CA's path length constraint", A.bad_certificate)
         if "name constraint" in low:
             return fail(
-                f"the certificate's names break a CA's name constraints ({_printable(reason)})",
+                f"the certificate's names break a CA's name constraints ({printable(reason)})",
                 A.bad_certificate,
             )
         if "2.5.29.15" in reason:
             return fail("a CA certificate in the chain has no keyUsage", A.bad_certificate)
-        return fail(f"bad certificate chain ({_printable(reason)})", A.bad_certificate)
+        return fail(f"bad certificate chain ({printable(reason)})", A.bad_certificate)
 
     def _issuers(self, chain: Sequence[x509.Certificate]) -> list[x509.Certificate]:
         """The leaf, then the certificates of ``chain`` that issue one another in turn."""
@@ -573,7 +455,7 @@ class CertificateVerifier:
         self, chain: Sequence[x509.Certificate], reason: str
     ) -> CertificateVerificationError:
         top = self._issuers(chain)[-1]
-        issuer = _dn(top.issuer)
+        issuer = dn(top.issuer)
         if "exceeds max depth" in reason:
             detail = f"no trusted CA within {self.max_chain_depth} intermediate certificates"
         elif any(a.subject == top.issuer for a in self._anchors):
@@ -599,14 +481,14 @@ class CertificateVerifier:
             if position == 0:
                 what = "the certificate"
             elif certificate in self._anchor_set:
-                what = f"the trusted CA certificate {_dn(certificate.subject)}"
+                what = f"the trusted CA certificate {dn(certificate.subject)}"
             else:
-                what = f"the CA certificate {_dn(certificate.subject)}"
-            when = (
-                f"expired on {_when(end)}" if now > end else f"is not valid before {_when(start)}"
+                what = f"the CA certificate {dn(certificate.subject)}"
+            period = (
+                f"expired on {when(end)}" if now > end else f"is not valid before {when(start)}"
             )
             return CertificateVerificationError(
-                f"certificate verification failed: {what} {when}",
+                f"certificate verification failed: {what} {period}",
                 AlertDescription.certificate_expired,
             )
         return CertificateVerificationError(
