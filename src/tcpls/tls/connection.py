@@ -519,6 +519,8 @@ class TLSConnection:
                     if n > MAX_PLAINTEXT:
                         raise RecordOverflow("protected record content exceeds 2^14 bytes")
                     if inner_type == ContentType.application_data:
+                        if handshake.buffered:  # between the fragments of a message (§5.1)
+                            raise UnexpectedMessage("application data inside a handshake message")
                         if layer.read_epoch is Epoch.EARLY and not self.is_client:
                             self.early.receive(plain[:n])
                             continue
