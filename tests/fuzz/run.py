@@ -11,8 +11,8 @@ are written as ``crash-<sha1>`` in the current directory (``-artifact_prefix=DIR
 change). ``python -m tests.fuzz.run TARGET CRASH_FILE`` runs one input again. ``--skip-known``
 lets the inputs that hit a bug listed in :mod:`tests.fuzz.known` pass, to look for others.
 
-Only ``tcpls`` and ``aioquic`` are instrumented for coverage; they are imported here,
-inside :func:`atheris.instrument_imports`, before anything else imports them.
+Only ``tcpls`` is instrumented for coverage; it is imported here,
+inside :func:`atheris.instrument_imports`, before anything else imports it.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
     for arg in argv[2:]:
         if not arg.startswith("-") and not Path(arg).exists():
             Path(arg).mkdir(parents=True, exist_ok=True)  # a new scratch corpus directory
-    with atheris.instrument_imports(include=["tcpls", "aioquic"]):
+    with atheris.instrument_imports(include=["tcpls"]):
         from tests.fuzz.targets import TARGETS
     run = TARGETS[target]
     if skip_known:

@@ -1,4 +1,5 @@
-"""Join hellos and the light ClientHello parse, checked against aioquic's full TLS parser."""
+"""Join hellos and the light ClientHello parse, checked against the handshake engine's full
+TLS 1.3 codec (a second, independent parser of the same bytes)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import contextlib
 import os
 
 import pytest
-from aioquic import tls
-from aioquic._buffer import Buffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +17,8 @@ from tcpls.tls.hello import (
     parse_client_hello,
     parse_join_server_hello,
 )
+from tcpls.tls.hs import codec
+from tcpls.tls.hs.codec import ExtensionType as E
 from tcpls.tls.record import CipherSuite
 from tcpls.wire.extensions import encode_token_body
 
@@ -28,27 +29,28 @@ def test_join_client_hello_is_a_valid_tls13_client_hello() -> None:
     message, session_id = build_join_client_hello(
         TOKEN, server_name="example.net", cipher_suites=[CipherSuite.AES_128_GCM_SHA256]
     )
-    hello = tls.pull_client_hello(Buffer(data=message))  # a real TLS parser accepts it
+    hello = codec.parse_client_hello(message)  # the full TLS 1.3 parser accepts it
     assert hello.legacy_session_id == session_id and len(session_id) == 32
-    assert hello.cipher_suites == [CipherSuite.AES_128_GCM_SHA256]
-    assert hello.supported_versions == [tls.TLS_VERSION_1_3]
-    assert hello.server_name == "example.net"
-    assert [g for g, _ in hello.key_share] == [tls.Group.X25519]
-    assert len(hello.key_share[0][1]) == 32
-    assert dict(hello.other_extensions) == {100: b"", 101: encode_token_body(TOKEN)}
+    assert hello.cipher_suites == (CipherSuite.AES_128_GCM_SHA256,)
+    assert codec.decode_versions(hello.extensions[E.supported_versions]) == (codec.TLS13,)
+    assert codec.decode_server_name(hello.extensions[E.server_name]) == "example.net"
+    shares = codec.decode_client_key_shares(hello.extensions[E.key_share])
+    assert [g for g, _ in shares] == [0x001D] and len(shares[0][1]) == 32
+    assert hello.extensions[100] == b"" and hello.extensions[101] == encode_token_body(TOKEN)
 
 
 def test_no_sni_for_literal_addresses() -> None:
     message, _ = build_join_client_hello(TOKEN, server_name="10.0.0.1")
-    assert tls.pull_client_hello(Buffer(data=message)).server_name is None
+    assert E.server_name not in codec.parse_client_hello(message).extensions
 
 
-def test_light_parse_agrees_with_aioquic() -> None:
+def test_light_parse_agrees_with_the_engine_codec() -> None:
     message, session_id = build_join_client_hello(TOKEN, server_name="h")
     info = parse_client_hello(message)
-    full = tls.pull_client_hello(Buffer(data=message))
-    assert info.legacy_session_id == session_id
-    assert list(info.cipher_suites) == full.cipher_suites
+    full = codec.parse_client_hello(message)
+    assert info.legacy_session_id == session_id == full.legacy_session_id
+    assert info.cipher_suites == full.cipher_suites
+    assert info.extensions == full.extensions
     assert info.extensions[101] == encode_token_body(TOKEN)
     assert info.has_extension(100) and info.has_extension(51)
 
@@ -57,9 +59,9 @@ def test_join_server_hello_is_valid_and_checked() -> None:
     message, session_id = build_join_client_hello(TOKEN, server_name=None)
     info = parse_client_hello(message)
     reply = build_join_server_hello(info, CipherSuite.AES_256_GCM_SHA384)
-    hello = tls.pull_server_hello(Buffer(data=reply))
-    assert hello.legacy_session_id == session_id
-    assert hello.supported_version == tls.TLS_VERSION_1_3
+    hello = codec.parse_server_hello(reply)
+    assert hello.legacy_session_id == session_id and not hello.is_retry_request
+    assert codec.decode_u16(hello.extensions[E.supported_versions], "v") == codec.TLS13
     assert hello.cipher_suite == CipherSuite.AES_256_GCM_SHA384
     parse_join_server_hello(
         reply, legacy_session_id=session_id, cipher_suite=CipherSuite.AES_256_GCM_SHA384
