@@ -297,3 +297,12 @@ def test_a_ticket_without_a_client_identity_does_not_resume_where_one_is_require
     )
     run(client, server)
     assert not server.session_resumed and server.peer_certificate == chain[0]
+
+
+@pytest.mark.parametrize("message", [b"", b"\x02", b"\x02\x00\x00"])
+def test_a_message_shorter_than_its_header_is_a_decode_error(pki: DevPKI, message: bytes) -> None:
+    client, _, _, _ = pair(pki)
+    client.start()
+    with pytest.raises(ProtocolError) as info:
+        client.handle_message(message)
+    assert info.value.alert == AlertDescription.decode_error

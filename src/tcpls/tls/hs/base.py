@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from cryptography import x509
 
-from tcpls.errors import IllegalParameter, ProtocolError, UnexpectedMessage
+from tcpls.errors import DecodeError, IllegalParameter, ProtocolError, UnexpectedMessage
 from tcpls.tls.hs.codec import ExtensionType, HandshakeType
 from tcpls.tls.hs.keyschedule import KeySchedule, Transcript
 from tcpls.tls.keylog import KeyLog
@@ -194,6 +194,8 @@ class HandshakeEngine:
 
     def handle_message(self, message: bytes) -> list[tuple[Epoch, bytes]]:
         """Process one complete handshake message; return what to send, by epoch."""
+        if len(message) < 4:
+            raise DecodeError("a handshake message shorter than its header")
         handlers = self.TABLE.get(self.state, {})
         handler = handlers.get(message[0])
         if handler is None:
