@@ -36,6 +36,7 @@ def printable(text: str) -> str:
 
 
 def dn(name: x509.Name) -> str:
+    """A distinguished name as one printable RFC 4514 line (``(an empty name)`` if none)."""
     try:
         text = name.rfc4514_string()
     except ValueError:
@@ -44,6 +45,7 @@ def dn(name: x509.Name) -> str:
 
 
 def when(moment: datetime.datetime) -> str:
+    """A UTC moment for an error line: the date alone at midnight, else date and time."""
     if moment.time() == datetime.time(0, 0):
         return moment.strftime("%Y-%m-%d")
     return moment.strftime("%Y-%m-%d %H:%M UTC")
@@ -61,6 +63,7 @@ def san_names(certificate: x509.Certificate) -> list[str]:
 
 
 def valid_for(certificate: x509.Certificate) -> str:
+    """What a certificate covers, for an error line: ``is valid for a, b and 3 more``."""
     names = san_names(certificate)
     if not names:
         return "names no host"
@@ -71,6 +74,7 @@ def valid_for(certificate: x509.Certificate) -> str:
 
 
 def is_self_signed(certificate: x509.Certificate) -> bool:
+    """Whether the certificate is its own issuer and its signature verifies with its own key."""
     if certificate.subject != certificate.issuer:
         return False
     try:
