@@ -59,6 +59,7 @@ __all__ = ["CONNECTION_COST", "SESSION_COST", "Links", "SessionState"]
 #: What an idle session and each of its TCP connections cost beyond their buffers
 #: (Python objects, the handshake state kept for the exporter), measured in bytes.
 SESSION_COST = 32 * 1024
+MAX_TICKETS_KEPT = 4  #: Client: the newest tickets kept from a session (servers may send many).
 CONNECTION_COST = 8 * 1024
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class Links:
         self.error: TCPLSError | None = None
         self.peer_closed = False
         self.now = 0.0
-        self.session_tickets: list[object] = []
+        self.session_tickets: deque[object] = deque(maxlen=MAX_TICKETS_KEPT)  # newest last
         #: The engine that ran the handshake (for the exporter), kept after failover.
         self.handshake_engine: HandshakeEngine | None = None
         #: Client: the I/O layer joins a new connection when the last one fails
