@@ -422,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_tls_client_options(p)
     p.set_defaults(func=cmd_get)
 
+    from tcpls.cli.cert import add_subparser as add_cert
+
+    add_cert(sub)
+
     from tcpls.lab.cli import add_subparser as add_lab
 
     add_lab(sub)
