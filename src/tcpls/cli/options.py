@@ -426,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cert(sub)
 
+    from tcpls.cli.tunnel import add_subparser as add_tunnel
+
+    add_tunnel(
+        sub,
+        client_options=[add_tls_client_options],
+        server_options=[add_server_options, add_scheduler_option, add_common_tls_options],
+    )
+
     from tcpls.lab.cli import add_subparser as add_lab
 
     add_lab(sub)
