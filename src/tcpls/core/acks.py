@@ -230,15 +230,19 @@ class NoAcks(AckTracker):
     logs = False
 
     def eliciting(self, conn: Connection, size: int, now: float) -> None:
+        """No ACK is owed: a session without a log (benchmarks only) acknowledges nothing."""
         return
 
     def log_for(self, conn: Connection) -> deque[LogEntry] | None:
+        """Never a log: stream bytes count as acknowledged once sent."""
         return None
 
     def record_sent(
         self, conn: Connection, seq: int, refs: list[StreamRef], frames: list[Frame] | None
     ) -> None:
+        """The record's stream ranges count as acknowledged at once."""
         self._acked_now(refs)
 
     def cap(self) -> int:
+        """No bound: nothing stays unacknowledged."""
         return 1 << 62

@@ -68,6 +68,7 @@ class AggregatePolicy(Policy):
     def allows(
         self, stream: Stream, conn: Connection, connections: Mapping[int, Connection]
     ) -> bool:
+        """Always: every stream may use every usable connection."""
         return True
 
 
@@ -79,6 +80,7 @@ class BackupPolicy(Policy):
     def allows(
         self, stream: Stream, conn: Connection, connections: Mapping[int, Connection]
     ) -> bool:
+        """Only when ``conn`` is the primary connection (the lowest usable ID)."""
         return conn.id == Scheduler.primary(connections)
 
 
@@ -90,6 +92,8 @@ class PinnedPolicy(Policy):
     def allows(
         self, stream: Stream, conn: Connection, connections: Mapping[int, Connection]
     ) -> bool:
+        """Only when ``conn`` is the stream's connection; a stream without a usable one
+        is pinned to the least loaded connection first."""
         pin = stream.pin
         if pin is None or pin not in connections or not connections[pin].usable:
             stream.pin = _least_loaded(connections, conn)
