@@ -14,6 +14,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+#: The version of tcpls (as in the package metadata).
 __version__ = "0.1.0"
 
 # A library is silent unless the application configures logging (the command line does).

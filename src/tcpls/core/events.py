@@ -71,6 +71,7 @@ class SessionClosed:
     error: TCPLSError | None
 
 
+#: Any event the core session reports to its owner.
 SessionEvent = (
     SessionEstablished
     | StreamOpened

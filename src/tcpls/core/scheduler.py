@@ -38,7 +38,9 @@ __all__ = [
     "SchedulerName",
 ]
 
+#: A scheduler's name, as the API and the command line spell it.
 SchedulerName = Literal["aggregate", "pinned", "backup"]
+#: Every scheduler, the default first.
 SCHEDULERS: tuple[SchedulerName, ...] = ("aggregate", "pinned", "backup")
 
 

@@ -104,6 +104,7 @@ class ConnectionFailed:
     error: TCPLSError
 
 
+#: Any event a TLS connection reports to its owner.
 Event = (
     HandshakeCompleted
     | HandshakeConfirmed

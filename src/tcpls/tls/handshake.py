@@ -58,6 +58,7 @@ __all__ = [
     "JoinAttempt",
 ]
 
+#: Largest handshake message read, in bytes (a server's first one: MAX_CLIENT_HELLO).
 MAX_HANDSHAKE_MESSAGE = 256 * 1024
 #: Largest ClientHello a server reads: before it, a connection belongs to no session.
 MAX_CLIENT_HELLO = 64 * 1024

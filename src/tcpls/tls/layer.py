@@ -64,7 +64,9 @@ logger = logging.getLogger(__name__)
 
 #: The one ChangeCipherSpec record of middlebox compatibility mode (RFC 8446 §D.4).
 CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
+#: AlertLevel of a warning alert (RFC 8446 §6; close_notify and user_canceled are sent so).
 ALERT_WARNING = 1
+#: AlertLevel of a fatal alert: the connection ends (RFC 8446 §6).
 ALERT_FATAL = 2
 #: Bytes of early data records a server that declines early data skips (RFC 8446 §4.2.10).
 MAX_SKIPPED_EARLY_DATA = 64 * 1024

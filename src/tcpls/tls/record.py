@@ -52,7 +52,9 @@ __all__ = [
     "scratch",
 ]
 
+#: Bytes of a TLS record header: type, legacy version, length (RFC 8446 §5.1).
 HEADER_SIZE: Final = 5
+#: Bytes of the AEAD tag of every protected record (all TLS 1.3 suites).
 TAG_SIZE: Final = 16
 #: Largest TLSInnerPlaintext content (RFC 8446 §5.1).
 MAX_PLAINTEXT: Final = 1 << 14

@@ -22,6 +22,7 @@ __all__ = [
     "encode_token_body",
 ]
 
+#: Bytes of a join token (draft-04 §5.1; design: Token encoding).
 TOKEN_SIZE = 32
 
 
@@ -34,6 +35,7 @@ class ExtensionCodepoints:
     tcpls_token: int = 102
 
 
+#: The codepoints tcpls uses unless configured otherwise: 100, 101 and 102.
 DEFAULT_CODEPOINTS = ExtensionCodepoints()
 
 

@@ -106,13 +106,13 @@ STREAM_CHANGE_SIZE = 13
 
 # Each struct covers the fixed fields of a frame *including* its trailing type byte, so
 # that the fields of a frame ending at ``end`` are unpacked at ``end - SIZE``.
-STREAM_HEADER_LAYOUT = struct.Struct(">HQIB")  # Length, Offset, Stream ID, Type
-ACK_LAYOUT = struct.Struct(">QIB")  # Highest Record Sequence Received, Connection ID, Type
-NEW_TOKEN_LAYOUT = struct.Struct(">32sBB")  # Token, Sequence, Type
-CONNECTION_RESET_LAYOUT = struct.Struct(">IB")  # Connection ID, Type
-NEW_ADDRESS_V4_LAYOUT = struct.Struct(">HIBBB")  # Port, Address, Version, Address ID, Type
-NEW_ADDRESS_V6_LAYOUT = struct.Struct(">HQQBBB")  # Port, Address (2 halves), Version, ID, Type
-STREAM_CHANGE_LAYOUT = struct.Struct(">IQB")  # Next Record Stream ID, Next Offset, Type
+STREAM_HEADER_LAYOUT = struct.Struct(">HQIB")  #: Length, Offset, Stream ID, Type
+ACK_LAYOUT = struct.Struct(">QIB")  #: Highest Record Sequence Received, Connection ID, Type
+NEW_TOKEN_LAYOUT = struct.Struct(">32sBB")  #: Token, Sequence, Type
+CONNECTION_RESET_LAYOUT = struct.Struct(">IB")  #: Connection ID, Type
+NEW_ADDRESS_V4_LAYOUT = struct.Struct(">HIBBB")  #: Port, Address, Version, Address ID, Type
+NEW_ADDRESS_V6_LAYOUT = struct.Struct(">HQQBBB")  #: Port, Address (2 halves), Version, ID, Type
+STREAM_CHANGE_LAYOUT = struct.Struct(">IQB")  #: Next Record Stream ID, Next Offset, Type
 
 assert STREAM_HEADER_LAYOUT.size == STREAM_HEADER_SIZE
 assert ACK_LAYOUT.size == ACK_SIZE

@@ -48,6 +48,7 @@ __all__ = [
 
 #: The control stream's first line, and the server's answer.
 HELLO = b"TCPLS-TUNNEL 1\r\n"
+#: The server's answer to :data:`HELLO`.
 HELLO_OK = b"TCPLS-TUNNEL 1 OK\r\n"
 #: Longest request or answer line, CRLF included.
 MAX_LINE = 512
