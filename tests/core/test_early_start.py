@@ -72,3 +72,22 @@ def test_the_server_answers_early_data_in_its_first_flight(pki: DevPKI, tcpls: b
     if tcpls:
         tls, _ = client.start_join()
         assert tls is not None
+
+
+def test_a_client_that_never_finishes_is_cut_at_the_handshake_timeout(pki: DevPKI) -> None:
+    endpoint = ServerEndpoint(
+        ServerConfig(certfile=str(pki.cert_file), keyfile=str(pki.key_file), max_early_data=64)
+    )
+    config = ClientConfig(cafile=str(pki.ca_file), server_name="localhost")
+    ticket = _ticket(pki, endpoint, config)
+    client = client_session(
+        dataclasses.replace(config, session_ticket=ticket, early_data=True), "localhost"
+    )
+    client.queue_early_data(b"GET /\r\n")
+    client.io.start_handshake()
+    server = _server_session(endpoint, client.transmit(0, 0.0))
+    assert server.state.value == "established"  # started early, the Finished never comes
+    deadline = server.next_deadline()
+    assert deadline is not None and deadline <= config.tuning.handshake_timeout
+    server.handle_timer(config.tuning.handshake_timeout + 0.1)
+    assert server.closed and "did not complete" in str(server.error)

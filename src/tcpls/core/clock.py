@@ -102,7 +102,10 @@ class SessionClock:
                     f"no connection joined again within {tuning.rejoin_timeout:g} s"
                 )
             )
-        if timers.expired(Timer.HANDSHAKE, now) and links.state is SessionState.HANDSHAKE:
+        if timers.expired(Timer.HANDSHAKE, now) and (
+            links.state is SessionState.HANDSHAKE
+            or (links.state is SessionState.ESTABLISHED and not links.confirmed)
+        ):
             links.fail(
                 ConnectionClosedError(
                     f"the TLS handshake did not complete within {tuning.handshake_timeout:g} s"

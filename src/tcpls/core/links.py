@@ -108,6 +108,7 @@ class Links:
         self.connections: dict[int, Connection] = {}
         self.state = SessionState.HANDSHAKE
         self.closed = False  #: Whether the session ended (``state`` is ``CLOSED``).
+        self.confirmed = False  #: Whether both Finished messages were verified.
         #: ``True`` for TCPLS, ``False`` for plain TLS fallback, ``None`` during the handshake.
         self.tcpls: bool | None = None
         self.error: TCPLSError | None = None
@@ -149,7 +150,6 @@ class Links:
             raise ConnectionClosedError("the session is closing")
 
     # ------------------------------------------------------------- connections
-
     def add(self, tls: TLSConnection, connection_id: int = 0) -> Connection:
         """Register the TCP connection ``connection_id`` (0: the one that runs the handshake)."""
         if connection_id in self.connections:
@@ -277,7 +277,6 @@ class Links:
             return
         self.tcpls = event.tcpls
         self.state = SessionState.ESTABLISHED
-        self._timers.cancel(Timer.HANDSHAKE)
         self.last_activity = self.now
         self._suite = event.cipher_suite
         self.aead_limit = aead_record_limit(event.cipher_suite)
@@ -303,7 +302,9 @@ class Links:
 
     def _confirmed(self, conn: Connection) -> None:
         """Both Finished messages verified: answer the joins that came meanwhile."""
+        self._timers.cancel(Timer.HANDSHAKE)  # (a server that started early kept it)
         self._app_keys = conn.tls.traffic_keys()
+        self.confirmed = True
         for held in list(self.connections.values()):
             if held is not conn and held.status is ConnectionStatus.HANDSHAKE:
                 if self.tcpls:
@@ -497,7 +498,6 @@ class Links:
         self.replenish_tokens()
 
     # ------------------------------------------------------------------ closing
-
     def close(self, now: float | None = None) -> None:
         """Close gracefully: flush and wait for ACKs, then ``close_notify`` everywhere
         (design: Closing). ``now`` starts the close deadline (default: the last input or timer).
