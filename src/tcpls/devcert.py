@@ -1,13 +1,11 @@
 """Private certificates for tests, demos and local services: a CA and the certificates it issues.
 
-Two uses:
-
 * :func:`make_test_pki` writes a throw-away CA (``ca.pem``, ``ca.key``) and a server
   certificate (``server.pem``, ``server.key``) into a directory, for tests and demos.
-* :func:`issue_local_certificates` is the library behind ``tcpls cert``: it keeps one
-  local CA in a directory (created on the first call, reused afterwards, never
-  overwritten) and issues server and client certificates from it, the way mkcert does.
-  :class:`LocalCA` and :func:`parse_name` are its parts.
+* :class:`LocalCA` creates or loads a CA and issues server and client certificates;
+  :func:`parse_name` turns a host name or IP address a person typed into a
+  subjectAltName entry, or says why it cannot; :func:`write_file` writes without
+  overwriting. ``tcpls cert`` (:mod:`tcpls.cli.cert`) is built on them.
 
 Every certificate fits the web PKI profile the verifier applies
 (:mod:`tcpls.tls.hs.certs`): the CA has ``basicConstraints CA:TRUE`` (critical), a
@@ -29,7 +27,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -47,14 +45,12 @@ __all__ = [
     "CAKey",
     "DevCertError",
     "DevPKI",
-    "IssuedCertificate",
     "KeyType",
     "LocalCA",
-    "LocalPKI",
     "PrivateKey",
     "Usage",
-    "file_stem",
-    "issue_local_certificates",
+    "certificate_pem",
+    "key_pem",
     "make_test_pki",
     "new_key",
     "parse_client_name",
@@ -134,9 +130,15 @@ def parse_name(text: str) -> x509.DNSName | x509.IPAddress:
     bracketed = text.startswith("[") and text.endswith("]")
     literal = text[1:-1] if bracketed else text
     try:
-        return x509.IPAddress(ipaddress.ip_address(literal))
+        address = ipaddress.ip_address(literal)
     except ValueError:
         pass
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise ValueError("an IPv6 zone (%...) cannot be in a certificate")
+        if bracketed and address.version == 4:
+            raise ValueError("brackets are for IPv6 addresses only")
+        return x509.IPAddress(address)
     if bracketed or ":" in literal:
         if "%" in literal:
             raise ValueError("an IPv6 zone (%...) cannot be in a certificate")
@@ -160,6 +162,8 @@ def parse_name(text: str) -> x509.DNSName | x509.IPAddress:
             raise ValueError("a wildcard needs two labels after '*.', like *.example.com")
     for label in labels:
         if not _LABEL.fullmatch(label):
+            if len(label) > 63:
+                raise ValueError("a DNS label (between dots) has 63 characters at most")
             if "*" in label:
                 raise ValueError("a wildcard is only allowed as the whole first label (*.)")
             raise ValueError(
@@ -186,23 +190,6 @@ def parse_client_name(text: str) -> x509.DNSName | x509.IPAddress | x509.RFC822N
     if not isinstance(host, x509.DNSName) or host.value.startswith("*"):
         raise ValueError("not a valid email address")
     return x509.RFC822Name(f"{local}@{host.value}")
-
-
-def _name_text(entry: x509.GeneralName) -> str:
-    return str(entry.value)
-
-
-def file_stem(name: str, usage: Usage = "server") -> str:
-    """The file name, without extension, of a certificate whose first name is ``name``.
-
-    As mkcert does: ``*`` becomes ``_wildcard`` and ``:`` (IPv6) ``_``; a client
-    certificate's stem ends with ``-client``, and a server certificate never takes
-    the CA's stem (``ca``).
-    """
-    stem = name.replace("*", "_wildcard").replace(":", "_").replace("/", "_")
-    if usage == "client":
-        return f"{stem}-client"
-    return f"{stem}-server" if stem == "ca" else stem
 
 
 # -- the CA ----------------------------------------------------------------------------
@@ -431,7 +418,8 @@ class LocalCA:
 # -- files -----------------------------------------------------------------------------
 
 
-def _pem_key(key: PrivateKey) -> bytes:
+def key_pem(key: PrivateKey) -> bytes:
+    """``key`` in unencrypted PKCS#8 PEM."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -439,7 +427,8 @@ def _pem_key(key: PrivateKey) -> bytes:
     )
 
 
-def _pem_cert(certificate: x509.Certificate) -> bytes:
+def certificate_pem(certificate: x509.Certificate) -> bytes:
+    """``certificate`` in PEM."""
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
@@ -469,137 +458,6 @@ def write_file(path: Path, data: bytes, *, mode: int = 0o644, overwrite: bool = 
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-def _write_key(path: Path, key: PrivateKey) -> None:
-    data = _pem_key(key)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-# -- tcpls cert ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IssuedCertificate:
-    """A certificate written by :func:`issue_local_certificates`."""
-
-    #: Its subjectAltName entries, as given to ``tcpls cert`` (normalized).
-    names: tuple[str, ...]
-    usage: Usage
-    cert_file: Path
-    key_file: Path
-    not_after: datetime.datetime
-
-
-@dataclass(frozen=True)
-class LocalPKI:
-    """What :func:`issue_local_certificates` did: the CA it used and the certificates."""
-
-    ca_file: Path
-    ca_key_file: Path
-    #: Whether the CA was created by this call (else an existing one was reused).
-    ca_created: bool
-    ca_not_after: datetime.datetime
-    certificates: tuple[IssuedCertificate, ...]
-
-
-def issue_local_certificates(
-    directory: str | os.PathLike[str],
-    server_names: Sequence[str] = (),
-    client_names: Sequence[str] = (),
-    *,
-    key_type: KeyType = "ecdsa",
-    valid_days: int = LEAF_VALID_DAYS,
-    force: bool = False,
-) -> LocalPKI:
-    """Issue a server certificate for ``server_names`` and one client certificate per
-    client name, from the local CA of ``directory``.
-
-    The CA is ``directory/ca.pem`` and ``directory/ca.key``: reused when both exist,
-    created (with ``directory``) when neither does, never overwritten. The server
-    certificate is ``<first name>.pem`` and ``.key``, a client certificate
-    ``<name>-client.pem`` and ``.key`` (see :func:`file_stem`). Names are checked
-    with :func:`parse_name` first (``ValueError`` names the bad one); then, without
-    ``force``, an existing certificate or key file raises :class:`DevCertError`
-    before anything is written. Keys get mode 0600.
-    """
-    servers = [_parsed(name, parse_name) for name in server_names]
-    clients = [_parsed(name, parse_client_name) for name in client_names]
-    if not servers and not clients:
-        raise ValueError("no name: give a server name, a client name or both")
-    out = Path(directory)
-    ca_file, ca_key_file = out / "ca.pem", out / "ca.key"
-    if out.exists() and not out.is_dir():
-        raise DevCertError(f"{out} is not a directory")
-    has_cert, has_key = ca_file.exists(), ca_key_file.exists()
-    if has_cert != has_key:
-        present, missing = (ca_file, ca_key_file) if has_cert else (ca_key_file, ca_file)
-        raise DevCertError(
-            f"{present} exists but {missing} does not: restore it, or move both away "
-            "to create a new CA"
-        )
-
-    plans: list[tuple[list[x509.GeneralName], Usage, Path, Path]] = []
-    if servers:
-        stem = file_stem(_name_text(servers[0]), "server")
-        plans.append((_unique(servers), "server", out / f"{stem}.pem", out / f"{stem}.key"))
-    for client in _unique(clients):
-        stem = file_stem(_name_text(client), "client")
-        plans.append(([client], "client", out / f"{stem}.pem", out / f"{stem}.key"))
-    targets = [path for _, _, cert_file, key_file in plans for path in (cert_file, key_file)]
-    if len(set(targets)) != len(targets):
-        raise DevCertError("two certificates would be written to the same files")
-    if not force:
-        existing = [str(path) for path in targets if path.exists()]
-        if existing:
-            raise DevCertError(
-                f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
-                "use --force to replace, or another --out directory"
-            )
-
-    ca = LocalCA.load(ca_file, ca_key_file) if has_cert else LocalCA.create(key_type)
-    issued: list[tuple[x509.Certificate, PrivateKey]] = []
-    for names, usage, _, _ in plans:
-        key = new_key(key_type)
-        issued.append((ca.issue(names, key, usage=usage, valid_days=valid_days), key))
-
-    out.mkdir(parents=True, exist_ok=True)
-    if not has_cert:
-        write_file(ca_key_file, _pem_key(ca.key), mode=0o600)
-        write_file(ca_file, _pem_cert(ca.certificate))
-    results: list[IssuedCertificate] = []
-    for (names, usage, cert_file, key_file), (certificate, key) in zip(plans, issued, strict=True):
-        write_file(key_file, _pem_key(key), mode=0o600, overwrite=force)
-        write_file(cert_file, _pem_cert(certificate), overwrite=force)
-        results.append(
-            IssuedCertificate(
-                names=tuple(_name_text(n) for n in names),
-                usage=usage,
-                cert_file=cert_file,
-                key_file=key_file,
-                not_after=certificate.not_valid_after_utc,
-            )
-        )
-    return LocalPKI(
-        ca_file=ca_file,
-        ca_key_file=ca_key_file,
-        ca_created=not has_cert,
-        ca_not_after=ca.certificate.not_valid_after_utc,
-        certificates=tuple(results),
-    )
-
-
-def _parsed(name: str, parse: Callable[[str], x509.GeneralName]) -> x509.GeneralName:
-    try:
-        return parse(name)
-    except ValueError as exc:
-        raise ValueError(f"{name!r}: {exc}") from None
-
-
-def _unique(names: Sequence[x509.GeneralName]) -> list[x509.GeneralName]:
-    return list(dict.fromkeys(names))
 
 
 # -- tests and demos ---------------------------------------------------------------------
@@ -647,8 +505,8 @@ def make_test_pki(
         key_file=out / f"{prefix}server.key",
         ca_key_file=out / f"{prefix}ca.key",
     )
-    pki.ca_file.write_bytes(_pem_cert(ca.certificate))
-    pki.cert_file.write_bytes(_pem_cert(cert))
-    _write_key(pki.key_file, key)
-    _write_key(pki.ca_key_file, ca.key)
+    pki.ca_file.write_bytes(certificate_pem(ca.certificate))
+    pki.cert_file.write_bytes(certificate_pem(cert))
+    write_file(pki.key_file, key_pem(key), mode=0o600, overwrite=True)
+    write_file(pki.ca_key_file, key_pem(ca.key), mode=0o600, overwrite=True)
     return pki

@@ -1,9 +1,12 @@
 """``tcpls cert``: a local CA and certificates from it, in one command, in the spirit of mkcert.
 
-The work is :func:`tcpls.devcert.issue_local_certificates`; this module parses the
-options, words the errors (one line; exit status 2 for a bad name, 1 for the rest) and
-prints the files written and the ``serve``, ``connect`` and ``openssl s_client`` lines
-that use them.
+:func:`issue_local_certificates` lays out the files of a directory (the CA, reused or
+created; one server certificate named after its first name; client certificates),
+checks everything before writing anything, and writes with :mod:`tcpls.devcert`.
+:func:`cmd_cert` prints the files written and the ``serve``, ``connect`` and
+``openssl s_client`` lines that use them. Errors are one line: exit status 2 for a
+command line that names no certificate or a bad name, 1 for the rest. Nothing here
+imports ``cryptography`` until the command runs (``tcpls --help`` stays quick).
 """
 
 from __future__ import annotations
@@ -11,17 +14,30 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
+import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tcpls.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError, one_line
 
 if TYPE_CHECKING:
-    from tcpls.devcert import IssuedCertificate, LocalPKI
+    from cryptography import x509
 
-__all__ = ["DEFAULT_OUT", "add_subparser", "cmd_cert"]
+    from tcpls.devcert import KeyType, PrivateKey, Usage
+
+__all__ = [
+    "DEFAULT_OUT",
+    "IssuedCertificate",
+    "LocalPKI",
+    "add_subparser",
+    "cmd_cert",
+    "file_stem",
+    "issue_local_certificates",
+]
 
 #: Where ``tcpls cert`` writes without ``--out``.
 DEFAULT_OUT = "tcpls-certs"
@@ -132,7 +148,14 @@ def _days(text: str) -> int:
 def cmd_cert(args: argparse.Namespace) -> int:
     """``tcpls cert``: errors are one line on standard error and an exit status."""
     try:
-        pki = _issue(args)
+        pki = issue_local_certificates(
+            args.out,
+            args.name,
+            args.client,
+            key_type=args.key_type,
+            valid_days=args.days,
+            force=args.force,
+        )
     except CommandError as exc:
         print(f"tcpls: {exc}", file=sys.stderr)
         return exc.status
@@ -140,28 +163,123 @@ def cmd_cert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _issue(args: argparse.Namespace) -> LocalPKI:
-    from tcpls.devcert import DevCertError, issue_local_certificates, parse_client_name, parse_name
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate written by :func:`issue_local_certificates`."""
 
-    names: list[str] = args.name
-    clients: list[str] = args.client
-    if not names and not clients:
+    #: Its subjectAltName entries, normalized (lower case, IDNA, no trailing dot).
+    names: tuple[str, ...]
+    usage: Usage
+    cert_file: Path
+    key_file: Path
+    not_after: datetime.datetime
+
+
+@dataclass(frozen=True)
+class LocalPKI:
+    """What :func:`issue_local_certificates` did: the CA it used and the certificates."""
+
+    ca_file: Path
+    ca_key_file: Path
+    #: Whether the CA was created by this call (else an existing one was reused).
+    ca_created: bool
+    ca_not_after: datetime.datetime
+    certificates: tuple[IssuedCertificate, ...]
+
+
+def file_stem(name: str, usage: Usage = "server") -> str:
+    """The file name, without extension, of a certificate whose first name is ``name``.
+
+    As mkcert does: ``*`` becomes ``_wildcard`` and ``:`` (IPv6) ``_``; a client
+    certificate's stem ends with ``-client``, and a server certificate never takes
+    the CA's stem (``ca``).
+    """
+    stem = name.replace("*", "_wildcard").replace(":", "_").replace("/", "_")
+    if usage == "client":
+        return f"{stem}-client"
+    return f"{stem}-server" if stem == "ca" else stem
+
+
+def issue_local_certificates(
+    directory: str | os.PathLike[str],
+    server_names: Sequence[str] = (),
+    client_names: Sequence[str] = (),
+    *,
+    key_type: KeyType = "ecdsa",
+    valid_days: int = _LEAF_DAYS,
+    force: bool = False,
+) -> LocalPKI:
+    """Issue a server certificate for ``server_names`` and one client certificate per
+    client name, from the local CA of ``directory``.
+
+    The CA is ``directory/ca.pem`` and ``directory/ca.key``: reused when both exist,
+    created (with ``directory``) when neither does, never overwritten. The server
+    certificate is ``<first name>.pem`` and ``.key``, a client certificate
+    ``<name>-client.pem`` and ``.key`` (:func:`file_stem`). Every name is checked
+    first (:func:`tcpls.devcert.parse_name`), then, without ``force``, that no
+    certificate or key file exists: a refusal raises :class:`CommandError` before
+    anything is written. Keys get mode 0600; a replaced file is replaced at once.
+    """
+    from tcpls.devcert import (
+        DevCertError,
+        LocalCA,
+        certificate_pem,
+        key_pem,
+        new_key,
+        parse_client_name,
+        parse_name,
+        write_file,
+    )
+
+    if not server_names and not client_names:
         raise CommandError(
             "say which names the certificate is for: --name HOST (repeatable); "
             "--client NAME for a client certificate",
             EXIT_USAGE,
         )
-    _check("--name", names, parse_name)
-    _check("--client", clients, parse_client_name)
-    try:
-        return issue_local_certificates(
-            args.out,
-            names,
-            clients,
-            key_type=args.key_type,
-            valid_days=args.days,
-            force=args.force,
+    servers = _unique(_parsed("--name", name, parse_name) for name in server_names)
+    clients = _unique(_parsed("--client", name, parse_client_name) for name in client_names)
+    out = Path(directory)
+    ca_file, ca_key_file = out / "ca.pem", out / "ca.key"
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"{out} is not a directory")
+    has_cert, has_key = ca_file.exists(), ca_key_file.exists()
+    if has_cert != has_key:
+        present, missing = (ca_file, ca_key_file) if has_cert else (ca_key_file, ca_file)
+        raise CommandError(
+            f"{present} exists but {missing} does not: restore it, or move both away "
+            "to create a new CA"
         )
+    plans: list[tuple[list[x509.GeneralName], Usage, Path, Path]] = []
+    if servers:
+        stem = file_stem(str(servers[0].value), "server")
+        plans.append((servers, "server", out / f"{stem}.pem", out / f"{stem}.key"))
+    for client in clients:
+        stem = file_stem(str(client.value), "client")
+        plans.append(([client], "client", out / f"{stem}.pem", out / f"{stem}.key"))
+    targets = [path for _, _, cert_file, key_file in plans for path in (cert_file, key_file)]
+    if len(set(targets)) != len(targets):
+        raise CommandError(f"two certificates would be written to the same files in {out}")
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not force:
+        raise CommandError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
+            "use --force to replace them, or another --out directory"
+        )
+
+    try:
+        ca = LocalCA.load(ca_file, ca_key_file) if has_cert else LocalCA.create(key_type)
+        issued: list[tuple[x509.Certificate, PrivateKey]] = []
+        for names, usage, _, _ in plans:
+            key = new_key(key_type)
+            issued.append((ca.issue(names, key, usage=usage, valid_days=valid_days), key))
+        out.mkdir(parents=True, exist_ok=True)
+        if not has_cert:
+            write_file(ca_key_file, key_pem(ca.key), mode=0o600)
+            write_file(ca_file, certificate_pem(ca.certificate))
+        for (_, _, cert_file, key_file), (certificate, key) in zip(plans, issued, strict=True):
+            write_file(key_file, key_pem(key), mode=0o600, overwrite=force)
+            write_file(cert_file, certificate_pem(certificate), overwrite=force)
     except DevCertError as exc:
         raise CommandError(one_line(str(exc))) from None
     except FileExistsError as exc:
@@ -169,14 +287,35 @@ def _issue(args: argparse.Namespace) -> LocalPKI:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         raise CommandError(f"cannot write {where}{exc.strerror or exc}", EXIT_ERROR) from None
+    return LocalPKI(
+        ca_file=ca_file,
+        ca_key_file=ca_key_file,
+        ca_created=not has_cert,
+        ca_not_after=ca.certificate.not_valid_after_utc,
+        certificates=tuple(
+            IssuedCertificate(
+                names=tuple(str(n.value) for n in names),
+                usage=usage,
+                cert_file=cert_file,
+                key_file=key_file,
+                not_after=certificate.not_valid_after_utc,
+            )
+            for (names, usage, cert_file, key_file), (certificate, _) in zip(
+                plans, issued, strict=True
+            )
+        ),
+    )
 
 
-def _check(option: str, names: Sequence[str], parse: Callable[[str], object]) -> None:
-    for name in names:
-        try:
-            parse(name)
-        except ValueError as exc:
-            raise CommandError(f"{option} {name!r}: {exc}", EXIT_USAGE) from None
+def _parsed(option: str, name: str, parse: Callable[[str], x509.GeneralName]) -> x509.GeneralName:
+    try:
+        return parse(name)
+    except ValueError as exc:
+        raise CommandError(f"{option} {name!r}: {exc}", EXIT_USAGE) from None
+
+
+def _unique(names: Iterable[x509.GeneralName]) -> list[x509.GeneralName]:
+    return list(dict.fromkeys(names))
 
 
 # -- what was done, and what to do next ------------------------------------------------------
