@@ -225,7 +225,7 @@ async def cmd_tunnel_server(args: argparse.Namespace) -> int:
     print(f"tcpls tunnel: serving on {addresses}; allowed: {allow}", file=sys.stderr, flush=True)
     await _until_interrupted()
     print("tcpls tunnel: shutting down", file=sys.stderr, flush=True)
-    tunnel.abort_carrying()
+    await tunnel.abort_carrying()
     server.close()
     await server.wait_closed()
     return EXIT_OK

@@ -16,10 +16,11 @@ with CRLF and at most :data:`MAX_LINE` (512) bytes long, CRLF included:
   the TCP connection of stream ``<id>`` can take no more bytes (its application is gone
   or it was reset), so the peer stops reading its own TCP side of that stream, ends its
   direction of the stream, and closes its TCP connection once the stream's other
-  direction is delivered (QUIC's STOP_SENDING). The client writes ``PING`` every
-  :data:`~tcpls.apps.tunnel.protocol.KEEPALIVE` seconds while it carries connections, so
-  that their session is not closed as idle. Unknown lines are ignored; a control line of
-  64 bytes or more ends the control stream.
+  direction is delivered (QUIC's STOP_SENDING). ``ABORT``: the peer is about to abort
+  the session; every connection it carries is reset at once. The client writes ``PING``
+  every :data:`~tcpls.apps.tunnel.protocol.KEEPALIVE` seconds while it carries
+  connections, so that their session is not closed as idle. Unknown lines are ignored; a
+  control line of 64 bytes or more ends the control stream.
 * ``CONNECT <host>:<port>`` asks for a TCP connection to ``host`` (a DNS name, an IPv4
   address, or an IPv6 address in brackets). The server answers ``OK`` once connected,
   and the stream then carries the connection's bytes as they are, both ways; or it
@@ -40,7 +41,9 @@ and the other end closes its connection in turn, so nothing hangs. When a sessio
 fails, every connection it still carries is aborted (reset), so a transfer cut short
 never looks complete. For the same reason an end that shuts down while it carries
 connections aborts its session instead of closing it (a graceful close ends every
-stream as if it were complete).
+stream as if it were complete), after an ``ABORT`` line that the peer acknowledges
+within a second: an aborted session tells the peer nothing, and the peer would keep its
+connections until its rejoin timeout.
 
 Allow list
 ----------

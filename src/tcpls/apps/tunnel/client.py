@@ -34,7 +34,7 @@ from tcpls.apps.tunnel.protocol import (
     read_line,
     why,
 )
-from tcpls.apps.tunnel.relay import Control, TcpPair
+from tcpls.apps.tunnel.relay import Control, TcpPair, reset
 from tcpls.errors import TCPLSError
 
 __all__ = ["Opener", "TunnelClient"]
@@ -117,7 +117,7 @@ class TunnelClient:
         current = self._current
         if current is not None and not current.session.closed:
             if current.control.relays:
-                current.session.abort()
+                await current.control.abort_session(current.session)
             else:
                 await current.session.aclose(timeout)
         for task in list(self._handlers):
@@ -158,13 +158,22 @@ class TunnelClient:
             raise
         carried = _Carried(session)
         carried.control.attach(reader, writer)
-        carried.start(carried.control.run(rest))
+        carried.start(self._control(carried, rest))
         carried.start(self._keepalive(carried))
         carried.start(self._watch(carried))
         self.sessions_opened += 1
         resumed = ", resumed" if session.session_resumed else ""
         logger.info("tunnel session opened (%d so far%s)", self.sessions_opened, resumed)
         return carried
+
+    async def _control(self, carried: _Carried, pending: bytes) -> None:
+        try:
+            aborted = await carried.control.run(pending)
+        except TCPLSError:
+            return  # the session failed: _watch reports it
+        if aborted:
+            logger.warning("the tunnel server aborted the session")
+            carried.session.abort()
 
     async def _keepalive(self, carried: _Carried) -> None:
         while True:
@@ -194,7 +203,7 @@ class TunnelClient:
             logger.warning(
                 "closed a local connection: %d are carried already (the limit)", self.max_tunnels
             )
-            tcp[1].transport.abort()
+            reset(tcp[1])
             return
         task = asyncio.current_task()
         assert task is not None
@@ -203,7 +212,7 @@ class TunnelClient:
             await self._carry(tcp, to)
         except (TCPLSError, OSError) as exc:
             logger.info("a tunneled connection ended: %s", why(exc))
-            tcp[1].transport.abort()
+            reset(tcp[1])
         finally:
             self._handlers.discard(task)
 

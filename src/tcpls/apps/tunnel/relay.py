@@ -11,18 +11,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 from collections.abc import Callable
 
-from tcpls.aio.streams import StreamReader, StreamWriter
+from tcpls.aio.streams import StreamReader, StreamSession, StreamWriter
 from tcpls.apps.tunnel.protocol import CHUNK, DRAIN_TIMEOUT, MAX_CONTROL_LINE, drain
 from tcpls.errors import TCPLSError
 
-__all__ = ["Control", "Relay", "TcpPair"]
+__all__ = ["Control", "Relay", "TcpPair", "reset"]
 
 logger = logging.getLogger("tcpls.tunnel")
 
 #: An asyncio TCP connection: its reader and its writer.
 TcpPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def reset(tcp: asyncio.StreamWriter) -> None:
+    """Close a TCP connection with a reset (RST), dropping what it holds: its peer sees
+    an error, not an end of file that could pass for a complete transfer."""
+    sock = tcp.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    tcp.transport.abort()
 
 
 class Relay:
@@ -145,7 +157,7 @@ class Relay:
         if self._outbound is not None:
             self._outbound.cancel()
         if abort:
-            self._tcp.transport.abort()
+            reset(self._tcp)
         else:
             self._tcp.close()
 
@@ -197,28 +209,46 @@ class Control:
         for relay in list(self.relays.values()):
             relay.session_ended()
 
-    async def run(self, pending: bytes = b"") -> None:
+    async def abort_session(self, session: StreamSession, timeout: float = 1.0) -> None:
+        """Abort ``session``, telling the peer first (``ABORT``, acknowledged within
+        ``timeout`` seconds): an aborted session says nothing to the peer, which would
+        otherwise wait for a rejoin before it resets the connections it carries."""
+        writer = self._writer
+        if writer is not None and not session.closed:
+            self.send(b"ABORT\r\n")
+            with contextlib.suppress(TCPLSError, TimeoutError):
+                writer.write_eof()
+                async with asyncio.timeout(timeout):
+                    await writer.wait_closed()
+        self.session_ended()
+        session.abort()
+
+    async def run(self, pending: bytes = b"") -> bool:
         """Act on the peer's lines (``pending``: bytes read already) until the control
-        stream ends; then end ours."""
+        stream ends, then end ours. True if the peer said ``ABORT`` (the connections were
+        reset; abort the session)."""
         reader = self._reader
         if reader is None:
-            return
+            return False
         buffer = bytearray(pending)
         try:
             while True:
                 while (end := buffer.find(b"\n")) >= 0:
                     verb, _, argument = bytes(buffer[:end]).rstrip(b"\r").partition(b" ")
                     del buffer[: end + 1]
+                    if verb == b"ABORT":
+                        self.session_ended()
+                        return True
                     if verb == b"STOP" and argument.isdigit() and len(argument) < 11:
                         relay = self.relays.get(int(argument))
                         if relay is not None:
                             relay.stop_sending()
                 if len(buffer) >= MAX_CONTROL_LINE:
                     logger.info("the peer sent a control line over %d bytes", MAX_CONTROL_LINE)
-                    return
+                    return False
                 data = await reader.read(4096)
                 if not data:
-                    return
+                    return False
                 buffer += data
         finally:
             if self._writer is not None:

@@ -118,11 +118,14 @@ class TunnelServer:
         finally:
             self._sessions.discard(served)
 
-    def abort_carrying(self) -> None:
+    async def abort_carrying(self) -> None:
         """Abort every session that carries connections (the server is shutting down)."""
-        for served in list(self._sessions):
-            if served.control.relays:
-                served.session.abort()
+        aborts = [
+            served.control.abort_session(served.session)
+            for served in self._sessions
+            if served.control.relays
+        ]
+        await asyncio.gather(*aborts)
 
     async def _stream(self, served: _Served, reader: StreamReader, writer: StreamWriter) -> None:
         served.streams += 1
@@ -159,7 +162,9 @@ class TunnelServer:
         if line == HELLO and not served.control.attached:
             writer.write(HELLO_OK)
             served.control.attach(reader, writer)
-            return await served.control.run(rest)
+            if await served.control.run(rest):
+                served.session.abort()  # the client aborts it
+            return None
         verb, _, target = line.rstrip(b"\r\n").decode("ascii", "replace").partition(" ")
         try:
             if verb != "CONNECT":
