@@ -1,11 +1,12 @@
 # Quick start: `make demo` and `make test`. Both create .venv and install what they need.
+# `make docs` builds the documentation site into site/.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-SRC    := $(wildcard src tests benchmarks)
+SRC    := $(wildcard src tests benchmarks docs/hooks)
 
-.PHONY: demo test lint typecheck unit system-deps bench clean fuzz
+.PHONY: demo test lint typecheck unit docs system-deps bench clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +45,12 @@ typecheck: $(STAMP)
 unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck unit
+# The documentation site (mkdocs.yml): any warning (a broken link, a missing page, an
+# unresolved reference) fails the build. `$(BIN)/mkdocs serve` serves it while you edit.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+test: lint typecheck docs unit
 
 # A longer fuzzing run of one target: make fuzz T=session S=600 (see tests/fuzz/README.md).
 fuzz: $(STAMP)
@@ -52,4 +58,4 @@ fuzz: $(STAMP)
 	  /tmp/tcpls-fuzz-$(T) tests/fuzz/corpus/$(T)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist site src/*.egg-info
