@@ -18,6 +18,9 @@ Dataclasses and named tuples need a docstring of their own (the generated ``Name
 does not count).
 
 Run ``python tests/test_docs.py`` for the list of what is missing.
+
+Also checked here: the package metadata ships the license and lists the Python versions
+the README states. The site itself is built by ``make docs`` (part of ``make test``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import dataclasses
 import importlib
 import inspect
 import pkgutil
+import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -34,7 +39,8 @@ from typing import Any
 
 import tcpls
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
 
 
 def _module_names() -> list[str]:
@@ -179,6 +185,24 @@ def test_the_check_sees_what_it_must() -> None:
         if _assigned(node)
     }
     assert flags == {"X": False, "Y": True, "Z": True, "W": True}
+
+
+def test_metadata_states_the_license_and_the_python_versions() -> None:
+    """The sdist and wheel carry LICENSE; the README names the versions the metadata lists."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "BSD-3-Clause"
+    assert project["license-files"] == ["LICENSE"]
+    assert "BSD 3-Clause License" in (ROOT / "LICENSE").read_text(encoding="utf-8")
+    versions = [
+        c.rsplit(" :: ", 1)[1]
+        for c in project["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    ]
+    assert versions and project["requires-python"] == f">={versions[0]}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"Python (3\.\d+(?:, 3\.\d+)*) and (3\.\d+)", readme)
+    assert stated, "the README says which Python versions are supported"
+    assert [*stated[1].split(", "), stated[2]] == versions
 
 
 if __name__ == "__main__":
