@@ -693,6 +693,9 @@ def test_server_limit_per_session(pki: DevPKI, peers: list[Peer]) -> None:
     async def main() -> list[bytes]:
         async with await tcpls.serve(tunnel.handle, "127.0.0.1", 0, config=server_config) as srv:
             async with tcpls.connect("127.0.0.1", srv.port, config=client_config) as session:
+                control = await session.open_stream()  # not counted against the limit
+                control[1].write(HELLO)
+                assert await control[0].readline() == HELLO_OK
                 answers = []
                 streams = []
                 for _ in range(3):

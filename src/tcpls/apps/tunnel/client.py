@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tcpls.aio.session import Session
+from tcpls.aio.streams import StreamReader, StreamWriter
 from tcpls.apps.tunnel import socks
 from tcpls.apps.tunnel.protocol import (
     DEFAULT_ANSWER_TIMEOUT,
@@ -196,6 +197,17 @@ class TunnelClient:
         if self._on_closed is not None:
             self._on_closed(session)
 
+    async def _open_stream(self) -> tuple[_Carried, tuple[StreamReader, StreamWriter]]:
+        """A new stream of the session, opened again if it had just ended."""
+        carried = await self._carrier()
+        try:
+            return carried, await carried.session.open_stream()
+        except TCPLSError:
+            if not carried.session.closed:
+                raise
+        carried = await self._carrier()
+        return carried, await carried.session.open_stream()
+
     # -- local connections ----------------------------------------------------------------
 
     async def _accepted(self, tcp: TcpPair, to: Destination | None) -> None:
@@ -229,8 +241,7 @@ class TunnelClient:
         else:
             destination = to
         try:
-            carried = await self._carrier()
-            reader, writer = await carried.session.open_stream()
+            carried, (reader, writer) = await self._open_stream()
         except Exception as exc:  # the opener's errors are the application's
             logger.warning(
                 "tunnel to %s: no session with the tunnel server: %s", destination, why(exc)

@@ -162,8 +162,12 @@ class TunnelServer:
         if line == HELLO and not served.control.attached:
             writer.write(HELLO_OK)
             served.control.attach(reader, writer)
-            if await served.control.run(rest):
-                served.session.abort()  # the client aborts it
+            served.streams -= 1  # the control stream carries no connection
+            try:
+                if await served.control.run(rest):
+                    served.session.abort()  # the client aborts it
+            finally:
+                served.streams += 1
             return None
         verb, _, target = line.rstrip(b"\r\n").decode("ascii", "replace").partition(" ")
         try:
