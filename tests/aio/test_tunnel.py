@@ -254,13 +254,13 @@ def test_curl_through_listen_and_socks(
     procs: list[Proc], pki: DevPKI, website: tuple[int, Path, str], tmp_path: Path
 ) -> None:
     """curl downloads intact through --listen, and through --socks with a name and with
-    an address; the connections (four at once, too) share one session."""
+    an address; the connections (four at once, too) share one session, with its join."""
     web, _, digest = website
     server = start_server(procs, pki, f"127.0.0.1:{web}", f"localhost:{web}")
     listen, proxy = free_port(), free_port()
     client = start_client(
         procs, pki, server, "--listen", str(listen), "--to", f"127.0.0.1:{web}",
-        "--socks", f"127.0.0.1:{proxy}",
+        "--socks", f"127.0.0.1:{proxy}", "--join", f"127.0.0.1:{server}",
     )  # fmt: skip
     client.wait_line("SOCKS5 proxy on")
     url = f"http://127.0.0.1:{listen}/file.bin"
@@ -280,7 +280,7 @@ def test_curl_through_listen_and_socks(
     ]
     assert [p.wait(60) for p in parallel] == [0] * 4
     assert all(sha256(tmp_path / f"p{i}.bin") == digest for i in range(4))
-    assert tunnel_connections(server) == 1  # one session, one TCP connection, all along
+    assert tunnel_connections(server) == 2  # one session (and its join) all along
     assert client.proc.poll() is None
     assert client.lines[2:] == [], client.lines  # nothing said but the two banners
     assert client.stop() == 0

@@ -266,6 +266,7 @@ class TunnelClient:
                     tcp_writer.write(socks.reply(socks.reply_code(code)))
                 await relay.refused()
                 return
+            relay.answered()
             if to is None:
                 tcp_writer.write(socks.reply(socks.SUCCEEDED))
             await relay.run(rest)

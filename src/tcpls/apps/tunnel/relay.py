@@ -97,6 +97,12 @@ class Relay:
                 self._send_stop()
             self._stop_outbound()
 
+    def answered(self) -> None:
+        """Client: the server answered ``OK``. A ``STOP`` sent before may have come before
+        the server knew the stream, so a connection that broke meanwhile says it again."""
+        if self._tcp_broken and not self._stop_received:
+            self._send_stop()
+
     def stop_sending(self) -> None:
         """The peer's TCP side takes no more (``STOP``): stop reading ours, end the stream."""
         self._stop_received = True
