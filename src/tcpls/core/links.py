@@ -60,8 +60,7 @@ __all__ = ["CONNECTION_COST", "SESSION_COST", "Links", "SessionState"]
 #: (Python objects, the handshake state kept for the exporter), measured in bytes.
 SESSION_COST = 32 * 1024
 MAX_TICKETS_KEPT = 4  #: Client: the newest tickets kept from a session (servers may send many).
-#: What each TCP connection of a session costs beyond its buffers, in bytes (see above).
-CONNECTION_COST = 8 * 1024
+CONNECTION_COST = 8 * 1024  #: What each TCP connection costs beyond its buffers (see above).
 
 logger = logging.getLogger(__name__)
 
