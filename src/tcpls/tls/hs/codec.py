@@ -61,10 +61,8 @@ __all__ = [
     "vector",
 ]
 
-#: The legacy_version of TLS 1.3 records and hellos: TLS 1.2 (RFC 8446 §4.1.2).
-TLS12 = 0x0303
-#: TLS 1.3 in supported_versions (RFC 8446 §4.2.1).
-TLS13 = 0x0304
+TLS12 = 0x0303  #: legacy_version of TLS 1.3 hellos and records: TLS 1.2 (RFC 8446 §4.1.2).
+TLS13 = 0x0304  #: TLS 1.3 in supported_versions (RFC 8446 §4.2.1).
 #: ServerHello.random of a HelloRetryRequest: SHA-256("HelloRetryRequest") (RFC 8446 §4.1.3).
 HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
 #: The last 8 bytes of a ServerHello.random from a server that negotiated TLS 1.2 or
