@@ -63,8 +63,11 @@ for a destination, and reads a refused stream to its end for at most ``DRAIN_TIM
 closed at once), waits ``answer_timeout`` seconds for an answer and ``SOCKS_TIMEOUT``
 (10) seconds for a SOCKS5 request. A session that carries nothing is closed after the
 session's idle timeout (``SessionTuning.idle_timeout``, 300 s); the client opens a new
-one for the next connection, as it does when its session fails. The constants are in
-:mod:`tcpls.apps.tunnel.protocol`.
+one for the next connection, as it does when its session fails. Beyond its stream's
+buffers (which the session bounds, ``SessionTuning``), a carried connection holds at most
+about 1 MiB in the tunnel's process: asyncio pauses reading its TCP side at 256 KiB
+(``TCP_LIMIT``), writing to it waits above 256 KiB (``TCP_WRITE_HIGH``), and each way
+moves 256 KiB at a time (``CHUNK``). The constants are in :mod:`tcpls.apps.tunnel.protocol`.
 
 Modules: :mod:`~tcpls.apps.tunnel.protocol` (destinations, the allow list, the lines),
 :mod:`~tcpls.apps.tunnel.relay` (moving bytes, the control stream),

@@ -31,6 +31,7 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "SOCKS_TIMEOUT",
     "TCP_LIMIT",
+    "TCP_WRITE_HIGH",
     "AllowList",
     "Destination",
     "NoLine",
@@ -75,7 +76,9 @@ DEFAULT_MAX_TOTAL = 1024
 #: Bytes moved per read, both ways.
 CHUNK = 256 * 1024
 #: The buffer limit of asyncio's TCP streams (reading pauses at twice this).
-TCP_LIMIT = 512 * 1024
+TCP_LIMIT = 128 * 1024
+#: Bytes a TCP connection's asyncio transport may hold before writing waits (drain).
+TCP_WRITE_HIGH = 256 * 1024
 
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _ERR = re.compile(rb"ERR ([a-z-]{1,20}) ?([^\r\n]*)\r\n")

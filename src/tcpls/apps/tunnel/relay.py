@@ -16,7 +16,13 @@ import struct
 from collections.abc import Callable
 
 from tcpls.aio.streams import StreamReader, StreamSession, StreamWriter
-from tcpls.apps.tunnel.protocol import CHUNK, DRAIN_TIMEOUT, MAX_CONTROL_LINE, drain
+from tcpls.apps.tunnel.protocol import (
+    CHUNK,
+    DRAIN_TIMEOUT,
+    MAX_CONTROL_LINE,
+    TCP_WRITE_HIGH,
+    drain,
+)
 from tcpls.errors import TCPLSError
 
 __all__ = ["Control", "Relay", "TcpPair", "reset"]
@@ -57,7 +63,7 @@ class Relay:
         self._tcp_broken = False  # the TCP side takes no more bytes
         self._stop_received = False
         self._inbound_done = False
-        self._tcp.transport.set_write_buffer_limits(high=4 * CHUNK)
+        self._tcp.transport.set_write_buffer_limits(high=TCP_WRITE_HIGH)
 
     def start_outbound(self) -> None:
         """Start moving the TCP connection's bytes to the stream (unless stopped)."""
