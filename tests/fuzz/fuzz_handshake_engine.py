@@ -122,7 +122,6 @@ class _FixedTickets(TicketStore):
             max_early_data=MAX_EARLY_DATA,
             alpn_protocol="h2",
             tcpls=True,
-            server_name="localhost",
         )
 
 

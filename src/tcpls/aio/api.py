@@ -250,5 +250,5 @@ async def serve(
     server = Server(handler, endpoint)
     await server.listen(host, port, **listen_kwargs)
     if config.fastopen:
-        fastopen.enable_on_listener(server.listen_sockets)
+        fastopen.enable_on_listener(server.sockets)
     return server

@@ -19,7 +19,7 @@ from tcpls.aio.driver import SessionDriver
 from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.session import Session
 from tcpls.core.endpoint import ServerEndpoint
-from tcpls.core.session import CoreSession
+from tcpls.core.session import CoreSession, SessionState
 from tcpls.errors import InternalError, TCPLSError
 from tcpls.tls.connection import TLSConnection
 
@@ -81,11 +81,6 @@ class Server:
         """The sessions currently open."""
         return list(self._table.sessions.values())
 
-    @property
-    def listen_sockets(self) -> list[socket.socket]:
-        """The listening sockets."""
-        return [sock for server in self._servers for sock in server.sockets]
-
     async def listen(self, host: str | None, port: int, **kwargs: Any) -> None:
         """Listen on ``host:port`` too (:func:`serve` calls this once); ``kwargs`` go to
         :meth:`asyncio.loop.create_server`."""
@@ -123,7 +118,18 @@ class Server:
         if self._closing:
             reason = "the server is shutting down"
         elif sessions >= config.max_sessions:
-            reason = f"{sessions} sessions are open (max_sessions)"
+            # Sessions still in their handshake make room: the one that started first ends,
+            # so unanswered hellos cannot lock new clients out (design: Server limits).
+            waiting = next(
+                (c for c in self._table.sessions if c.state is SessionState.HANDSHAKE), None
+            )
+            if waiting is None:
+                reason = f"{sessions} sessions are open (max_sessions)"
+            else:
+                self._refusals.log(
+                    "ending the oldest handshake to make room: %d sessions", sessions
+                )
+                self._table.sessions[waiting].abort()
         elif self._over_budget:
             reason = (
                 f"the sessions hold about {self.memory_use >> 20} MiB "

@@ -560,7 +560,7 @@ class TLSConnection:
                         f"unprotected record of type {content_type} after keys"
                     )
                 elif content_type == ContentType.application_data:
-                    raise UnexpectedMessage("application data before the handshake")
+                    layer.skip_unreadable(len(body))  # early data after a HelloRetryRequest
                 else:
                     raise UnexpectedMessage(f"unknown record content type {content_type}")
         except NotTLSError as exc:

@@ -269,6 +269,17 @@ class RecordLayer:
 
     # -- reading records -------------------------------------------------------
 
+    def skip_unreadable(self, size: int) -> None:
+        """An application data record before any read key: early data a server that sent
+        a HelloRetryRequest skips (RFC 8446 §4.2.10), up to :data:`MAX_SKIPPED_EARLY_DATA`;
+        anything else is an ``unexpected_message``."""
+        if not self.early_data_skip:
+            raise UnexpectedMessage("application data before the handshake")
+        self.early_data_skip -= size
+        if self.early_data_skip <= 0:
+            self.early_data_skip = 0
+            raise BadRecordMac("more early data than a server that declines it skips")
+
     def skip_early_data(
         self,
         protection: RecordProtection,

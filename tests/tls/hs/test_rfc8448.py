@@ -702,7 +702,6 @@ def test_server_resumed_0rtt() -> None:
             max_early_data=1024,
             alpn_protocol=None,
             tcpls=False,
-            server_name="server",
         ),
     )
     installed = Installed()

@@ -66,7 +66,12 @@ from tcpls.tls.hs.names import (
     when,
 )
 
-__all__ = ["CertificateVerifier", "parse_certificate_chain"]
+__all__ = ["MAX_CHAIN_CERTIFICATES", "CertificateVerifier", "parse_certificate_chain"]
+
+
+#: Certificates of a peer's chain that are read at most (a leaf and intermediates; real
+#: chains have two to four).
+MAX_CHAIN_CERTIFICATES = 16
 
 
 def parse_certificate_chain(ders: Sequence[bytes]) -> list[x509.Certificate]:
@@ -78,6 +83,11 @@ def parse_certificate_chain(ders: Sequence[bytes]) -> list[x509.Certificate]:
     (duplicate or undecodable). An empty ``ders`` gives ``[]``: an empty chain is the caller's
     business (RFC 8446 §4.4.2.4 wants different alerts for clients and servers).
     """
+    if len(ders) > MAX_CHAIN_CERTIFICATES:
+        raise CertificateVerificationError(
+            f"the peer sent {len(ders)} certificates (at most {MAX_CHAIN_CERTIFICATES} are read)",
+            AlertDescription.bad_certificate,
+        )
     chain: list[x509.Certificate] = []
     for index, der in enumerate(ders, 1):
         try:
@@ -442,14 +452,17 @@ class CertificateVerifier:
 
     def _issuers(self, chain: Sequence[x509.Certificate]) -> list[x509.Certificate]:
         """The leaf, then the certificates of ``chain`` that issue one another in turn."""
+        by_subject: dict[x509.Name, list[x509.Certificate]] = {}
+        for certificate in chain[1:]:
+            by_subject.setdefault(certificate.subject, []).append(certificate)
         path = [chain[0]]
-        spare = list(chain[1:])
-        while True:
-            nxt = next((c for c in spare if c.subject == path[-1].issuer), None)
-            if nxt is None or path[-1].subject == path[-1].issuer:
-                return path
-            spare.remove(nxt)
-            path.append(nxt)
+        # at most one more step than a valid path may have: a hostile chain is long
+        for _ in range(self.max_chain_depth + 1):
+            candidates = by_subject.get(path[-1].issuer)
+            if not candidates or path[-1].subject == path[-1].issuer:
+                break
+            path.append(candidates.pop(0))
+        return path
 
     def _unknown_issuer(
         self, chain: Sequence[x509.Certificate], reason: str

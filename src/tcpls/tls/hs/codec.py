@@ -510,6 +510,8 @@ def decode_server_name(body: bytes) -> str | None:
     while names.left:
         name_type = names.uint(1)
         name = names.vector(2, minimum=1)
+        if name_type == 0 and len(name) > 255:
+            raise DecodeError("a host name in server_name longer than 255 bytes")
         if name_type == 0:
             if host is not None:
                 raise IllegalParameter("two host names in server_name")

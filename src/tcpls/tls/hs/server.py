@@ -545,7 +545,6 @@ class ServerEngine(HandshakeEngine):
             max_early_data=max_early,
             alpn_protocol=self.alpn_protocol,
             tcpls=self.tcpls_negotiated,
-            server_name=self.server_name,
             peer_certificate=self.peer_certificate,
         )
         label = self._tickets.issue(ticket)

@@ -146,7 +146,6 @@ class ServerTicket:
     max_early_data: int
     alpn_protocol: str | None
     tcpls: bool
-    server_name: str | None
     #: The client's certificate in the session, if it presented one.
     peer_certificate: x509.Certificate | None = None
 
