@@ -15,6 +15,8 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import serialization
+
 from tcpls.config import ClientConfig, ServerConfig, parse_cipher_suites
 from tcpls.core.scheduler import SchedulerName
 from tcpls.core.session import CoreSession
@@ -98,6 +100,7 @@ class ServerEndpoint:
         self.scheduler: SchedulerName = scheduler
         self.reliable = reliable
         self._chain, self._key = config.load_credentials()
+        self._chain_der = [c.public_bytes(serialization.Encoding.DER) for c in self._chain]
         self._suites = parse_cipher_suites(config.cipher_suites)
         self.tickets = (
             TicketStore(config.max_tickets, config.ticket_lifetime)
@@ -181,6 +184,7 @@ class ServerEndpoint:
         config = self.config
         return ServerEngine(
             certificate_chain=self._chain,
+            certificate_ders=self._chain_der,
             private_key=self._key,
             cipher_suites=self._suites,
             groups=self._groups,

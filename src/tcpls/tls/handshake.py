@@ -261,14 +261,16 @@ class Handshake:
             completed = self._joined(join.read_keys, join.write_keys, join.connection_id)
             self.ccs_allowed = True  # the server's CCS may follow its ServerHello
             return [completed]
+        checked = False
         if self.engine is None:  # server: first ClientHello decides full handshake or join
             self.ccs_allowed = True
             request = self._read_client_hello(msg_type, message, hello_check)
             if request is not None:
                 return [request]
+            checked = True  # its TCPLS extensions were just checked: no second parse
         engine = self.engine
         assert engine is not None
-        if engine.offers_tcpls:
+        if engine.offers_tcpls and not checked:
             check_tcpls_placement(msg_type, message, self.codepoints)
         outputs = engine.handle_message(message)
         if isinstance(engine, ServerEngine) and engine.skip_early_data:

@@ -126,6 +126,7 @@ class ServerEngine(HandshakeEngine):
         keylog: KeyLog | None = None,
         random: Callable[[int], bytes] = os.urandom,
         key_shares: Sequence[KeyShare] = (),
+        certificate_ders: Sequence[bytes] | None = None,
     ) -> None:
         if not certificate_chain or private_key is None:
             raise ValueError("a server needs a certificate and a private key")
@@ -137,7 +138,10 @@ class ServerEngine(HandshakeEngine):
             keylog=keylog,
         )
         self._leaf = certificate_chain[0]
-        self._chain = [c.public_bytes(Encoding.DER) for c in certificate_chain]
+        #: The chain as sent; a server passes it encoded once (``certificate_ders``).
+        self._chain = list(
+            certificate_ders or (c.public_bytes(Encoding.DER) for c in certificate_chain)
+        )
         self._key = private_key
         self.cipher_suites = [CipherSuite(s) for s in cipher_suites or DEFAULT_CIPHER_SUITES]
         self.groups = [Group(g) for g in groups or DEFAULT_GROUPS]
