@@ -13,7 +13,7 @@ import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -159,6 +159,15 @@ def load_private_key(path: str | os.PathLike[str], password: bytes | None = None
     return key
 
 
+def _check_qlog(records: str, sample: int, max_bytes: int) -> None:
+    if records not in ("all", "sampled", "none"):
+        raise ConfigurationError("qlog_records must be 'all', 'sampled' or 'none'")
+    if sample < 1:
+        raise ConfigurationError("qlog_sample must be at least 1")
+    if max_bytes < 4096:
+        raise ConfigurationError("qlog_max_bytes must be at least 4096")
+
+
 @dataclass(frozen=True)
 class SessionTuning:
     """Protocol constants and limits shared by clients and servers.
@@ -264,6 +273,14 @@ class ClientConfig:
     fastopen: bool = False
     #: Seconds allowed for the TCP connect.
     connect_timeout: float = 10.0
+    #: Write a qlog file per session in this directory (JSON-SEQ; design: qlog); ``None``: no qlog.
+    qlog_dir: str | None = None
+    #: What qlog logs of records: ``"all"``, ``"sampled"`` (1 in ``qlog_sample``) or ``"none"``.
+    qlog_records: Literal["all", "sampled", "none"] = "sampled"
+    #: With ``qlog_records="sampled"``: 1 record in this many, in each direction.
+    qlog_sample: int = 16
+    #: Size limit of each qlog file in bytes: beyond it, records are no longer logged.
+    qlog_max_bytes: int = 64 * 1024 * 1024
     #: TLS extension codepoints for TCPLS (design: Extension codepoints).
     codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS
     #: Protocol constants.
@@ -280,6 +297,7 @@ class ClientConfig:
         self.load_credentials()
         if self.user_timeout is not None and self.user_timeout <= 0:
             raise ConfigurationError("user_timeout must be positive")
+        _check_qlog(self.qlog_records, self.qlog_sample, self.qlog_max_bytes)
 
     def load_credentials(self) -> tuple[list[x509.Certificate], Any]:
         """The client certificate chain and key (empty and ``None`` when there is none)."""
@@ -343,6 +361,14 @@ class ServerConfig:
     memory_budget: int = 192 * 1024 * 1024
     #: TCP_USER_TIMEOUT in seconds for accepted connections; ``None``: tuning default.
     user_timeout: float | None = None
+    #: Write a qlog file per session in this directory (JSON-SEQ; design: qlog); ``None``: no qlog.
+    qlog_dir: str | None = None
+    #: What qlog logs of records: ``"all"``, ``"sampled"`` (1 in ``qlog_sample``) or ``"none"``.
+    qlog_records: Literal["all", "sampled", "none"] = "sampled"
+    #: With ``qlog_records="sampled"``: 1 record in this many, in each direction.
+    qlog_sample: int = 16
+    #: Size limit of each qlog file in bytes: beyond it, records are no longer logged.
+    qlog_max_bytes: int = 64 * 1024 * 1024
     #: TLS extension codepoints for TCPLS (design: Extension codepoints).
     codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS
     #: Protocol constants.
@@ -372,6 +398,7 @@ class ServerConfig:
                 raise ConfigurationError(f"{name} must be at least 1")
         if self.hello_timeout <= 0:
             raise ConfigurationError("hello_timeout must be positive")
+        _check_qlog(self.qlog_records, self.qlog_sample, self.qlog_max_bytes)
 
     @property
     def effective_user_timeout(self) -> float | None:

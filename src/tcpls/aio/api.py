@@ -23,6 +23,7 @@ from tcpls.config import ClientConfig, ServerConfig
 from tcpls.core.endpoint import ServerEndpoint, client_session
 from tcpls.core.scheduler import SchedulerName
 from tcpls.errors import TCPLSError
+from tcpls.qlog.tracer import trace_session
 
 __all__ = ["Server", "connect", "serve"]
 
@@ -129,6 +130,7 @@ async def _connect(
     config = _effective(config)
     core = client_session(config, host, scheduler=scheduler, reliable=reliable)
     loop = asyncio.get_running_loop()
+    trace_session(core, config, loop.time())  # qlog and the session log (design: qlog)
     driver = SessionDriver(core)
     if early_data:
         core.queue_early_data(early_data)

@@ -21,6 +21,7 @@ from tcpls.aio.session import Session
 from tcpls.core.endpoint import ServerEndpoint
 from tcpls.core.session import CoreSession, SessionState
 from tcpls.errors import InternalError, TCPLSError
+from tcpls.qlog.tracer import trace_session
 from tcpls.tls.connection import TLSConnection
 
 __all__ = ["Handler", "Server"]
@@ -303,6 +304,7 @@ class _SessionTable:
 
     def adopt(self, protocol: ConnectionProtocol, core: CoreSession) -> SessionDriver:
         """A pending connection started a handshake: give it its session."""
+        trace_session(core, self._endpoint.config, asyncio.get_running_loop().time())
         driver = SessionDriver(core, observer=self)
         self.sessions[core] = Session(driver)
         self.drivers[core] = driver

@@ -43,6 +43,8 @@ class AckTracker:
         self.pending: dict[Connection, None] = {}
         #: Stream bytes sent and not yet acknowledged, over all connections.
         self.unacked_bytes = 0
+        #: Stream bytes handed back for sending again by connections that failed (statistics).
+        self.reinjected_bytes = 0
 
     # ------------------------------------------------------------ ACKs we owe
 
@@ -206,6 +208,7 @@ class AckTracker:
             _, refs, frames = log.popleft()
             for sid, offset, length, fin in refs:
                 self.unacked_bytes -= length
+                self.reinjected_bytes += length
                 streams.resend(sid, offset, length, fin)
             if frames:
                 control.extend(frames)

@@ -40,6 +40,7 @@ from tcpls.core.joins import TokenBook
 from tcpls.core.receiver import FrameReceiver
 from tcpls.core.streamset import StreamSet
 from tcpls.core.timers import Timer, TimerSet
+from tcpls.core.trace import SessionTrace
 from tcpls.errors import ConnectionClosedError, InternalError, PeerAlert, ProtocolError, TCPLSError
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.events import (
@@ -104,6 +105,7 @@ class Links:
         self._tokens = tokens
         self._timers = timers
         self._receiver: FrameReceiver | None = None
+        self.qlog: SessionTrace | None = None  #: Life-cycle hooks (design: qlog).
         self.early = EarlyData(streams)  #: 0-RTT data of the first connection
         self.connections: dict[int, Connection] = {}
         self.state = SessionState.HANDSHAKE
@@ -397,9 +399,8 @@ class Links:
         ):
             self._closed(conn, None)
             return
-        self.connection_failed(
-            conn, error or ConnectionClosedError(f"connection {conn.id} was lost")
-        )
+        lost = ConnectionClosedError(f"connection {conn.id} was lost")
+        self.connection_failed(conn, error or lost)
 
     def connection_failed(
         self, conn: Connection, error: TCPLSError, *, tell_peer: bool = True
@@ -427,6 +428,8 @@ class Links:
         ):
             self.fail(error)
             return
+        if self.qlog is not None:
+            self.qlog.connection_failed(conn, error, tell_peer)
         self._acks.reinject(conn)
         if tell_peer and conn.records_received:
             self._control.append(Ack(conn.id, conn.highest_received))
@@ -476,11 +479,8 @@ class Links:
         """The peer sent Connection Reset for one of our connections."""
         conn = self.connections.get(connection_id)
         if conn is not None and conn.status not in _GONE:
-            self.connection_failed(
-                conn,
-                ConnectionClosedError(f"the peer reset connection {connection_id}"),
-                tell_peer=False,
-            )
+            error = ConnectionClosedError(f"the peer reset connection {connection_id}")
+            self.connection_failed(conn, error, tell_peer=False)
 
     def address_withdrawn(self, host: str, port: int) -> None:
         """The peer withdrew an address: retire our connections to it."""

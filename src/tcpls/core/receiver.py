@@ -25,6 +25,7 @@ from tcpls.core.connection import Connection
 from tcpls.core.events import SessionEvent, TokenReceived
 from tcpls.core.joins import TokenBook
 from tcpls.core.streamset import StreamSet
+from tcpls.core.trace import RecordHandler, RecordTrace
 from tcpls.errors import UnexpectedMessage
 from tcpls.wire.frames import (
     Ack,
@@ -103,13 +104,17 @@ class FrameReceiver:
         self._acks = acks
         self._tokens = tokens
         self._addresses = addresses
+        #: The per-record hooks of qlog (design: qlog), ``None`` unless records are traced.
+        self.qlog: RecordTrace | None = None
 
     # ------------------------------------------------------------- the data path
 
     def pull(self, conn: Connection, tcpls: bool) -> None:
         """Read the records ``conn``'s TLS has, up to its next event (frame errors raise)."""
         tls = conn.tls
-        handle = self.record if tcpls else self.plain
+        handle: RecordHandler = self.record if tcpls else self.plain
+        if self.qlog is not None:  # (once per batch of records, not per record)
+            handle = self.qlog.receiving(handle)
         for content in tls.records():
             if handle(conn, content):
                 tls.keep_record()  # a view of the record was kept: the next goes elsewhere

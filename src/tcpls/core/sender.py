@@ -27,6 +27,7 @@ from tcpls.core.scheduler import Scheduler
 from tcpls.core.streams import Stream
 from tcpls.core.streamset import StreamSet
 from tcpls.core.timers import TRIM_AFTER, Timer, TimerSet
+from tcpls.core.trace import RecordTrace
 from tcpls.errors import ConnectionClosedError, TCPLSError
 from tcpls.wire.frames import (
     Ack,
@@ -74,6 +75,8 @@ class RecordSender:
         self._timers = timers
         #: Records sealed with the session's application keys, over all connections.
         self.records_sealed = 0
+        #: The per-record hooks of qlog (design: qlog), ``None`` unless records are traced.
+        self.qlog: RecordTrace | None = None
 
     # ------------------------------------------------------------ the pull model
 
@@ -182,6 +185,8 @@ class RecordSender:
                 self.records_sealed += 1
                 offset += chunk
             stream.on_acked(first, n, False)  # TCP delivers: nothing is kept
+            if self.qlog is not None:
+                self.qlog.plain_sent(conn, n, size)
             streams.sent(stream, first, n, False, now)
             streams.writable.add(0)
         if stream.fin_queued and not stream.fin_sent and stream.send_next == stream.send.end:
@@ -239,6 +244,8 @@ class RecordSender:
             seq = tls.seal_staged(pos)
             conn.records_sent += 1
             self.records_sealed += 1
+            if self.qlog is not None:
+                self.qlog.record_sent(conn, seq, pos, refs, control)
             if conn.ping_pending:
                 conn.ping_pending = False
                 conn.ping_sent_at = now
@@ -301,14 +308,19 @@ class RecordSender:
         acks.logged(logged)
         conn.records_sent += sent
         self.records_sealed += sent
+        if self.qlog is not None:
+            self.qlog.stream_records_sent(conn, sid, first, stream.send_next, room, fin)
         if not stream.has_data_to_send:
             streams.done_sending(stream)
 
     def _send_acks(self, conn: Connection, now: float) -> None:
         """One record holding the ACKs that are due, and nothing else."""
-        n = self._acks.pack_due(conn.tls.staging_buffer(), now)
+        view = conn.tls.staging_buffer()
+        n = self._acks.pack_due(view, now)
         if n:
-            conn.tls.seal_staged(n, False)
+            seq = conn.tls.seal_staged(n, False)
+            if self.qlog is not None:
+                self.qlog.acks_sent(conn, seq, view[:n])
             conn.records_sent += 1
             self.records_sealed += 1
 

@@ -35,6 +35,7 @@ from tcpls.core.sender import RecordSender
 from tcpls.core.streamset import StreamSet
 from tcpls.core.timers import TimerSet
 from tcpls.core.tokens import TokenRegistry
+from tcpls.core.trace import RecordTrace, SessionTrace
 from tcpls.errors import ConnectionClosedError, TCPLSError
 from tcpls.tls.connection import TLSConnection
 from tcpls.tls.hs.base import HandshakeEngine
@@ -137,6 +138,8 @@ class CoreSession:
         self.clock = SessionClock(
             self.timers, self.links, self.stream_set, self.acks, self.liveness
         )
+        #: The life-cycle hooks of qlog and the session log (design: qlog); see :meth:`trace`.
+        self.qlog: SessionTrace | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -147,7 +150,19 @@ class CoreSession:
 
     def next_event(self) -> SessionEvent | None:
         """The next session event, or ``None``."""
-        return self._events.popleft() if self._events else None
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        if self.qlog is not None:
+            self.qlog.event(event)
+        return event
+
+    def trace(self, tracer: SessionTrace | None, records: RecordTrace | None = None) -> None:
+        """Report the life cycle to ``tracer`` and every record to ``records`` (``None``:
+        stop): the parts' hooks (:mod:`tcpls.core.trace`; design: qlog)."""
+        self.qlog = self.links.qlog = self.stream_set.qlog = tracer
+        self.sender.qlog = records
+        self.receiver.qlog = records
 
     # ------------------------------------------------------------- connections
 

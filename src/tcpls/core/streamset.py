@@ -20,6 +20,7 @@ from collections import deque
 from tcpls.config import SessionTuning
 from tcpls.core.events import SessionEvent, StreamOpened
 from tcpls.core.streams import Stream
+from tcpls.core.trace import SessionTrace
 from tcpls.errors import ConnectionClosedError, IllegalParameter, TCPLSError
 
 __all__ = ["StreamSet"]
@@ -36,8 +37,11 @@ class StreamSet:
         "_peer_open",
         "_send_full",
         "_session_full",
+        "ended_received",
+        "ended_sent",
         "is_client",
         "last_sent",
+        "qlog",
         "readable",
         "reassembly_held",
         "receive_buffered",
@@ -78,6 +82,9 @@ class StreamSet:
         self.last_sent = 0.0
         self._send_full = False
         self._session_full = False
+        #: Bytes sent and received on the streams already gone (for statistics).
+        self.ended_sent = self.ended_received = 0
+        self.qlog: SessionTrace | None = None  #: Life-cycle hooks (design: qlog).
 
     # ------------------------------------------------------------------ opening
 
@@ -88,6 +95,8 @@ class StreamSet:
             raise TCPLSError("stream IDs exhausted")
         self._next_local += 2
         self.table[sid] = Stream(sid, local=True)
+        if self.qlog is not None:
+            self.qlog.stream_opened(sid)
         return sid
 
     def use_plain_tls(self) -> None:
@@ -305,6 +314,10 @@ class StreamSet:
         self.send_pending -= stream.send_pending
         if not stream.local:
             self._peer_open -= 1
+        self.ended_sent += stream.send_next
+        self.ended_received += recv.delivered
+        if self.qlog is not None:
+            self.qlog.stream_closed(stream.id, stream.send_next, recv.delivered)
 
     def unpin_all(self) -> None:
         """Every stream may use any connection again."""
