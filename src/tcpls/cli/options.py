@@ -198,6 +198,19 @@ def add_common_tls_options(p: argparse.ArgumentParser) -> None:
         "1420 bytes: with the default post-quantum key share the ClientHello does not "
         "fit, add --groups x25519 to trade it for the round trip (joins always fit)",
     )
+    p.add_argument(
+        "--qlog",
+        metavar="DIR",
+        help="write a qlog file (JSON-SEQ) per session into DIR; read one with "
+        "`tcpls qlog summary FILE`",
+    )
+    p.add_argument(
+        "--qlog-records",
+        choices=("all", "sampled", "none"),
+        default="sampled",
+        help="what --qlog logs of records and frames: all, 1 in 16 and those around "
+        "failures and stalls (sampled, the default), or none",
+    )
     p.add_argument("--debug", action="store_true", help="log protocol details and tracebacks")
 
 
@@ -425,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tcpls.cli.cert import add_subparser as add_cert
 
     add_cert(sub)
+
+    from tcpls.cli.qlog import add_subparser as add_qlog
+
+    add_qlog(sub)
 
     from tcpls.cli.tunnel import add_subparser as add_tunnel
 

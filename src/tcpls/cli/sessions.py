@@ -110,6 +110,8 @@ def client_config(args: argparse.Namespace) -> ClientConfig:
         session_ticket=load_ticket(args),
         early_data=bool(getattr(args, "early_data", None)),
         fastopen=bool(getattr(args, "fastopen", False)),
+        qlog_dir=getattr(args, "qlog", None),
+        qlog_records=getattr(args, "qlog_records", "sampled"),
     )
     reconnect = getattr(args, "reconnect_timeout", None)
     if reconnect is None:
@@ -136,4 +138,6 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         user_timeout=args.user_timeout / 1000 if args.user_timeout else None,
         max_connections=getattr(args, "max_connections", 4),
         advertise=tuple(getattr(args, "advertise", None) or ()),
+        qlog_dir=getattr(args, "qlog", None),
+        qlog_records=getattr(args, "qlog_records", "sampled"),
     )
