@@ -286,23 +286,24 @@ class SessionDriver:
         loop_time = self.loop.time
         guard = self._guard
         readers, writers = self._readers, self._writers
+        now = loop_time()  # one instant for the whole pump (it never waits)
         for _ in range(64):
             self._handle_events()
-            readable, writable = io.wakeups()  # empty on most passes
-            for sid in readable:
-                reader = readers.get(sid)
-                if reader is not None:
-                    reader.wakeup()
-            for sid in writable:
-                writer = writers.get(sid)
-                if writer is not None:
-                    writer.wakeup()
+            if core.readable or core.writable:  # (empty on most passes)
+                readable, writable = io.wakeups()
+                for sid in readable:
+                    reader = readers.get(sid)
+                    if reader is not None:
+                        reader.wakeup()
+                for sid in writable:
+                    writer = writers.get(sid)
+                    if writer is not None:
+                        writer.wakeup()
             wrote = False
             for cid, protocol in list(self.protocols.items()):
                 transport = protocol.transport
                 if transport is None or transport.is_closing() or cid in self._paused:
                     continue
-                now = loop_time()
                 while cid not in self._paused and core.wants_transmit(cid, now):
                     data = core.transmit(cid, now, _FLUSH_BUDGET)
                     if not data:
@@ -320,7 +321,7 @@ class SessionDriver:
                     _write_eof(transport)  # (design: Closing)
             if wrote and guard.timer is None:
                 guard.start()
-            if not (core.has_events or io.has_wakeups):
+            if not (core.has_events or core.readable or core.writable):
                 break
         if core.closed:
             self._finish()

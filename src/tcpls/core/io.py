@@ -150,7 +150,7 @@ class IODuties:
             return TransportAction.KEEP
         if conn is None or conn.status is ConnectionStatus.FAILED:
             return TransportAction.CLOSE
-        if conn.drained:
+        if conn.status is ConnectionStatus.DRAINING and conn.drained:
             links.finish_removal(connection_id)
             return TransportAction.RETIRE
         return TransportAction.KEEP

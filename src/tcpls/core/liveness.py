@@ -24,7 +24,7 @@ __all__ = ["QUIET_AFTER", "Liveness"]
 
 #: A receiving connection whose stream data stopped less than this long ago is probed.
 QUIET_AFTER = 5.0
-_PROBED = frozenset({ConnectionStatus.ACTIVE, ConnectionStatus.DRAINING})
+_PROBED = (ConnectionStatus.ACTIVE, ConnectionStatus.DRAINING)  # (a set would hash in Python)
 
 
 class Liveness:
