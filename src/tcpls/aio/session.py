@@ -18,6 +18,7 @@ from cryptography import x509
 from tcpls.aio.driver import SessionDriver
 from tcpls.aio.info import ConnectionInfo
 from tcpls.aio.joins import Joins, Target
+from tcpls.aio.stats import SessionStats, session_stats
 from tcpls.aio.streams import StreamReader, StreamWriter
 from tcpls.core.scheduler import SCHEDULERS
 from tcpls.errors import ConnectionClosedError, TCPLSError
@@ -109,6 +110,12 @@ class Session:
         """The TCP connections of the session, with counters and ``TCP_INFO``."""
         info = self._driver.info
         return [info(cid) for cid in self._core.connections]
+
+    def stats(self) -> SessionStats:
+        """Counters of the session: per connection (with ``TCP_INFO``: RTT, congestion
+        window, retransmissions), per open stream, and totals (:mod:`tcpls.aio.stats`)."""
+        transports = {cid: p.transport for cid, p in self._protocols.items()}
+        return session_stats(self._core, transports)
 
     @property
     def peer_addresses(self) -> dict[int, tuple[str, int]]:

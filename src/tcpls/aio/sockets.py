@@ -49,6 +49,8 @@ class TcpInfo:
     probes: int
     #: The peer's receive window in bytes (``None`` on kernels that do not report it).
     snd_wnd: int | None
+    #: Segments retransmitted over the connection's life (``tcpi_total_retrans``).
+    total_retransmits: int = 0
 
 
 def configure_socket(sock: socket.socket, user_timeout: float | None) -> None:
@@ -88,6 +90,7 @@ def tcp_info(sock: socket.socket | None) -> TcpInfo | None:
         retransmits=u32[7],
         probes=fields[3],
         snd_wnd=snd_wnd,
+        total_retransmits=u32[23],
     )
 
 
