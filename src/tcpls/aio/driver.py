@@ -404,6 +404,8 @@ class SessionDriver:
             and core.is_client
             and not self.has_working_connection()
             and not core.closed
+            and not core.close_requested  # a session we close ends its connections itself
+            and not core.peer_closed  # the server ended the session: nothing to rejoin
         ):
             rejoin()
 
