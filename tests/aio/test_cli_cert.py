@@ -14,6 +14,7 @@ import os
 import shlex
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -352,3 +353,16 @@ def test_an_expired_or_foreign_ca_is_refused(tmp_path: Path) -> None:
 def _write_ca(directory: Path, ca: LocalCA, overwrite: bool = False) -> None:
     write_file(directory / "ca.pem", certificate_pem(ca.certificate), overwrite=overwrite)
     write_file(directory / "ca.key", key_pem(ca.key), mode=0o600, overwrite=overwrite)
+
+
+def test_output_to_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`tcpls cert ... | head -1`: no traceback when the reader stops early."""
+    proc = subprocess.run(
+        f"{sys.executable} -m tcpls cert --name localhost --out {tmp_path / 'pki'} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.strip()
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

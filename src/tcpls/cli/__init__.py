@@ -42,7 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False)) or bool(os.environ.get("TCPLS_DEBUG"))
     configure_logging(debug)
     func: Callable[[argparse.Namespace], Any] = args.func
-    if not asyncio.iscoroutinefunction(func):
-        status: int = func(args)  # synchronous commands (lab) report their own errors
-        return status
-    return run(lambda: func(args), debug=debug)
+    try:
+        if not asyncio.iscoroutinefunction(func):
+            status: int = func(args)  # synchronous commands (lab, cert) report their errors
+            return status
+        return run(lambda: func(args), debug=debug)
+    except BrokenPipeError:
+        # whoever read our output stopped (`tcpls cert | head`): end quietly, and keep
+        # Python from complaining when it flushes standard output at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
