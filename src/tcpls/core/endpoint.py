@@ -1,7 +1,7 @@
 """Building sessions from configurations, and routing joins on a server. Sans-I/O.
 
 :func:`client_session` turns a :class:`~tcpls.config.ClientConfig` into a
-:class:`~tcpls.core.session.Session` whose connection 0 is ready to start the
+:class:`~tcpls.core.session.CoreSession` whose connection 0 is ready to start the
 handshake. :class:`ServerEndpoint` does the same for each TCP connection a
 server accepts and owns what a server shares between sessions: the loaded
 certificate, the session-ticket store and the token registry. A connection

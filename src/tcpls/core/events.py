@@ -1,4 +1,4 @@
-"""Events a :class:`tcpls.core.session.Session` reports to its I/O layer.
+"""Events a :class:`tcpls.core.session.CoreSession` reports to its I/O layer.
 
 Stream readiness is not an event: the session keeps sets of stream IDs that
 became readable or writable (``CoreSession.readable``, ``CoreSession.writable``), which

@@ -1,7 +1,7 @@
 """What the I/O layer must do for a session: the core's side of a one-way contract.
 
 The core never touches a socket; the I/O layer never reads the core's state. Between
-them, the I/O layer feeds bytes and time in (:class:`~tcpls.core.session.Session`)
+them, the I/O layer feeds bytes and time in (:class:`~tcpls.core.session.CoreSession`)
 and asks this part, after each step, what to do:
 
 * :meth:`IODuties.wakeups`: which stream readers and writers to wake;
