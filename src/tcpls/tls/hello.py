@@ -130,14 +130,24 @@ def _extensions(reader: _Reader) -> dict[int, bytes]:
     extensions: dict[int, bytes] = {}
     if not reader.left:
         return extensions
-    block = _Reader(reader.vector(2))
+    block = reader.vector(2)
     if reader.left:
         raise DecodeError("bytes after the extensions of a hello message")
-    while block.left:
-        ext_type = block.uint(2)
+    # _Reader's checks, inlined: this runs for every extension of every hello
+    pos, end = 0, len(block)
+    while pos < end:
+        if pos + 2 > end:
+            raise DecodeError("truncated hello message")
+        ext_type = int.from_bytes(block[pos : pos + 2], "big")
         if ext_type in extensions:
             raise DecodeError(f"duplicate extension {ext_type}")
-        extensions[ext_type] = block.vector(2)
+        if pos + 4 > end:
+            raise DecodeError("truncated hello message")
+        start = pos + 4
+        pos = start + int.from_bytes(block[pos + 2 : start], "big")
+        if pos > end:
+            raise DecodeError("truncated hello message")
+        extensions[ext_type] = block[start:pos]
     return extensions
 
 
