@@ -109,10 +109,22 @@ class _Reader:
         return chunk
 
     def uint(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big")
+        end = self.pos + size
+        if end > len(self.data):
+            raise DecodeError("truncated hello message")
+        value = int.from_bytes(self.data[self.pos : end], "big")
+        self.pos = end
+        return value
 
     def vector(self, length_size: int) -> bytes:
-        return self.take(self.uint(length_size))
+        data, start = self.data, self.pos + length_size  # (take(uint()), inlined)
+        if start > len(data):
+            raise DecodeError("truncated hello message")
+        end = start + int.from_bytes(data[self.pos : start], "big")
+        if end > len(data):
+            raise DecodeError("truncated hello message")
+        self.pos = end
+        return data[start:end]
 
     @property
     def left(self) -> int:
