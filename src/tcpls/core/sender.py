@@ -91,14 +91,14 @@ class RecordSender:
         if conn.ping_pending or conn.ping_answer:
             return True
         if conn.status is ConnectionStatus.ACTIVE:
-            if self._control or self._sendable_for(conn):
+            if self._control or (self._streams.sendable and self._sendable_for(conn)):
                 return True
         elif conn.status is not ConnectionStatus.DRAINING:
             return False
         links = self._links
         if links.close_requested and links.flushed():
             return True
-        return self._acks.any_due(now)
+        return bool(self._acks.pending) and self._acks.any_due(now)
 
     def transmit(self, conn: Connection, now: float, budget: int) -> bytes:
         """Records for ``conn``, up to about ``budget`` bytes; ``b""`` if none.

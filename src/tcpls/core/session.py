@@ -57,6 +57,11 @@ class CoreSession:
         "links.handshake_engine", "The engine that ran the handshake (for the exporter)."
     )
     max_connections: int = part("links.max_connections", "TCP connections allowed at once.")
+    reading_paused: bool = part(
+        "stream_set.reading_paused",
+        "Whether received data waits for the application: stop reading the sockets "
+        "(:attr:`StreamSet.reading_paused`; design: Backpressure).",
+    )
     readable: set[int] = part("stream_set.readable", "Streams whose readers to wake.")
     writable: set[int] = part("stream_set.writable", "Stream IDs whose writers may go on.")
     reassembly_held: int = part(
@@ -334,12 +339,6 @@ class CoreSession:
     def send_blocked(self) -> bool:
         """Whether ``drain()`` waits for the session's send budget (:class:`StreamSet`)."""
         return self.stream_set.send_blocked
-
-    @property
-    def reading_paused(self) -> bool:
-        """Whether received data waits for the application: stop reading the sockets
-        (:attr:`StreamSet.reading_paused`; design: Backpressure)."""
-        return self.stream_set.reading_paused
 
     @property
     def reassembly_bytes(self) -> int:
