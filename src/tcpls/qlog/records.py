@@ -9,14 +9,15 @@
   records that come after a failure (:meth:`RecordTracer.force`) and a received record
   that ends a silence of :data:`GAP` or more (its ``gap_ms`` says how long), so that
   failovers and stalls are always in the log;
-* ``"none"``: no record events.
+* ``"none"``: no record events (the session gets no per-record hooks then).
 
 Every record event carries ``connection_bytes``: the record payload bytes of its
 connection and direction so far, this record included, so that the rate of each
 connection can be computed from sampled events. ``tcpls:ack_sent``/``received`` are
-written for every ACK frame (unless ``"none"``), ``tcpls:token_issued`` for every New
-Token frame, and ``tcpls:scheduler_decision`` with each record event that carries stream
-data sent: the policy, the connection chosen, the streams and the usable connections.
+written for the ACK frames of the records logged, ``tcpls:token_issued`` for every New
+Token frame sent, and ``tcpls:scheduler_decision`` with each record event that carries
+stream data sent: the policy, the connection chosen, the streams and the usable
+connections.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from tcpls.wire.frames import (
     StreamFrame,
     parse_frames,
 )
-from tcpls.wire.layout import STREAM_HEADER_SIZE, FrameType
+from tcpls.wire.layout import STREAM_HEADER_SIZE
 
 __all__ = ["GAP", "RecordMode", "RecordTracer", "frame_summary"]
 
@@ -51,7 +52,6 @@ RecordMode = Literal["all", "sampled", "none"]
 GAP = 0.05
 #: Records logged in each direction after a connection failed, whatever the sampling.
 AFTER_FAILURE = 8
-_STREAM_TYPES = (int(FrameType.STREAM), int(FrameType.STREAM_FIN))
 
 
 def frame_summary(frame: Frame) -> dict[str, Any]:
@@ -182,14 +182,15 @@ class RecordTracer:
     ) -> None:
         """A record of the general filling path (:class:`tcpls.core.trace.RecordTrace`)."""
         total = self._count_sent(conn.id, size)
+        take = self._take_sent()
         for frame in control:
             kind = type(frame)
-            if kind is Ack:
+            if kind is Ack and take:
                 self._ack("tcpls:ack_sent", frame, conn.id)
             elif kind is NewToken:
                 assert isinstance(frame, NewToken)
                 self._emit("tcpls:token_issued", {"sequence": frame.sequence, "via": "new_token"})
-        if not self._take_sent():
+        if not take:
             return
         frames = [_stream(*ref) for ref in refs]
         frames += [frame_summary(f) for f in control]
@@ -285,9 +286,8 @@ class RecordTracer:
         size = len(content)
         total = self._count_received(conn.id, size)
         gap, _ = self._gap()
-        take = self._take_received(gap)
-        if self.mode == "none" or (not take and size and content[size - 1] in _STREAM_TYPES):
-            return  # [Stream] only: nothing else to log (the data path of a transfer)
+        if not self._take_received(gap):
+            return
         try:
             frames = parse_frames(content)
         except TCPLSError:
@@ -296,11 +296,10 @@ class RecordTracer:
             for frame in frames:
                 if type(frame) is Ack:
                     self._ack("tcpls:ack_received", frame, conn.id)
-        if take:
-            protection = conn.tls.read_protection
-            seq = protection.sequence - 1 if protection is not None else -1
-            summary = [frame_summary(f) for f in frames] if frames is not None else None
-            self._record("tcpls:record_received", conn.id, seq, size, summary, total, gap)
+        protection = conn.tls.read_protection
+        seq = protection.sequence - 1 if protection is not None else -1
+        summary = [frame_summary(f) for f in frames] if frames is not None else None
+        self._record("tcpls:record_received", conn.id, seq, size, summary, total, gap)
         del frames  # (views of the record: not kept beyond this call)
 
     def _plain_received(self, conn: Connection, content: memoryview) -> None:

@@ -104,12 +104,13 @@ class SessionTracer:
         #: The per-record hooks (``None`` without a qlog file).
         self.records = (
             RecordTracer(core, writer, records=records, sample_every=sample_every)
-            if writer is not None
+            if writer is not None and records != "none"
             else None
         )
         self._role = "client" if core.is_client else "server"
         self._added: set[int] = set()
         self._peer = "the peer"
+        self._early_tokens: list[int] | None = []  # (the first comes before the start)
 
     def attach(self) -> None:
         """Install the hooks on the session (:meth:`CoreSession.trace`)."""
@@ -176,7 +177,10 @@ class SessionTracer:
             self._emit("tcpls:stream_opened", {"stream_id": event.stream_id, "by": "peer"})
         elif kind is TokenReceived:
             assert isinstance(event, TokenReceived)
-            self._emit("tcpls:token_received", {"sequence": event.sequence})
+            if self._early_tokens is not None:
+                self._early_tokens.append(event.sequence)
+            else:
+                self._emit("tcpls:token_received", {"sequence": event.sequence})
         elif kind is PeerClosed:
             self._emit("tcpls:peer_closed", {})
         elif kind is SessionClosed:
@@ -206,6 +210,9 @@ class SessionTracer:
         }
         self._emit("tcpls:session_started", data)
         self._connection(0, joined=False)
+        for sequence in self._early_tokens or ():
+            self._emit("tcpls:token_received", {"sequence": sequence})
+        self._early_tokens = None
         if engine is not None and engine.issued_token is not None and core.tcpls:
             self._emit("tcpls:token_issued", {"sequence": 1, "via": "tcpls_token"})
         self._info(
