@@ -22,12 +22,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tcpls.lab import Lab, PathSpec, lab_available
-from tests.qlog.qlog_util import carries_stream_data, first, validate
+from tests.qlog.qlog_util import failover_marks, validate
 
 pytestmark = pytest.mark.lab
 
@@ -37,28 +36,6 @@ SERVER_B = "10.10.2.2"
 SIZE = 32 << 20
 RATE_MBIT = 40
 TCPLS = [sys.executable, "-m", "tcpls"]
-
-
-def _recovery(events: list[dict[str, Any]], way: str) -> list[int]:
-    """The indexes of the failure of connection 0 and its Connection Reset (sent right
-    after the failure, or received right before it when the peer noticed first), the
-    first range sent again (sender only) and the first record of stream data on
-    connection 1 after them."""
-    failed = first(events, "connection_failed", connection_id=0)
-    if events[failed - 1]["name"] == "tcpls:connection_reset_received":
-        marks = [failed - 1, failed]
-    else:
-        marks = [failed, first(events, "connection_reset_sent", failed, connection_id=0)]
-    if way == "record_sent":
-        marks.append(first(events, "data_reinjected", marks[-1], from_connection=0))
-    recovered = next(
-        i
-        for i in range(marks[-1], len(events))
-        if events[i]["name"] == f"tcpls:{way}"
-        and events[i]["data"]["connection_id"] == 1
-        and carries_stream_data(events[i])
-    )
-    return [*marks, recovered]
 
 
 def test_failover_qlog(tmp_path: Path) -> None:
@@ -121,7 +98,7 @@ def test_failover_qlog(tmp_path: Path) -> None:
     (server_file,) = qlog_server.glob("*-server-*.sqlog")
     for path, way in ((client_file, "record_received"), (server_file, "record_sent")):
         _, events = validate(path)
-        marks = _recovery(events, way)
+        marks = failover_marks(events, 0, 1, way)
         assert marks == sorted(marks) and len(set(marks)) == len(marks), (path.name, marks)
         assert marks[1] == marks[0] + 1
         failure = marks[0] + (events[marks[0]]["name"] != "tcpls:connection_failed")

@@ -74,3 +74,30 @@ def carries_stream_data(event: dict[str, Any]) -> bool:
         f.get("frame_type") == "stream" and f.get("length", 0) > 0
         for f in event["data"].get("frames") or []
     )
+
+
+def failover_marks(
+    events: list[dict[str, Any]], failed: int, survivor: int, way: str
+) -> list[int]:
+    """The indexes of the failure of connection ``failed`` and its Connection Reset (sent
+    right after the failure, or received right before it when the peer noticed first),
+    the first range sent again (with ``way`` ``record_sent``: the sender of the data) and
+    the first record (``way``) of stream data on ``survivor`` after them, in order (an
+    AssertionError if one is missing or out of place)."""
+    failure = first(events, "connection_failed", connection_id=failed)
+    if events[failure - 1]["name"] == "tcpls:connection_reset_received":
+        marks = [failure - 1, failure]
+    else:
+        marks = [failure, first(events, "connection_reset_sent", failure, connection_id=failed)]
+    assert marks[1] == marks[0] + 1, marks
+    if way == "record_sent":
+        marks.append(first(events, "data_reinjected", marks[-1], from_connection=failed))
+        assert marks[2] == marks[1] + 1, marks
+    recovered = next(
+        i
+        for i in range(marks[-1], len(events))
+        if events[i]["name"] == f"tcpls:{way}"
+        and events[i]["data"]["connection_id"] == survivor
+        and carries_stream_data(events[i])
+    )
+    return [*marks, recovered]
