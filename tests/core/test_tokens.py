@@ -177,3 +177,25 @@ def test_new_token_for_a_join_in_progress_is_ignored(pki: DevPKI) -> None:
     assert seq not in h.client.tokens
     _, other = h.client.start_join()
     assert other != seq
+
+
+def test_a_token_whose_join_failed_is_tried_once_more_after_fresh_ones() -> None:
+    """A join that died with its path may never have reached the server: its token gets
+    one more try, after the fresh ones, then it is gone."""
+    from tcpls.core.joins import TokenBook
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    book: TokenBook[Owner] = TokenBook(owner, None, 4)
+    book.spare.update({1: b"a" * 32, 2: b"b" * 32})
+    seq, token = book.take()  # type: ignore[misc]
+    assert seq == 1
+    book.joining(seq, token)
+    book.join_failed(seq)
+    assert book.take() == (2, b"b" * 32)  # a fresh token first
+    assert book.take() == (1, b"a" * 32)  # then the doubtful one, once
+    book.joining(1, b"a" * 32)
+    book.join_failed(1)
+    assert book.take() is None

@@ -37,6 +37,7 @@ class TokenBook(Generic[S]):
         "_outstanding",
         "_owner",
         "_registry",
+        "_retried",
         "_used",
         "spare",
     )
@@ -49,6 +50,7 @@ class TokenBook(Generic[S]):
         self._outstanding: set[int] = set()
         self._used: set[int] = {0}
         self._joining: dict[int, bytes] = {}
+        self._retried: set[int] = set()
         #: Client: spare join tokens by sequence number.
         self.spare: dict[int, bytes] = {}
 
@@ -136,10 +138,12 @@ class TokenBook(Generic[S]):
         return new
 
     def take(self) -> tuple[int, bytes] | None:
-        """A spare token ``(sequence, token)`` for a join, removed from the store."""
+        """A spare token ``(sequence, token)`` for a join, removed from the store (fresh
+        tokens first, then one whose join failed: see :meth:`join_failed`)."""
         if not self.spare:
             return None
-        seq = min(self.spare)
+        fresh = [s for s in self.spare if s not in self._retried]
+        seq = min(fresh) if fresh else min(self.spare)
         return seq, self.spare.pop(seq)
 
     def joining(self, sequence: int, token: bytes) -> None:
@@ -152,8 +156,16 @@ class TokenBook(Generic[S]):
         self._used.add(sequence)
 
     def join_failed(self, sequence: int) -> None:
-        """The join of ``sequence`` failed after its token may have been seen."""
-        self._joining.pop(sequence, None)
+        """The join of ``sequence`` failed after its token was sent.
+
+        The token may never have reached the server (the path died under the join): it
+        is kept for one more try, after the fresh tokens; if the server did see it, that
+        try is refused and the token is gone (design: Tokens).
+        """
+        token = self._joining.pop(sequence, None)
+        if token is not None and sequence not in self._retried:
+            self._retried.add(sequence)
+            self.spare[sequence] = token
 
     def join_abandoned(self, sequence: int, token_sent: bool) -> None:
         """The join of ``sequence`` ended before its TCP connection came up; an unsent
