@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The tests talk to real peers (the openssl and GnuTLS CLIs) and build network labs (iproute2).
+# The tests talk to real peers (the openssl and GnuTLS CLIs, curl) and build network labs
+# (iproute2).
 # Install them from Debian's packages when missing and we are root; otherwise say so
 # (the tests that need them skip with a reason).
 system-deps:
@@ -22,6 +23,7 @@ system-deps:
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v gnutls-cli >/dev/null 2>&1 || missing="$$missing gnutls-bin"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
