@@ -13,6 +13,7 @@ accepts and the method that handles each. Any other message is an ``unexpected_m
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable, Mapping
 from enum import IntEnum
@@ -20,9 +21,21 @@ from typing import Any, ClassVar
 
 from cryptography import x509
 
-from tcpls.errors import DecodeError, IllegalParameter, ProtocolError, UnexpectedMessage
-from tcpls.tls.hs.codec import ExtensionType, HandshakeType
+from tcpls.errors import (
+    AlertDescription,
+    DecodeError,
+    IllegalParameter,
+    ProtocolError,
+    UnexpectedMessage,
+)
+from tcpls.tls.hs.codec import (
+    ExtensionType,
+    HandshakeType,
+    finished_message,
+    parse_certificate_verify,
+)
 from tcpls.tls.hs.keyschedule import KeySchedule, Transcript
+from tcpls.tls.hs.signatures import SIGNATURE_ALGORITHMS, verify_certificate_verify
 from tcpls.tls.keylog import KeyLog
 from tcpls.tls.record import CipherSuite, hkdf_expand_label, suite_hash
 from tcpls.wire.extensions import DEFAULT_CODEPOINTS, ExtensionCodepoints
@@ -240,6 +253,33 @@ class HandshakeEngine:
             except OSError as exc:
                 logger.warning("cannot write key log %s: %s", self._keylog.path, exc)
                 self._keylog = None
+
+    def _verify_peer_signature(self, message: bytes) -> None:
+        """The peer's CertificateVerify, over the transcript so far (RFC 8446 §4.4.3)."""
+        verify = parse_certificate_verify(message)
+        assert self.peer_certificate is not None
+        verify_certificate_verify(
+            self.peer_certificate,
+            verify.scheme,
+            verify.signature,
+            self.transcript.digest(),
+            server=self.is_client,
+            offered=SIGNATURE_ALGORITHMS,
+        )
+        self.transcript.update(message)
+
+    def _verify_peer_finished(self, message: bytes, base_key: bytes) -> None:
+        """The peer's Finished: its length (``decode_error``) and value (``decrypt_error``)."""
+        assert self.schedule is not None
+        who = "server" if self.is_client else "client"
+        if len(message) != 4 + self.schedule.hash_size:
+            raise DecodeError(f"the {who}'s Finished has the wrong length")
+        expected = finished_message(self.schedule.finished(base_key, self.transcript.digest()))
+        if not hmac.compare_digest(expected, message):
+            raise ProtocolError(
+                f"the {who}'s Finished does not verify", AlertDescription.decrypt_error
+            )
+        self.transcript.update(message)
 
     def _derive_exporter(self, transcript_hash: bytes) -> None:
         assert self.schedule is not None

@@ -16,7 +16,6 @@ early data only when the ticket allows it and the application asked (design: Ear
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import os
 import time
@@ -65,7 +64,6 @@ from tcpls.tls.hs.codec import (
     message_hash,
     parse_certificate,
     parse_certificate_request,
-    parse_certificate_verify,
     parse_encrypted_extensions,
     parse_new_session_ticket,
     parse_server_hello,
@@ -78,7 +76,6 @@ from tcpls.tls.hs.signatures import (
     SIGNATURE_ALGORITHMS,
     choose_scheme,
     sign_certificate_verify,
-    verify_certificate_verify,
 )
 from tcpls.tls.hs.tickets import MAX_TICKET_LIFETIME, SessionTicket
 from tcpls.tls.keylog import KeyLog
@@ -499,31 +496,14 @@ class ClientEngine(HandshakeEngine):
         self.state = "wait_cv"
 
     def _certificate_verify(self, message: bytes) -> None:
-        verify = parse_certificate_verify(message)
-        assert self.peer_certificate is not None
-        verify_certificate_verify(
-            self.peer_certificate,
-            verify.scheme,
-            verify.signature,
-            self.transcript.digest(),
-            server=True,
-            offered=SIGNATURE_ALGORITHMS,
-        )
-        self.transcript.update(message)
+        self._verify_peer_signature(message)
         self.state = "wait_finished"
 
     def _finished(self, message: bytes) -> None:
         schedule = self.schedule
         assert schedule is not None
         client_hs, server_hs = self._handshake_secrets
-        if len(message) != 4 + schedule.hash_size:
-            raise DecodeError("the server's Finished has the wrong length")
-        expected = finished_message(schedule.finished(server_hs, self.transcript.digest()))
-        if not hmac.compare_digest(expected, message):
-            raise ProtocolError(
-                "the server's Finished does not verify", AlertDescription.decrypt_error
-            )
-        self.transcript.update(message)
+        self._verify_peer_finished(message, server_hs)
         schedule.master()
         transcript_hash = self.transcript.digest()
         client_ap, server_ap = schedule.traffic_secrets(transcript_hash)

@@ -72,7 +72,6 @@ from tcpls.tls.hs.codec import (
     encode_u16_list,
     finished_message,
     parse_certificate,
-    parse_certificate_verify,
     parse_client_hello,
     vector,
 )
@@ -82,7 +81,6 @@ from tcpls.tls.hs.signatures import (
     SIGNATURE_ALGORITHMS,
     choose_scheme,
     sign_certificate_verify,
-    verify_certificate_verify,
 )
 from tcpls.tls.hs.tickets import AGE_TOLERANCE, ServerTicket, TicketStore
 from tcpls.tls.keylog import KeyLog
@@ -503,32 +501,13 @@ class ServerEngine(HandshakeEngine):
         self.state = "wait_client_cv"
 
     def _client_certificate_verify(self, message: bytes) -> None:
-        verify = parse_certificate_verify(message)
-        assert self.peer_certificate is not None
-        verify_certificate_verify(
-            self.peer_certificate,
-            verify.scheme,
-            verify.signature,
-            self.transcript.digest(),
-            server=False,
-            offered=SIGNATURE_ALGORITHMS,
-        )
-        self.transcript.update(message)
+        self._verify_peer_signature(message)
         self.state = "wait_finished"
 
     def _finished(self, message: bytes) -> None:
         schedule = self.schedule
         assert schedule is not None and self.cipher_suite is not None
-        if len(message) != 4 + schedule.hash_size:
-            raise DecodeError("the client's Finished has the wrong length")
-        expected = finished_message(
-            schedule.finished(self._handshake_secrets[0], self.transcript.digest())
-        )
-        if not hmac.compare_digest(expected, message):
-            raise ProtocolError(
-                "the client's Finished does not verify", AlertDescription.decrypt_error
-            )
-        self.transcript.update(message)
+        self._verify_peer_finished(message, self._handshake_secrets[0])
         self._install(False, Epoch.ONE_RTT, True, self._client_application_secret)
         resumption = schedule.derive(b"res master", self.transcript.digest())
         self.state = "connected"
