@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tcpls.aio.sockets import tcp_info
+from tcpls.core.io import ConnectionView
 from tcpls.core.session import CoreSession
-from tcpls.core.stats import ConnectionCounters, StreamCounters, core_stats
+from tcpls.core.stats import StreamCounters, core_stats
 
 __all__ = ["ConnectionStats", "SessionStats", "StreamCounters", "session_stats"]
 
@@ -72,7 +73,7 @@ class SessionStats:
 
 
 def _connection(
-    counters: ConnectionCounters, transport: asyncio.BaseTransport | None
+    counters: ConnectionView, transport: asyncio.BaseTransport | None
 ) -> ConnectionStats:
     sock = transport.get_extra_info("socket") if transport is not None else None
     info = tcp_info(sock)
@@ -85,7 +86,7 @@ def _connection(
         bytes_received=counters.bytes_received,
         records_sent=counters.records_sent,
         records_received=counters.records_received,
-        unacknowledged_records=counters.unacknowledged_records,
+        unacknowledged_records=counters.unacknowledged,
         rtt=info.rtt if info else None,
         rttvar=info.rttvar if info else None,
         cwnd=info.cwnd if info else None,

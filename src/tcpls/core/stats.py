@@ -10,33 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tcpls.core.io import ConnectionView
 from tcpls.core.session import CoreSession
 
-__all__ = ["ConnectionCounters", "CoreStats", "StreamCounters", "core_stats"]
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionCounters:
-    """What the session counted on one of its TCP connections."""
-
-    #: Connection ID (0: the connection of the handshake; a join's is its token's sequence).
-    id: int
-    #: ``active``, ``draining``, ``closing``...
-    status: str
-    #: ``(host, port)`` of our end, when known.
-    local_address: tuple[str, int] | None
-    #: ``(host, port)`` of the peer's end, when known.
-    remote_address: tuple[str, int] | None
-    #: Bytes of records sent on it (TLS records, headers and tags included).
-    bytes_sent: int
-    #: Bytes received on it.
-    bytes_received: int
-    #: Records sent on it.
-    records_sent: int
-    #: Records received on it.
-    records_received: int
-    #: Records sent on it that the peer has not acknowledged yet.
-    unacknowledged_records: int
+__all__ = ["CoreStats", "StreamCounters", "core_stats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +41,7 @@ class CoreStats:
     """The counters of a session (:func:`core_stats`)."""
 
     #: The connections the session has now.
-    connections: tuple[ConnectionCounters, ...]
+    connections: tuple[ConnectionView, ...]
     #: The streams open now (a finished stream only counts in the totals).
     streams: tuple[StreamCounters, ...]
     #: Stream bytes sent over the whole session, streams gone included.
@@ -79,20 +56,8 @@ class CoreStats:
 
 def core_stats(core: CoreSession) -> CoreStats:
     """The counters of ``core`` now."""
-    connections = tuple(
-        ConnectionCounters(
-            id=conn.id,
-            status=conn.status.value,
-            local_address=conn.local_address,
-            remote_address=conn.remote_address,
-            bytes_sent=conn.bytes_sent,
-            bytes_received=conn.bytes_received,
-            records_sent=conn.records_sent,
-            records_received=conn.records_received,
-            unacknowledged_records=len(conn.sent_log),
-        )
-        for conn in core.connections.values()
-    )
+    views = (core.io.connection(cid) for cid in core.connections)
+    connections = tuple(view for view in views if view is not None)
     streams = tuple(
         StreamCounters(
             id=stream.id,
