@@ -145,8 +145,7 @@ class TLSConnection:
         self._writer = layer.writer
         self._receive_buffer_size = receive_buffer_size
         self._events: deque[Event] = deque()
-        #: The peer's FIN arrived; TransportEnded is reported once the records before
-        #: it were read.
+        # the peer's FIN came; TransportEnded follows once the records before it are read
         self._eof = False
         self._ended = False
         self.early = EarlyData(layer, self._handshake)  #: 0-RTT data (design: Early data)
@@ -487,11 +486,12 @@ class TLSConnection:
 
     def _records(self, deliver: bool) -> Iterator[memoryview]:
         """Read records until the reader runs out; once established, only when the owner
-        asks (``deliver``), yielding application records, up to the next event. A
-        protocol violation fails the connection (its alert, ConnectionFailed)."""
+        asks (``deliver``), yielding application records up to the next event. A protocol
+        violation fails the connection (its alert, ConnectionFailed)."""
         reader = self._reader
         layer = self._layer
         handshake = self._handshake
+        partial = handshake.partial  # (the same bytearray for the connection's life)
         plain = scratch.plain
         events = self._events
         try:
@@ -519,7 +519,7 @@ class TLSConnection:
                     if n > MAX_PLAINTEXT:
                         raise RecordOverflow("protected record content exceeds 2^14 bytes")
                     if inner_type == ContentType.application_data:
-                        if handshake.buffered:  # between the fragments of a message (§5.1)
+                        if partial:  # between the fragments of a handshake message (§5.1)
                             raise UnexpectedMessage("application data inside a handshake message")
                         if layer.read_epoch is Epoch.EARLY and not self.is_client:
                             self.early.receive(plain[:n])

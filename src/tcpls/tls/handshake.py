@@ -109,7 +109,6 @@ class Handshake:
 
     __slots__ = (
         "_accept_joins",
-        "_buffer",
         "_complete",
         "_engine_factory",
         "_layer",
@@ -121,6 +120,7 @@ class Handshake:
         "is_client",
         "join",
         "join_hello",
+        "partial",
     )
 
     def __init__(
@@ -149,7 +149,9 @@ class Handshake:
         self._layer = layer
         self._engine_factory = engine_factory
         self._accept_joins = accept_joins
-        self._buffer = bytearray()
+        #: Bytes of a handshake message received and not complete yet (one object for the
+        #: connection's life: a record of another type may not come while it holds any).
+        self.partial = bytearray()
         self._complete = False
         #: Server: reported complete before the client's Finished (it accepted early data).
         self._started = False
@@ -158,7 +160,7 @@ class Handshake:
     @property
     def buffered(self) -> int:
         """Bytes of handshake messages received and not complete yet."""
-        return len(self._buffer)
+        return len(self.partial)
 
     def detach(self) -> None:
         """Drop the callbacks into the connection's owner (its session ended)."""
@@ -208,7 +210,7 @@ class Handshake:
         """
         if not fragment:
             raise UnexpectedMessage("empty handshake record")
-        buf = self._buffer
+        buf = self.partial
         buf += fragment
         layer = self._layer
         while (message := self._next_message()) is not None:
@@ -227,7 +229,7 @@ class Handshake:
                 return
 
     def _next_message(self) -> bytes | None:
-        buf = self._buffer
+        buf = self.partial
         if len(buf) < 4:
             return None
         length = int.from_bytes(buf[1:4], "big")
