@@ -664,7 +664,10 @@ async def _client(
         stop.set()
         seconds = time.monotonic() - active_started
         cpu_s = active_meter.stop()["cpu_s"]
-        done, pending = await asyncio.wait(active_tasks, timeout=3 * CLOSE_TIMEOUT)
+        done: set[asyncio.Future[int]] = set()
+        pending: set[asyncio.Future[int]] = set()
+        if active_tasks:  # (a client may have none when --active is below --clients)
+            done, pending = await asyncio.wait(active_tasks, timeout=3 * CLOSE_TIMEOUT)
         for task in pending:
             task.cancel()
         streams = sum(t.result() for t in done if not t.cancelled() and not t.exception())

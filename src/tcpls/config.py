@@ -29,6 +29,7 @@ __all__ = [
     "ClientConfig",
     "ServerConfig",
     "SessionTuning",
+    "Steering",
     "load_certificate_chain",
     "load_private_key",
     "parse_cipher_suites",
@@ -314,6 +315,38 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class Steering:
+    """Where this server process stands among the processes of one deployment, so that
+    joins reach the process that holds their session (design: Token steering).
+
+    Every process of the deployment (each worker of each machine) has the same ``key``
+    and its own ``(machine, worker)`` pair. :func:`tcpls.run_server` fills this in for
+    its workers; set it yourself when you run the processes.
+    """
+
+    #: 16 bytes shared by every process of the deployment (keep it secret: it reads the
+    #: server ID of any token).
+    key: bytes
+    #: This machine's ID, 0–65535 (one per address a load balancer sends to).
+    machine: int = 0
+    #: This worker's ID on its machine, 0–65535 (unique among the live workers).
+    worker: int = 0
+    #: Directory of the workers' hand-off sockets (``w<ID>.sock``, design: Join hand-off);
+    #: ``None``: a join for another worker of this machine is refused instead.
+    handoff_dir: str | None = None
+
+    def check(self) -> None:
+        """Raise :class:`ConfigurationError` for unusable values."""
+        if not isinstance(self.key, bytes) or len(self.key) != 16:
+            raise ConfigurationError("the steering key must be 16 bytes")
+        for name in ("machine", "worker"):
+            if not 0 <= getattr(self, name) <= 0xFFFF:
+                raise ConfigurationError(f"steering {name} ID must be between 0 and 65535")
+        if self.handoff_dir is not None and not os.path.isdir(self.handoff_dir):
+            raise ConfigurationError(f"hand-off directory {self.handoff_dir} does not exist")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Configuration of a tcpls server."""
 
@@ -369,6 +402,8 @@ class ServerConfig:
     qlog_sample: int = 16
     #: Size limit of each qlog file in bytes: beyond it, records are no longer logged.
     qlog_max_bytes: int = 64 * 1024 * 1024
+    #: Several server processes: the tokens name this one (design: Token steering).
+    steering: Steering | None = None
     #: TLS extension codepoints for TCPLS (design: Extension codepoints).
     codepoints: ExtensionCodepoints = DEFAULT_CODEPOINTS
     #: Protocol constants.
@@ -399,6 +434,8 @@ class ServerConfig:
         if self.hello_timeout <= 0:
             raise ConfigurationError("hello_timeout must be positive")
         _check_qlog(self.qlog_records, self.qlog_sample, self.qlog_max_bytes)
+        if self.steering is not None:
+            self.steering.check()
 
     @property
     def effective_user_timeout(self) -> float | None:

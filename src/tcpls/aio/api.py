@@ -250,7 +250,10 @@ async def serve(
     """
     endpoint = ServerEndpoint(config, scheduler=scheduler, reliable=reliable)
     server = Server(handler, endpoint)
-    await server.listen(host, port, **listen_kwargs)
+    if listen_kwargs.get("sock") is not None:  # a socket of its own (workers, design: Workers)
+        await server.listen(None, None, **listen_kwargs)
+    else:
+        await server.listen(host, port, **listen_kwargs)
     if config.fastopen:
         fastopen.enable_on_listener(server.sockets)
     return server

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from tcpls.core.endpoint import Accepted, PendingConnection
+from tcpls.core.endpoint import Accepted, HandOff, PendingConnection
 from tcpls.core.session import CoreSession
 from tcpls.errors import ConnectionClosedError
 from tcpls.tls.connection import TLSConnection
@@ -80,6 +80,10 @@ class PendingOwner(Protocol):
         connection to that session (or close it, with what ``tls`` has to send, if the
         session is gone)."""
 
+    def hand_off(self, protocol: ConnectionProtocol, outcome: HandOff) -> None:
+        """The ClientHello is a join for another worker's session: pass the connection
+        on (design: Join hand-off)."""
+
 
 class ConnectionProtocol(asyncio.BufferedProtocol):
     """Feeds one TCP connection's bytes to its session, without copying."""
@@ -91,6 +95,7 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         *,
         pending: PendingConnection | None = None,
         server: PendingOwner | None = None,
+        received: bytes = b"",
     ) -> None:
         #: The session the connection belongs to (``None`` while pending).
         self.owner = owner
@@ -118,6 +123,9 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         #: Closes the transport if the peer's FIN does not come after ours.
         self.linger: asyncio.TimerHandle | None = None
         self._discarding = False
+        # Server side: bytes another worker read from this connection before passing it
+        # here (design: Join hand-off); read first, as if they had just arrived.
+        self._received = received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start feeding the owner, or (pending) start the ClientHello timer."""
@@ -134,6 +142,17 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
             )
         if not self.connected.done():
             self.connected.set_result(None)
+        if self._received:
+            self._replay()
+
+    def _replay(self) -> None:
+        data, self._received = memoryview(self._received), b""
+        while data and (self.pending is not None or self.owner is not None):
+            buffer = self.get_buffer(len(data))
+            n = min(len(buffer), len(data))
+            buffer[:n] = data[:n]
+            data = data[n:]
+            self.buffer_updated(n)
 
     def _pending_timeout(self) -> None:
         self._hello_timer = None
@@ -161,7 +180,7 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         """Where the next bytes go: the core's record buffer for this connection."""
         owner = self.owner
         if owner is None and self.pending is not None:
-            return self.pending.tls.get_buffer()
+            return self.pending.get_buffer()
         core = owner.core if owner is not None else None
         if core is None or core.closed or self.connection_id not in core.connections:
             # the session ended or let go of this connection: what comes is dropped
@@ -198,6 +217,9 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
                 server.adopt(self, outcome.session).process()
             else:
                 server.joined(self, outcome.session, outcome.connection_id, pending.tls)
+            return
+        if isinstance(outcome, HandOff):
+            server.hand_off(self, outcome)
             return
         # refused (not TLS, a bad hello, an invalid token): the alert, then close
         if self.transport is not None:

@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tcpls.aio.driver import SessionDriver
+from tcpls.aio.handoff import HandoffChannel
 from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.session import Session
-from tcpls.core.endpoint import ServerEndpoint
+from tcpls.core.endpoint import HandOff, ServerEndpoint
 from tcpls.core.session import CoreSession, SessionState
 from tcpls.errors import InternalError, TCPLSError
 from tcpls.qlog.tracer import trace_session
@@ -53,7 +54,11 @@ class Server:
         self._handler = handler
         self._endpoint = endpoint
         self._servers: list[asyncio.Server] = []
-        self._table = _SessionTable(endpoint, self._session_adopted, self._session_established)
+        self._table = _SessionTable(
+            endpoint, self._session_adopted, self._session_established, self._hand_out
+        )
+        #: Where joins for the other workers go, and theirs come from (design: Join hand-off).
+        self._handoff: HandoffChannel | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         #: The memory of all sessions, as last estimated (see :meth:`_watch_memory`).
@@ -82,12 +87,71 @@ class Server:
         """The sessions currently open."""
         return list(self._table.sessions.values())
 
-    async def listen(self, host: str | None, port: int, **kwargs: Any) -> None:
+    async def listen(self, host: str | None, port: int | None, **kwargs: Any) -> None:
         """Listen on ``host:port`` too (:func:`serve` calls this once); ``kwargs`` go to
         :meth:`asyncio.loop.create_server`."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(self._protocol_factory, host, port, **kwargs)
         self._servers.append(server)
+        steering = self._endpoint.config.steering
+        if self._handoff is None and steering is not None and steering.handoff_dir is not None:
+            self._handoff = HandoffChannel(steering.handoff_dir, steering.worker, self._hand_in)
+            self._handoff.start(loop)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """What this server did with joins that were not its own: ``joins_passed`` (to
+        another worker), ``joins_received`` (from one), ``joins_not_passed`` (the
+        worker was gone or busy) and ``joins_foreign`` (their token named another machine,
+        or steering is off; refused with illegal_parameter). See design: Join hand-off."""
+        channel = self._handoff
+        return {
+            "sessions": len(self._table.sessions),
+            "joins_passed": channel.sent if channel else 0,
+            "joins_received": channel.received if channel else 0,
+            "joins_not_passed": channel.failed if channel else 0,
+            "joins_foreign": self._endpoint.foreign_joins,
+        }
+
+    def _hand_out(self, protocol: ConnectionProtocol, outcome: HandOff) -> None:
+        """Pass a join to the worker that holds its session."""
+        transport = protocol.transport
+        channel = self._handoff
+        if transport is None or channel is None:
+            return
+        sock = transport.get_extra_info("socket")
+        own = sock.dup() if sock is not None else None
+        transport.abort()  # closes this descriptor only: the connection lives on in ``own``
+        if own is not None:
+            channel.send(outcome.worker, own, outcome.received)
+
+    def _hand_in(self, sock: socket.socket, received: bytes) -> None:
+        """Another worker passed a join here: read it as a connection just accepted."""
+        if self._closing:
+            sock.close()
+            return
+        protocol = ConnectionProtocol(
+            None,
+            0,
+            pending=self._endpoint.new_connection(handed_off=True),
+            server=self._table,
+            received=received,
+        )
+        self._table.pending[protocol] = None
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._adopt_socket(loop, protocol, sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _adopt_socket(
+        self, loop: asyncio.AbstractEventLoop, protocol: ConnectionProtocol, sock: socket.socket
+    ) -> None:
+        try:
+            await loop.connect_accepted_socket(lambda: protocol, sock)
+        except OSError as exc:
+            self._table.pending_ended(protocol)
+            sock.close()
+            logger.debug("a connection passed by another worker failed: %s", exc)
 
     def _protocol_factory(self) -> asyncio.BaseProtocol:
         config = self._endpoint.config
@@ -235,6 +299,9 @@ class Server:
                 protocol.transport.abort()
         for server in self._servers:
             server.close()
+        if self._handoff is not None:
+            self._handoff.close()
+            self._handoff = None
         for session in list(self._table.sessions.values()):
             session.close()
 
@@ -284,10 +351,12 @@ class _SessionTable:
         endpoint: ServerEndpoint,
         adopted: Callable[[], None],
         established: Callable[[Session], None],
+        hand_out: Callable[[ConnectionProtocol, HandOff], None],
     ) -> None:
         self._endpoint = endpoint
         self._adopted = adopted
         self._established = established
+        self._hand_out = hand_out
         #: Accepted connections whose ClientHello has not come yet.
         #: Connections waiting for their ClientHello, the longest waiting first.
         self.pending: dict[ConnectionProtocol, None] = {}
@@ -334,6 +403,10 @@ class _SessionTable:
         protocol.connection_id = connection_id
         target.attach(protocol)
         target.process()
+
+    def hand_off(self, protocol: ConnectionProtocol, outcome: HandOff) -> None:
+        """A pending connection is a join for another worker: pass it on."""
+        self._hand_out(protocol, outcome)
 
     # -- SessionObserver ----------------------------------------------------------
 

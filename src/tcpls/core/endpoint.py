@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from tcpls.config import ClientConfig, ServerConfig, parse_cipher_suites
 from tcpls.core.scheduler import SchedulerName
 from tcpls.core.session import CoreSession
+from tcpls.core.steering import ServerID, TokenSteering
 from tcpls.core.tokens import TokenRegistry
 from tcpls.errors import ConfigurationError, HandshakeCanceled, IllegalParameter, TCPLSError
 from tcpls.tls.connection import ConnectionState, TLSConnection
@@ -35,6 +36,7 @@ from tcpls.tls.keylog import KeyLog, keylog_path
 
 __all__ = [
     "Accepted",
+    "HandOff",
     "PendingConnection",
     "Refused",
     "ServerEndpoint",
@@ -112,7 +114,21 @@ class ServerEndpoint:
         self.client_verifier = (
             CertificateVerifier(cafile=config.client_cafile) if config.client_cafile else None
         )
-        self.registry: TokenRegistry[CoreSession] = TokenRegistry()
+        steering = config.steering
+        #: Mints tokens that name this process and reads those of the others (design:
+        #: Token steering); ``None`` when the server is a single process.
+        self.steering = (
+            TokenSteering(steering.key, ServerID(steering.machine, steering.worker))
+            if steering is not None
+            else None
+        )
+        self.registry: TokenRegistry[CoreSession] = TokenRegistry(
+            self.steering.mint if self.steering is not None else None
+        )
+        #: Joins refused because their token named another machine, and joins handed to
+        #: another worker of this machine (design: Join hand-off).
+        self.foreign_joins = 0
+        self.handed_off_joins = 0
         path = keylog_path(config.keylog_file)
         self._keylog = KeyLog(path) if path else None
         #: Addresses advertised to every session, by address ID (design: Addresses).
@@ -133,14 +149,15 @@ class ServerEndpoint:
         #: Says why no new session may start now (too many, out of memory), or ``None``.
         self.session_gate: Callable[[], str | None] | None = None
 
-    def new_connection(self) -> PendingConnection:
+    def new_connection(self, *, handed_off: bool = False) -> PendingConnection:
         """A newly accepted TCP connection, before its first ClientHello is read.
 
         The session is created only when that ClientHello starts a handshake
         (:attr:`PendingConnection.session`); a join needs none: the connection
-        goes to the session of its token (:meth:`route_join`).
+        goes to the session of its token (:meth:`route_join`). ``handed_off``: another
+        worker passed it here (it is not passed on again).
         """
-        return PendingConnection(self)
+        return PendingConnection(self, handed_off=handed_off)
 
     def start_session(self, tls: TLSConnection) -> tuple[CoreSession, HandshakeEngine]:
         """A session for the connection ``tls``, whose ClientHello starts a handshake
@@ -225,15 +242,34 @@ class ServerEndpoint:
                 return
         raise ConfigurationError(f"{address} is not advertised")
 
-    def route_join(self, tls: TLSConnection, token: bytes) -> tuple[CoreSession, int] | None:
+    def route_join(
+        self, tls: TLSConnection, token: bytes, *, may_hand_off: bool = True
+    ) -> tuple[CoreSession, int] | ServerID | None:
         """Hand the join waiting on ``tls`` to the session of ``token``.
 
-        Returns ``(session, connection_id)``; ``None`` if the token is invalid,
-        used or expired, in which case the join was rejected with
-        ``illegal_parameter`` (design: Joins): only this connection is affected.
+        Returns ``(session, connection_id)``; the :class:`ServerID` of another worker of
+        this machine that issued the token, when ``may_hand_off`` and hand-off is set up
+        (the caller passes the connection on; design: Join hand-off); ``None`` if the
+        token is invalid, used, expired or another machine's, in which case the join was
+        rejected with ``illegal_parameter`` (design: Joins): only this connection is
+        affected.
         """
         if tls.state is not ConnectionState.JOIN_WAIT:
             return None  # the connection failed meanwhile: the token is not used up
+        steering = self.steering
+        if steering is not None:
+            owner = steering.owner(token)
+            if owner is not None and owner != steering.server_id:
+                if (
+                    owner.machine == steering.server_id.machine
+                    and may_hand_off
+                    and self.config.steering is not None
+                    and self.config.steering.handoff_dir is not None
+                ):
+                    return owner
+                self.foreign_joins += 1
+                tls.reject_join()
+                return None
         entry = self.registry.redeem(token)
         if entry is not None:
             session, sequence = entry
@@ -253,6 +289,16 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
+class HandOff:
+    """A pending connection is a join for a session another worker of this machine holds
+    (``worker``): pass the socket and ``received`` (every byte read from it so far) to
+    that worker (design: Join hand-off)."""
+
+    worker: int
+    received: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     """A pending connection ends: send what its TLS connection still has (an alert),
     then close it. Only this connection is affected (design: Joins)."""
@@ -269,12 +315,21 @@ class PendingConnection:
     invalid token). This is the one way a server accepts connections.
     """
 
-    def __init__(self, endpoint: ServerEndpoint) -> None:
+    def __init__(self, endpoint: ServerEndpoint, *, handed_off: bool = False) -> None:
         self.session: CoreSession | None = None
         self._endpoint = endpoint
         self.tls = endpoint._make_tls(self._start_session)
         #: Seconds the peer has to send its ClientHello.
         self.hello_timeout = endpoint.config.hello_timeout
+        #: Whether another worker passed this connection on (it is not passed again).
+        self.handed_off = handed_off
+        # What was read so far, kept only when a join may have to be passed on.
+        self._received: bytearray | None = (
+            bytearray()
+            if not handed_off and endpoint.steering is not None and endpoint.config.tcpls
+            else None
+        )
+        self._buffer: memoryview | None = None
 
     def _start_session(self) -> HandshakeEngine:
         self.session, engine = self._endpoint.start_session(self.tls)
@@ -282,21 +337,30 @@ class PendingConnection:
 
     def get_buffer(self) -> memoryview:
         """Where the next bytes of the connection go."""
-        return self.tls.get_buffer()
+        self._buffer = buffer = self.tls.get_buffer()
+        return buffer
 
-    def buffer_updated(self, nbytes: int, now: float) -> Accepted | Refused | None:
+    def buffer_updated(self, nbytes: int, now: float) -> Accepted | HandOff | Refused | None:
         """``nbytes`` arrived in :meth:`get_buffer`; ``None`` while the ClientHello is
         incomplete."""
         tls = self.tls
+        if self._received is not None and self._buffer is not None:
+            self._received += self._buffer[:nbytes]
         tls.buffer_updated(nbytes)
         if self.session is not None:  # the ClientHello started a handshake
+            self._received = None
             self.session.poll_connection(0, now)
             return Accepted(self.session, 0)
         while (event := tls.next_event()) is not None:
             if isinstance(event, JoinRequested):
-                routed = self._endpoint.route_join(tls, event.token)
+                routed = self._endpoint.route_join(
+                    tls, event.token, may_hand_off=self._received is not None
+                )
                 if routed is None:
                     return Refused(IllegalParameter("the join token is invalid or used"))
+                if isinstance(routed, ServerID):
+                    assert self._received is not None
+                    return HandOff(routed.worker, bytes(self._received))
                 session, connection_id = routed
                 return Accepted(session, connection_id)
             if isinstance(event, ConnectionFailed):  # not TLS, or a bad hello: the alert

@@ -10,6 +10,7 @@ session; a client keeps its spare tokens in its session.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["MAX_TOKEN_SEQUENCE", "TokenRegistry"]
@@ -21,9 +22,14 @@ S = TypeVar("S")
 
 
 class TokenRegistry(Generic[S]):
-    """Server side: every unused token of every session, by value."""
+    """Server side: every unused token of every session, by value.
 
-    def __init__(self) -> None:
+    ``mint`` makes the token values (default: 32 random bytes); a server that runs as
+    several processes mints tokens that name it (design: Token steering).
+    """
+
+    def __init__(self, mint: Callable[[], bytes] | None = None) -> None:
+        self._mint = mint or _random_token
         self._tokens: dict[bytes, tuple[S, int]] = {}
         self._by_owner: dict[int, set[bytes]] = {}
 
@@ -31,7 +37,9 @@ class TokenRegistry(Generic[S]):
         """A fresh token for ``owner`` (a session) with this sequence number."""
         if not 1 <= sequence <= MAX_TOKEN_SEQUENCE:
             raise ValueError("token sequence numbers run from 1 to 255")
-        token = secrets.token_bytes(32)
+        token = self._mint()
+        while token in self._tokens:  # (a 2^-128 event; never hand out one value twice)
+            token = self._mint()
         self._tokens[token] = (owner, sequence)
         self._by_owner.setdefault(id(owner), set()).add(token)
         return token
@@ -59,3 +67,7 @@ class TokenRegistry(Generic[S]):
 
     def __len__(self) -> int:
         return len(self._tokens)
+
+
+def _random_token() -> bytes:
+    return secrets.token_bytes(32)

@@ -1,0 +1,195 @@
+"""Passing a join's TCP connection to the worker that holds its session (design: Join hand-off).
+
+The workers of one machine share the listening port (``SO_REUSEPORT``), so the kernel
+may give a join's connection to any of them. A worker that reads a join whose token
+names another worker (:class:`tcpls.core.endpoint.HandOff`) sends that worker the
+socket's file descriptor (``SCM_RIGHTS``) and the bytes it has read from it, over a
+Unix datagram socket: each worker listens on ``<handoff_dir>/w<ID>.sock``. The
+receiver reads the bytes again as if they had just arrived, and the join goes on as
+any other; the client sees nothing. A connection is passed once at most.
+
+:class:`HandoffChannel` owns the worker's Unix socket and its counters.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["MAX_HANDOFF_BYTES", "HandoffChannel", "handoff_path"]
+
+logger = logging.getLogger("tcpls.aio.api")
+
+#: The most bytes a hand-off carries (what a pending connection read before its
+#: ClientHello was complete; a ClientHello is far smaller).
+MAX_HANDOFF_BYTES = 64 * 1024
+#: Hand-offs waiting because the other worker's queue was full, and how long one waits
+#: (the client's join waits meanwhile; the kernel queues only a few datagrams).
+MAX_QUEUED = 1024
+QUEUE_TIMEOUT = 2.0
+_RETRY_INTERVAL = 0.002
+_MAGIC = b"TCPLSH1\0"
+_FD_SPACE = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
+
+
+def handoff_path(directory: str, worker: int) -> str:
+    """The Unix socket of ``worker`` in ``directory``."""
+    return os.path.join(directory, f"w{worker}.sock")
+
+
+class HandoffChannel:
+    """One worker's end of the hand-off: receives connections from the other workers
+    and sends them those that are theirs."""
+
+    def __init__(
+        self,
+        directory: str,
+        worker: int,
+        receive: Callable[[socket.socket, bytes], None],
+    ) -> None:
+        """Listen on ``directory``'s socket of ``worker``; ``receive(sock, data)`` takes
+        each connection passed to this worker."""
+        self._directory = directory
+        self._path = handoff_path(directory, worker)
+        self._receive = receive
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)  # a worker of a previous run with this ID
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self._path)
+        self._sock.setblocking(False)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Hand-offs to retry: (deadline, worker, socket we own, data).
+        self._queue: deque[tuple[float, int, socket.socket, bytes]] = deque()
+        self._retry: asyncio.TimerHandle | None = None
+        #: Connections passed to another worker, received from one, and not passed (the
+        #: other worker is gone or its queue is full: the join is refused).
+        self.sent = 0
+        self.received = 0
+        self.failed = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start receiving in ``loop``."""
+        self._loop = loop
+        loop.add_reader(self._sock.fileno(), self._readable)
+
+    def send(self, worker: int, sock: socket.socket, data: bytes) -> None:
+        """Pass the connection ``sock`` (and ``data``, read from it) to ``worker``. The
+        channel owns ``sock`` from now on (a duplicate of the caller's, which the
+        caller closes); when the other worker cannot take it within
+        :data:`QUEUE_TIMEOUT`, the connection is closed and the join fails."""
+        loop = self._loop
+        if len(data) > MAX_HANDOFF_BYTES or loop is None or len(self._queue) >= MAX_QUEUED:
+            self._give_up(sock, worker, "too many waiting" if loop else "not started")
+            return
+        if self._queue or not self._try_send(worker, sock, data):
+            self._queue.append((loop.time() + QUEUE_TIMEOUT, worker, sock, data))
+            if self._retry is None:
+                self._retry = loop.call_later(_RETRY_INTERVAL, self._flush)
+
+    def _try_send(self, worker: int, sock: socket.socket, data: bytes) -> bool:
+        """Whether the message went (or failed for good); ``False``: the queue was full."""
+        fds = array.array("i", [sock.fileno()])
+        try:
+            self._sock.sendmsg(
+                [_MAGIC, data],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())],
+                0,
+                handoff_path(self._directory, worker),
+            )
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
+                return False
+            self._give_up(sock, worker, exc.strerror or str(exc))
+            return True
+        self.sent += 1
+        sock.close()  # the other worker has its own descriptor now
+        return True
+
+    def _flush(self) -> None:
+        self._retry = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        while self._queue:
+            deadline, worker, sock, data = self._queue[0]
+            if now > deadline:
+                self._queue.popleft()
+                self._give_up(sock, worker, "its queue stayed full")
+                continue
+            if not self._try_send(worker, sock, data):
+                break
+            self._queue.popleft()
+        if self._queue:
+            self._retry = loop.call_later(_RETRY_INTERVAL, self._flush)
+
+    def _give_up(self, sock: socket.socket, worker: int, why: str) -> None:
+        self.failed += 1
+        sock.close()
+        logger.warning("could not pass a join to worker %d: %s", worker, why)
+
+    def _readable(self) -> None:
+        for _ in range(64):  # a burst at most per wakeup: the loop serves the rest too
+            try:
+                message, ancillary, flags, _ = self._sock.recvmsg(
+                    len(_MAGIC) + MAX_HANDOFF_BYTES, _FD_SPACE
+                )
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                logger.warning("hand-off socket: %s", exc)
+                return
+            fds = _descriptors(ancillary)
+            ok = (
+                len(fds) == 1
+                and not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
+                and message.startswith(_MAGIC)
+            )
+            if not ok:
+                for fd in fds:
+                    os.close(fd)
+                logger.warning("ignored a malformed hand-off message")
+                continue
+            try:
+                sock = socket.socket(fileno=fds[0])
+            except OSError:
+                os.close(fds[0])
+                continue
+            if sock.type != socket.SOCK_STREAM or sock.family not in (
+                socket.AF_INET,
+                socket.AF_INET6,
+            ):
+                sock.close()
+                continue
+            self.received += 1
+            sock.setblocking(False)
+            self._receive(sock, message[len(_MAGIC) :])
+
+    def close(self) -> None:
+        """Stop receiving, drop the hand-offs still waiting, and remove the socket file."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        while self._queue:
+            self._queue.popleft()[2].close()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)
+
+
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            ints = array.array("i")
+            ints.frombytes(data[: len(data) - len(data) % ints.itemsize])
+            fds.extend(ints)
+    return fds

@@ -1,0 +1,151 @@
+"""Joins that land on the wrong worker are passed to the one holding their session."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+
+import pytest
+
+import tcpls
+from tcpls.aio.handoff import HandoffChannel, handoff_path
+from tcpls.config import Steering
+from tcpls.devcert import DevPKI
+
+KEY = bytes(range(16))
+
+
+def _reuseport_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+async def _two_workers(
+    pki: DevPKI, directory: str | None, machines: tuple[int, int] = (0, 0)
+) -> tuple[tcpls.Server, tcpls.Server, int]:
+    first = _reuseport_socket(0)
+    port = first.getsockname()[1]
+    second = _reuseport_socket(port)
+    servers = []
+    for worker, sock in enumerate((first, second)):
+        config = tcpls.ServerConfig(
+            certfile=str(pki.cert_file),
+            keyfile=str(pki.key_file),
+            steering=Steering(KEY, machine=machines[worker], worker=worker, handoff_dir=directory),
+        )
+        servers.append(await tcpls.serve(_echo, config=config, sock=sock))
+    return servers[0], servers[1], port
+
+
+async def _echo(session: tcpls.Session) -> None:
+    async for reader, writer in session:
+        writer.write(await reader.read())
+        writer.write_eof()
+
+
+def _client(pki: DevPKI) -> tcpls.ClientConfig:
+    return tcpls.ClientConfig(cafile=str(pki.ca_file), server_name="localhost")
+
+
+def test_every_join_reaches_its_session_whichever_worker_accepts_it(pki: DevPKI) -> None:
+    """Two servers share one port (SO_REUSEPORT): the kernel spreads connections over
+    them by address hash, so about half the joins land on the worker that does not hold
+    the session. Every join succeeds, and the counters show the passed ones."""
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            a, b, port = await _two_workers(pki, directory)
+            try:
+                for _ in range(40):
+                    async with tcpls.connect("127.0.0.1", port, config=_client(pki)) as s:
+                        await s.join("127.0.0.1", port)
+                        await s.join("127.0.0.1", port)
+                        assert len(s.connections) == 3
+                        reader, writer = await s.open_stream()
+                        writer.write(b"x" * 100_000)
+                        writer.write_eof()
+                        assert await reader.read() == b"x" * 100_000
+                passed = a.counters["joins_passed"] + b.counters["joins_passed"]
+                received = a.counters["joins_received"] + b.counters["joins_received"]
+                assert passed == received
+                assert 10 <= passed <= 70, (a.counters, b.counters)
+                assert a.counters["joins_not_passed"] + b.counters["joins_not_passed"] == 0
+            finally:
+                for server in (a, b):
+                    server.close()
+                    await server.wait_closed()
+            assert not os.listdir(directory)  # each worker removed its socket
+
+    asyncio.run(run())
+
+
+def test_a_join_for_another_machine_is_refused_with_illegal_parameter(pki: DevPKI) -> None:
+    """Machines behind a load balancer do not share sessions: a join that the balancer
+    sends to the wrong machine fails cleanly, and only that join."""
+
+    async def run() -> None:
+        a, b, port = await _two_workers(pki, None, machines=(1, 2))
+        try:
+            refused = joined = 0
+            for _ in range(12):
+                async with tcpls.connect("127.0.0.1", port, config=_client(pki)) as s:
+                    try:
+                        await s.join("127.0.0.1", port)
+                        joined += 1
+                    except tcpls.TCPLSError as exc:
+                        assert "illegal_parameter" in str(exc) or "token" in str(exc)
+                        refused += 1
+                    reader, writer = await s.open_stream()
+                    writer.write(b"still fine")
+                    writer.write_eof()
+                    assert await reader.read() == b"still fine"
+            assert refused and joined
+            assert a.counters["joins_foreign"] + b.counters["joins_foreign"] == refused
+        finally:
+            for server in (a, b):
+                server.close()
+                await server.wait_closed()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [b"", b"garbage", b"TCPLSH1\0" + b"x" * 10],
+)
+def test_hostile_handoff_messages_are_ignored(message: bytes) -> None:
+    """A datagram without exactly one TCP socket attached is dropped, and its
+    descriptors closed."""
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            got: list[bytes] = []
+            channel = HandoffChannel(directory, 7, lambda sock, data: got.append(data))
+            channel.start(asyncio.get_running_loop())
+            sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            r, w = os.pipe()
+            try:
+                sender.sendto(message, handoff_path(directory, 7))
+                sender.sendmsg(
+                    [b"TCPLSH1\0data"],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, r.to_bytes(4, "little") * 2)],
+                    0,
+                    handoff_path(directory, 7),
+                )
+                await asyncio.sleep(0.05)
+                assert got == []
+                assert channel.received == 0
+            finally:
+                channel.close()
+                sender.close()
+                os.close(r)
+                os.close(w)
+
+    asyncio.run(run())
