@@ -61,6 +61,11 @@ class Server:
         self._handoff: HandoffChannel | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._draining = False
+        #: Sessions that started here, and the address ID and port of this worker's own
+        #: port (see :meth:`advertise_local_port`).
+        self._served = 0
+        self._local_port: tuple[int, int] | None = None
         #: The memory of all sessions, as last estimated (see :meth:`_watch_memory`).
         self.memory_use = 0
         self._over_budget = False
@@ -107,6 +112,7 @@ class Server:
         channel = self._handoff
         return {
             "sessions": len(self._table.sessions),
+            "sessions_served": self._served,
             "joins_passed": channel.sent if channel else 0,
             "joins_received": channel.received if channel else 0,
             "joins_not_passed": channel.failed if channel else 0,
@@ -180,7 +186,7 @@ class Server:
         config = self._endpoint.config
         reason = None
         sessions = len(self._table.sessions)
-        if self._closing:
+        if self._closing or self._draining:
             reason = "the server is shutting down"
         elif sessions >= config.max_sessions:
             # Sessions still in their handshake make room: the one that started first ends,
@@ -204,7 +210,13 @@ class Server:
             self._refusals.log("refusing a new session: %s", reason)
         return reason
 
-    def _session_adopted(self) -> None:
+    def _session_adopted(self, protocol: ConnectionProtocol, core: CoreSession) -> None:
+        self._served += 1
+        if self._local_port is not None and protocol.transport is not None:
+            sockname = protocol.transport.get_extra_info("sockname")
+            if isinstance(sockname, tuple):
+                address_id, port = self._local_port
+                core.advertise_address(address_id, sockname[0], port)
         if self._watch is None:
             self._watch = asyncio.get_running_loop().call_later(
                 _WATCH_INTERVAL, self._watch_memory
@@ -286,6 +298,26 @@ class Server:
     def _live_cores(self) -> list[CoreSession]:
         return [core for core in self._table.sessions if core.tcpls]
 
+    def advertise_local_port(self, port: int) -> None:
+        """Advertise ``port`` to every new session, at the address its client reached
+        (New Address): a worker's own port, so that joins come straight to it (design:
+        Workers)."""
+        self._local_port = (self._endpoint.reserve_address_id(), port)
+
+    async def shutdown(self, grace: float) -> None:
+        """Graceful stop: stop listening and refuse new sessions at once (joins to the
+        open ones still come in), give the open sessions ``grace`` seconds to end, then
+        close the rest with ``close_notify`` (design: Workers)."""
+        self._draining = True
+        for server in self._servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._table.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self.close()
+        await self.wait_closed()
+
     # -- asyncio.Server shape ----------------------------------------------------
 
     def close(self) -> None:
@@ -349,7 +381,7 @@ class _SessionTable:
     def __init__(
         self,
         endpoint: ServerEndpoint,
-        adopted: Callable[[], None],
+        adopted: Callable[[ConnectionProtocol, CoreSession], None],
         established: Callable[[Session], None],
         hand_out: Callable[[ConnectionProtocol, HandOff], None],
     ) -> None:
@@ -379,7 +411,7 @@ class _SessionTable:
         self.drivers[core] = driver
         protocol.owner = driver
         driver.attach(protocol)
-        self._adopted()
+        self._adopted(protocol, core)
         return driver
 
     def joined(

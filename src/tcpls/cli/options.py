@@ -281,6 +281,67 @@ def add_server_options(p: argparse.ArgumentParser, *, required: bool = True) -> 
     )
 
 
+def add_worker_options(p: argparse.ArgumentParser) -> None:
+    """``tcpls serve``: worker processes, graceful stop, several machines."""
+    p.add_argument(
+        "--workers",
+        metavar="N",
+        type=_workers,
+        help="serve with N worker processes sharing the port (SO_REUSEPORT), or `auto` "
+        "(one per core); joins reach the worker of their session wherever they land. "
+        "SIGHUP restarts the workers gracefully (default: one process, no workers)",
+    )
+    p.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=_non_negative_seconds,
+        default=30.0,
+        help="on SIGTERM, SIGINT or a restart, stop accepting and give the open sessions "
+        "this long to finish before closing them (default: 30)",
+    )
+    p.add_argument(
+        "--worker-ports",
+        metavar="PORT",
+        type=_port,
+        help="with --workers: worker i also listens on PORT+i and advertises it to its "
+        "sessions (New Address), so that joins to it go straight to the right worker",
+    )
+    p.add_argument(
+        "--machine-id",
+        metavar="N",
+        type=_machine_id,
+        default=0,
+        help="with --workers: this machine's ID among the servers behind one load balancer "
+        "(0-65535, one per machine; default: 0)",
+    )
+    p.add_argument(
+        "--steering-key",
+        metavar="FILE",
+        help="with --workers: FILE holds the 32 hex digits every machine behind one load "
+        "balancer shares (`openssl rand -hex 16`): a join that reaches the wrong machine is "
+        "then refused cleanly (default: a key of this server alone)",
+    )
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = _positive_int(text)
+    if value > 256:
+        raise argparse.ArgumentTypeError("at most 256 workers")
+    return value
+
+
+def _machine_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError("machine IDs run from 0 to 65535")
+    return value
+
+
 def _size(text: str) -> int:
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -326,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", "-p", type=_port, default=8443, help="TCP port (default: 8443)")
     add_scheduler_option(p)
     add_common_tls_options(p)
+    add_worker_options(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--echo", action="store_true", help="echo every stream back to its sender")
     mode.add_argument(

@@ -8,37 +8,113 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tcpls.cli.errors import EXIT_OK, EXIT_USAGE, CommandError
+from tcpls.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError, describe_error, run
 from tcpls.cli.sessions import server_config
+from tcpls.errors import TCPLSError
 
 if TYPE_CHECKING:
     from tcpls.aio.api import Server
+    from tcpls.aio.server import Handler
 
 __all__ = ["cmd_serve", "serve_until_interrupted"]
 
 
-async def cmd_serve(args: argparse.Namespace) -> int:
-    """``tcpls serve``."""
-    from tcpls.aio.api import serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``tcpls serve``: in this process, or with ``--workers`` in worker processes."""
+    if args.workers is None:
+        if args.worker_ports is not None or args.steering_key or args.machine_id:
+            print(
+                "tcpls: --worker-ports, --machine-id and --steering-key need --workers",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        return run(lambda: _serve_here(args), debug=args.debug)
+    try:
+        return _serve_workers(args)
+    except CommandError as exc:
+        print(f"tcpls: {exc}", file=sys.stderr)
+        return exc.status
+    except (TCPLSError, OSError) as exc:
+        print(f"tcpls: {describe_error(exc)}", file=sys.stderr)
+        return EXIT_ERROR
 
-    config = server_config(args)
+
+def _handler(args: argparse.Namespace) -> Handler:
     if args.files:
         from tcpls.apps.fileserve import make_file_handler
 
-        handler = make_file_handler(args.files)
-    elif args.echo:
+        return make_file_handler(args.files)
+    if args.echo:
         from tcpls.apps.echo import echo_handler
 
-        handler = echo_handler
-    else:
-        raise CommandError("choose what to serve: --echo or --files DIR", EXIT_USAGE)
+        return echo_handler
+    raise CommandError("choose what to serve: --echo or --files DIR", EXIT_USAGE)
+
+
+def _mode(args: argparse.Namespace) -> str:
+    return "plain TLS" if args.no_tcpls else "TCPLS (plain TLS fallback)"
+
+
+async def _serve_here(args: argparse.Namespace) -> int:
+    from tcpls.aio.api import serve
+
+    config = server_config(args)
+    handler = _handler(args)
     server = await serve(handler, args.host, args.port, config=config, scheduler=args.scheduler)
-    mode = "plain TLS" if args.no_tcpls else "TCPLS (plain TLS fallback)"
-    return await serve_until_interrupted(server, f"tcpls: serving {mode} on")
+    return await serve_until_interrupted(server, f"tcpls: serving {_mode(args)} on", args.grace)
 
 
-async def serve_until_interrupted(server: Server, banner: str) -> int:
-    """Announce the listening addresses, then serve until SIGINT or SIGTERM."""
+def _serve_workers(args: argparse.Namespace) -> int:
+    # (no event loop here: the supervisor forks the workers, see run_server)
+    from tcpls.aio.workers import run_server, worker_count
+
+    config = server_config(args)
+    handler = _handler(args)
+    key = _steering_key(args.steering_key) if args.steering_key else None
+    count = worker_count(args.workers)
+    banner = f"tcpls: serving {_mode(args)} with {count} workers on"
+
+    def ready(addresses: list[tuple[str, int]]) -> None:
+        listed = ", ".join(_format_address(a) for a in addresses)
+        print(f"{banner} {listed}", file=sys.stderr, flush=True)
+
+    return run_server(
+        handler,
+        args.host,
+        args.port,
+        config=config,
+        workers=count,
+        grace=args.grace,
+        scheduler=args.scheduler,
+        worker_ports=args.worker_ports,
+        machine=args.machine_id,
+        steering_key=key,
+        ready=ready,
+    )
+
+
+def _steering_key(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(256).strip()
+    except OSError as exc:
+        raise CommandError(f"cannot read the steering key {path}: {exc.strerror}", 1) from None
+    try:
+        key = bytes.fromhex(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) != 16:
+        raise CommandError(
+            f"the steering key {path} must hold 32 hex digits (16 bytes), e.g. from "
+            "`openssl rand -hex 16`",
+            EXIT_USAGE,
+        )
+    return key
+
+
+async def serve_until_interrupted(server: Server, banner: str, grace: float = 0.0) -> int:
+    """Announce the listening addresses, then serve until SIGINT or SIGTERM; then give the
+    sessions ``grace`` seconds to finish (a second signal ends them at once)."""
     addresses = ", ".join(_format_address(s.getsockname()) for s in server.sockets)
     print(f"{banner} {addresses}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
@@ -46,6 +122,18 @@ async def serve_until_interrupted(server: Server, banner: str) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    stop.clear()
+    if grace > 0 and server.sessions:
+        print(
+            f"tcpls: stopping: {len(server.sessions)} sessions have {grace:g}s to finish "
+            "(interrupt again to end them now)",
+            file=sys.stderr,
+            flush=True,
+        )
+        drain = asyncio.ensure_future(server.shutdown(grace))
+        interrupted = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([drain, interrupted], return_when=asyncio.FIRST_COMPLETED)
+        interrupted.cancel()
     print("tcpls: shutting down", file=sys.stderr, flush=True)
     server.close()
     await server.wait_closed()

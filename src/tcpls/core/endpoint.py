@@ -230,6 +230,15 @@ class ServerEndpoint:
             session.advertise_address(address_id, host, port)
         return address_id
 
+    def reserve_address_id(self) -> int:
+        """An address ID for an address that each session learns on its own (a worker's
+        own port, advertised with the address its client reached)."""
+        address_id = self._next_address_id
+        if address_id > 255:
+            raise ConfigurationError("address IDs are 8 bits: at most 256 advertised addresses")
+        self._next_address_id += 1
+        return address_id
+
     def withdraw(self, address: str, sessions: Iterable[CoreSession] = ()) -> None:
         """Stop advertising ``"ip:port"``; ``sessions`` get Remove Address (clients then close
         their connections to it, design: Addresses)."""

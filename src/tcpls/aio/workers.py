@@ -1,0 +1,348 @@
+"""A server on every core: worker processes sharing one port (design: Workers).
+
+:func:`run_server` is the blocking entry point. Its process (the *supervisor*) opens
+one listening socket per worker, all bound to the same port with ``SO_REUSEPORT`` so
+that the kernel spreads new connections over them, then forks the workers; each runs
+:func:`tcpls.serve` on its socket in its own event loop. The supervisor serves
+nothing itself: it restarts a worker that dies, and it owns the listening sockets, so
+that a restart loses no connection waiting in a queue.
+
+Joins: the kernel may give a join's connection to any worker. Every worker mints
+tokens that name it (design: Token steering) and passes a join for another worker's
+session to that worker (design: Join hand-off). With ``worker_ports``, worker *i* also
+listens on port ``worker_ports + i`` of its own and advertises it to its sessions (New
+Address), so that clients that join advertised addresses go straight to it.
+
+Signals to the supervisor:
+
+* ``SIGHUP``: graceful restart. A new generation of workers starts on the same
+  sockets (certificates and files are read again); the old workers stop accepting,
+  let their sessions finish within ``grace`` seconds, then close the rest with
+  ``close_notify``. Joins for their sessions keep reaching them through the hand-off.
+* ``SIGTERM``, ``SIGINT``: graceful stop, the same without a new generation.
+
+Each worker prints one line when it ends: its sessions and joins passed and received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from tcpls.aio.server import Handler
+from tcpls.config import ServerConfig, Steering
+from tcpls.core.scheduler import SchedulerName
+from tcpls.errors import ConfigurationError
+
+__all__ = ["DEFAULT_GRACE", "run_server", "worker_count"]
+
+logger = logging.getLogger("tcpls.aio.api")
+
+#: Seconds sessions have to finish after a restart or stop, by default.
+DEFAULT_GRACE = 30.0
+#: Most workers of one supervisor.
+MAX_WORKERS = 256
+#: Seconds between two restarts of a worker that keeps dying.
+_RESPAWN_DELAY = 1.0
+
+
+def worker_count(workers: int | Literal["auto"]) -> int:
+    """The number of workers ``workers`` stands for (``"auto"``: one per usable core)."""
+    if workers == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigurationError(f"workers must be between 1 and {MAX_WORKERS}")
+    return workers
+
+
+def run_server(
+    handler: Handler,
+    host: str | None,
+    port: int,
+    *,
+    config: ServerConfig,
+    workers: int | Literal["auto"] = "auto",
+    grace: float = DEFAULT_GRACE,
+    scheduler: SchedulerName = "aggregate",
+    worker_ports: int | None = None,
+    machine: int = 0,
+    steering_key: bytes | None = None,
+    ready: Callable[[list[tuple[str, int]]], None] | None = None,
+) -> int:
+    """Serve ``handler`` on ``host:port`` with ``workers`` processes until ``SIGTERM`` or
+    ``SIGINT``; returns 0 after a graceful stop. Blocks; call it before any event loop
+    runs in this process (it forks).
+
+    ``machine`` and ``steering_key`` place this server among the machines of a
+    deployment behind a load balancer (design: Token steering): every machine gets the
+    same 16-byte key and its own ID; without a key, one is made for this server alone.
+    ``ready`` is called with the listening addresses once the sockets are open.
+    ``config.steering`` is filled in per worker.
+    """
+    count = worker_count(workers)
+    if grace < 0:
+        raise ConfigurationError("grace must be at least 0 seconds")
+    config.check()  # fail here, once, rather than in every worker
+    key = steering_key if steering_key is not None else secrets.token_bytes(16)
+    Steering(key, machine=machine).check()
+    supervisor = _Supervisor(
+        handler, config, count, grace, scheduler, machine, key, host, port, worker_ports
+    )
+    try:
+        addresses = supervisor.open_sockets()
+        if ready is not None:
+            ready(addresses)
+        return supervisor.run()
+    finally:
+        supervisor.cleanup()
+
+
+@dataclasses.dataclass
+class _Worker:
+    index: int
+    worker_id: int
+    generation: int
+    draining: bool = False
+
+
+class _Supervisor:
+    """Forks and watches the workers; owns the listening sockets and the hand-off dir."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        config: ServerConfig,
+        count: int,
+        grace: float,
+        scheduler: SchedulerName,
+        machine: int,
+        key: bytes,
+        host: str | None,
+        port: int,
+        worker_ports: int | None,
+    ) -> None:
+        self.handler = handler
+        self.config = config
+        self.count = count
+        self.grace = grace
+        self.scheduler: SchedulerName = scheduler
+        self.machine = machine
+        self.key = key
+        self.host = host
+        self.port = port
+        self.worker_ports = worker_ports
+        self.shared: list[socket.socket] = []
+        self.own: list[socket.socket] = []
+        self.workers: dict[int, _Worker] = {}  # by pid
+        self.generation = 0
+        self.next_id = 0
+        self.handoff_dir = tempfile.mkdtemp(prefix="tcpls-workers-")
+        self.signals: list[int] = []
+
+    def open_sockets(self) -> list[tuple[str, int]]:
+        host = self.host or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        port = self.port
+        for _ in range(self.count):
+            sock = _listening_socket(family, host, port, reuseport=True)
+            port = sock.getsockname()[1]  # port 0: the first socket's port for all
+            self.shared.append(sock)
+        if self.worker_ports is not None:
+            for index in range(self.count):
+                own_port = self.worker_ports + index
+                self.own.append(_listening_socket(family, host, own_port, reuseport=False))
+        if self.config.fastopen:
+            from tcpls.aio import fastopen
+
+            fastopen.enable_on_listener(self.shared + self.own)
+        return [s.getsockname()[:2] for s in self.shared[:1] + self.own]
+
+    def run(self) -> int:
+        wakeup_r, wakeup_w = os.pipe()
+        os.set_blocking(wakeup_w, False)
+        old_wakeup = signal.set_wakeup_fd(wakeup_w)
+        handled = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        try:
+            self._start_generation()
+            stopping_since: float | None = None
+            while True:
+                with contextlib.suppress(InterruptedError):
+                    select.select([wakeup_r], [], [], 1.0)
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wakeup_r, 512)
+                signals, self.signals = self.signals, []
+                if stopping_since is None:
+                    if signal.SIGTERM in signals or signal.SIGINT in signals:
+                        stopping_since = time.monotonic()
+                        print(
+                            f"tcpls: stopping: sessions have {self.grace:g}s to finish",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        self._close_listeners()
+                        self._drain(list(self.workers))
+                    elif signal.SIGHUP in signals:
+                        print("tcpls: restarting the workers", file=sys.stderr, flush=True)
+                        old = [pid for pid, w in self.workers.items() if not w.draining]
+                        self._start_generation()
+                        self._drain(old)
+                self._reap(respawn=stopping_since is None)
+                if stopping_since is not None:
+                    if not self.workers:
+                        return 0
+                    if time.monotonic() - stopping_since > self.grace + 15:
+                        for pid in self.workers:  # a worker that hangs past its grace
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(pid, signal.SIGKILL)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(wakeup_r)
+            os.close(wakeup_w)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+
+    def _start_generation(self) -> None:
+        self.generation += 1
+        for index in range(self.count):
+            self._fork(index)
+
+    def _fork(self, index: int) -> None:
+        live = {w.worker_id for w in self.workers.values()}
+        while self.next_id in live:
+            self.next_id = (self.next_id + 1) & 0xFFFF
+        worker = _Worker(index, self.next_id, self.generation)
+        self.next_id = (self.next_id + 1) & 0xFFFF
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                status = self._worker_main(worker)
+            except BaseException:
+                logger.exception("worker %d failed", worker.worker_id)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        self.workers[pid] = worker
+
+    def _drain(self, pids: list[int]) -> None:
+        for pid in pids:
+            worker = self.workers.get(pid)
+            if worker is not None and not worker.draining:
+                worker.draining = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+    def _reap(self, *, respawn: bool) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None or worker.draining or not respawn:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            print(
+                f"tcpls: worker {worker.worker_id} ended unexpectedly (status {code}); "
+                "starting another",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(_RESPAWN_DELAY)
+            self._fork(worker.index)
+
+    def _close_listeners(self) -> None:
+        for sock in self.shared + self.own:
+            sock.close()
+        self.shared.clear()
+        self.own.clear()
+
+    def cleanup(self) -> None:
+        self._close_listeners()
+        shutil.rmtree(self.handoff_dir, ignore_errors=True)
+
+    # -- in the worker ------------------------------------------------------------
+
+    def _worker_main(self, worker: _Worker) -> int:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        # The supervisor decides what Ctrl-C (sent to the whole process group) and a
+        # restart mean (`pkill -HUP` reaches the workers too).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        shared = self.shared[worker.index]
+        own = self.own[worker.index] if self.own else None
+        for sock in self.shared + self.own:
+            if sock is not shared and sock is not own:
+                sock.close()
+        steering = Steering(
+            self.key, machine=self.machine, worker=worker.worker_id, handoff_dir=self.handoff_dir
+        )
+        config = dataclasses.replace(self.config, steering=steering)
+        return asyncio.run(self._serve(worker, config, shared, own))
+
+    async def _serve(
+        self,
+        worker: _Worker,
+        config: ServerConfig,
+        shared: socket.socket,
+        own: socket.socket | None,
+    ) -> int:
+        from tcpls.aio.api import serve
+
+        server = await serve(self.handler, config=config, sock=shared, scheduler=self.scheduler)
+        if own is not None:
+            await server.listen(None, None, sock=own)
+            server.advertise_local_port(own.getsockname()[1])
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.shutdown(self.grace)
+        counters = server.counters
+        print(
+            f"tcpls: worker {worker.worker_id} stopped: {counters['sessions_served']} sessions, "
+            f"{counters['joins_passed']} joins passed to another worker, "
+            f"{counters['joins_received']} received, {counters['joins_not_passed']} not "
+            f"passed, {counters['joins_foreign']} refused as another server's",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 0
+
+
+def _listening_socket(family: int, host: str, port: int, *, reuseport: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
