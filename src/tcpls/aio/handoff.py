@@ -173,6 +173,8 @@ class HandoffChannel:
 
     def close(self) -> None:
         """Stop receiving, drop the hand-offs still waiting, and remove the socket file."""
+        if self._sock.fileno() < 0:
+            return  # closed already
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None

@@ -332,8 +332,7 @@ class Server:
         for server in self._servers:
             server.close()
         if self._handoff is not None:
-            self._handoff.close()
-            self._handoff = None
+            self._handoff.close()  # (kept: its counters stay readable)
         for session in list(self._table.sessions.values()):
             session.close()
 

@@ -1,0 +1,263 @@
+"""``tcpls serve --workers``: joins reach their worker, graceful restart and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import tcpls
+from tcpls.devcert import DevPKI
+from tests.aio.cli_util import TCPLS
+from tests.helpers import free_port, wait_port
+
+_STOPPED = re.compile(
+    rb"worker (\d+) stopped: (\d+) sessions, (\d+) joins passed to another worker, "
+    rb"(\d+) received, (\d+) not passed, (\d+) refused"
+)
+
+
+@contextmanager
+def workers(
+    pki: DevPKI, *extra: str, count: int = 2
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
+         "--host", "127.0.0.1", "--port", str(port), "--echo", "--workers", str(count),
+         *extra],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_port(port, proc=proc)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> bytes:
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err, err
+    return err
+
+
+def _totals(err: bytes) -> dict[str, int]:
+    totals = dict.fromkeys(("sessions", "passed", "received", "not_passed", "foreign"), 0)
+    for match in _STOPPED.finditer(err):
+        for name, value in zip(totals, match.groups()[1:], strict=True):
+            totals[name] += int(value)
+    return totals
+
+
+def _client(pki: DevPKI) -> tcpls.ClientConfig:
+    return tcpls.ClientConfig(cafile=str(pki.ca_file), server_name="localhost")
+
+
+async def _echo(session: tcpls.Session, payload: bytes) -> None:
+    reader, writer = await session.open_stream()
+    writer.write(payload)
+    writer.write_eof()
+    assert await reader.read() == payload
+
+
+def test_a_thousand_sessions_each_join_through_the_shared_port(pki: DevPKI) -> None:
+    """Two workers share the port: the kernel gives each join to either of them, and
+    every join still reaches its session; the workers count those they passed on."""
+    sessions = 1000
+    with workers(pki) as (proc, port):
+
+        async def one(config: tcpls.ClientConfig) -> None:
+            async with tcpls.connect("127.0.0.1", port, config=config) as session:
+                await session.join("127.0.0.1", port)
+                assert len(session.connections) == 2
+                await _echo(session, b"ping")
+
+        async def run() -> list[BaseException | None]:
+            config = _client(pki)
+            limit = asyncio.Semaphore(16)
+
+            async def guarded() -> None:
+                async with limit:
+                    await one(config)
+
+            return await asyncio.gather(
+                *(guarded() for _ in range(sessions)), return_exceptions=True
+            )
+
+        results = asyncio.run(run())
+        failures = [r for r in results if r is not None]
+        assert not failures, f"{len(failures)} failed, e.g. {failures[0]!r}"
+        err = _stop(proc)
+        totals = _totals(err)
+    assert totals["sessions"] == sessions, err
+    # the kernel's hash sends about half of the joins to the other worker
+    assert sessions * 0.3 < totals["passed"] < sessions * 0.7, err
+    assert totals["received"] == totals["passed"]
+    assert totals["not_passed"] == totals["foreign"] == 0
+
+
+def test_a_graceful_restart_under_load_loses_no_session(pki: DevPKI) -> None:
+    """SIGHUP while sessions are busy: the new workers take new sessions and joins
+    from the same sockets, the old ones finish theirs (joins to them are passed on),
+    and no session fails."""
+    with workers(pki, "--grace", "20") as (proc, port):
+        payload = os.urandom(200_000)
+
+        async def busy(stop_at: float) -> int:
+            done = 0
+            config = _client(pki)
+            while time.monotonic() < stop_at:
+                async with tcpls.connect("127.0.0.1", port, config=config) as session:
+                    await _echo(session, payload)
+                    await asyncio.sleep(0.3)  # the restart comes while sessions are open
+                    await session.join("127.0.0.1", port)  # maybe to a new worker
+                    await _echo(session, payload)
+                done += 1
+            return done
+
+        async def run() -> list[int]:
+            stop_at = time.monotonic() + 4.0
+            clients = [asyncio.ensure_future(busy(stop_at)) for _ in range(8)]
+            await asyncio.sleep(1.5)
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(1.0)
+            proc.send_signal(signal.SIGHUP)  # twice: three generations in all
+            return await asyncio.gather(*clients)
+
+        done = asyncio.run(run())
+        assert all(n >= 3 for n in done), done
+        err = _stop(proc)
+    assert err.count(b"restarting the workers") == 2
+    totals = _totals(err)
+    assert len(_STOPPED.findall(err)) == 6  # two workers of each generation
+    assert totals["sessions"] == sum(done)
+    assert totals["not_passed"] == 0
+
+
+def test_a_stop_lets_open_sessions_finish_and_refuses_new_ones(pki: DevPKI) -> None:
+    """SIGTERM: no new connection is accepted, an open session finishes its work within
+    the grace period, and one still open at its end is closed with close_notify."""
+    with workers(pki, "--grace", "2") as (proc, port):
+
+        async def run() -> None:
+            config = _client(pki)
+            finishing = await tcpls.connect("127.0.0.1", port, config=config)
+            lingering = await tcpls.connect("127.0.0.1", port, config=config)
+            await _echo(finishing, b"before")
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            with pytest.raises(OSError):
+                await tcpls.connect("127.0.0.1", port, config=config)
+            await _echo(finishing, b"after the signal")  # still served
+            await finishing.aclose()
+            reader, writer = await lingering.open_stream()
+            writer.write(b"open")
+            started = time.monotonic()
+            # the server closes it when the grace ends: our stream ends cleanly
+            assert await asyncio.wait_for(reader.read(), 10) == b"open"
+            assert 1.0 < time.monotonic() - started < 4.0
+            await lingering.aclose()
+            assert lingering.error is None  # closed cleanly (close_notify), not reset
+
+        asyncio.run(run())
+        proc.wait(timeout=10)
+        assert proc.returncode == 0
+
+
+def test_a_worker_that_dies_is_replaced(pki: DevPKI) -> None:
+    with workers(pki) as (proc, port):
+        children = _children(proc.pid)
+        assert len(children) == 2
+        os.kill(children[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now = _children(proc.pid)
+            if len(now) == 2 and children[0] not in now:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("no new worker")
+
+        async def run() -> None:
+            for _ in range(10):
+                async with tcpls.connect("127.0.0.1", port, config=_client(pki)) as session:
+                    await _echo(session, b"x")
+
+        asyncio.run(run())
+        err = _stop(proc)
+    assert b"ended unexpectedly" in err
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--worker-ports", "9000"], "need --workers"),
+        (["--workers", "0"], "must be positive"),
+        (["--workers", "2", "--steering-key", "/nonexistent"], "cannot read the steering key"),
+        (["--workers", "2", "--machine-id", "70000"], "machine IDs run from 0 to 65535"),
+    ],
+)
+def test_bad_worker_options_are_one_line(pki: DevPKI, args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
+         "--echo", "--port", str(free_port()), *args],
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert message.encode() in proc.stderr, proc.stderr
+    assert b"Traceback" not in proc.stderr
+
+
+def test_a_bad_steering_key_file_is_explained(pki: DevPKI, tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("not hex at all\n")
+    proc = subprocess.run(
+        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
+         "--echo", "--port", str(free_port()), "--workers", "2", "--steering-key", str(key)],
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert b"32 hex digits" in proc.stderr
+
+
+def test_worker_ports_are_advertised_and_joins_to_them_stay_put(pki: DevPKI) -> None:
+    """With --worker-ports each session learns its worker's own port by New Address; a
+    join there is never passed on."""
+    base = free_port()
+    with workers(pki, "--worker-ports", str(base)) as (proc, port):
+        wait_port(base + 1, proc=proc)
+
+        async def run() -> None:
+            for _ in range(20):
+                async with tcpls.connect("127.0.0.1", port, config=_client(pki)) as session:
+                    await asyncio.sleep(0.05)
+                    ((host, own),) = session.peer_addresses.values()
+                    assert host == "127.0.0.1" and own in (base, base + 1)
+                    await session.join(host, own)
+                    await _echo(session, hashlib.sha256(b"x").digest())
+
+        asyncio.run(run())
+        totals = _totals(_stop(proc))
+    assert totals["passed"] == 0 and totals["sessions"] == 20
