@@ -149,3 +149,37 @@ def test_hostile_handoff_messages_are_ignored(message: bytes) -> None:
                 os.close(w)
 
     asyncio.run(run())
+
+
+def test_a_join_for_a_worker_that_is_gone_fails_alone(pki: DevPKI) -> None:
+    """A token that names a worker of this machine that no longer listens (it stopped,
+    or the token is forged with the shared key): the join fails, is counted, and the
+    session goes on."""
+    from tcpls.core.steering import ServerID, TokenSteering
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            a, b, port = await _two_workers(pki, directory)
+            ghost = TokenSteering(KEY, ServerID(0, 99))
+            try:
+                async with tcpls.connect("127.0.0.1", port, config=_client(pki)) as s:
+                    spare = s._core.token_book.spare  # (the test forges a token)
+                    sequence = min(spare)
+                    spare[sequence] = ghost.mint()
+                    for _ in range(8):  # whichever worker takes it, none can pass it on
+                        with pytest.raises((tcpls.TCPLSError, OSError, TimeoutError)):
+                            await s.join("127.0.0.1", port, timeout=3)
+                        if a.counters["joins_not_passed"] + b.counters["joins_not_passed"]:
+                            break
+                        spare[min(spare)] = ghost.mint()
+                    reader, writer = await s.open_stream()
+                    writer.write(b"fine")
+                    writer.write_eof()
+                    assert await reader.read() == b"fine"
+                assert a.counters["joins_not_passed"] + b.counters["joins_not_passed"] >= 1
+            finally:
+                for server in (a, b):
+                    server.close()
+                    await server.wait_closed()
+
+    asyncio.run(run())

@@ -23,13 +23,15 @@ import socket
 from collections import deque
 from collections.abc import Callable
 
+from tcpls.tls.handshake import MAX_CLIENT_HELLO
+
 __all__ = ["MAX_HANDOFF_BYTES", "HandoffChannel", "handoff_path"]
 
 logger = logging.getLogger("tcpls.aio.api")
 
-#: The most bytes a hand-off carries (what a pending connection read before its
-#: ClientHello was complete; a ClientHello is far smaller).
-MAX_HANDOFF_BYTES = 64 * 1024
+#: The most bytes a hand-off carries: what a pending connection read before its
+#: ClientHello was complete (the largest ClientHello read, and its record headers).
+MAX_HANDOFF_BYTES = MAX_CLIENT_HELLO + 4096
 #: Hand-offs waiting because the other worker's queue was full, and how long one waits
 #: (the client's join waits meanwhile; the kernel queues only a few datagrams).
 MAX_QUEUED = 1024

@@ -136,6 +136,7 @@ class Server:
         if self._closing:
             sock.close()
             return
+        self._make_room()  # (passed joins count among the connections still waiting)
         protocol = ConnectionProtocol(
             None,
             0,
@@ -160,6 +161,17 @@ class Server:
             logger.debug("a connection passed by another worker failed: %s", exc)
 
     def _protocol_factory(self) -> asyncio.BaseProtocol:
+        self._make_room()
+        # No session yet: the first ClientHello says whether this connection starts
+        # one or joins one (then it needs none).
+        protocol = ConnectionProtocol(
+            None, 0, pending=self._endpoint.new_connection(), server=self._table
+        )
+        self._table.pending[protocol] = None
+        return protocol
+
+    def _make_room(self) -> None:
+        """At ``max_pending_connections``, reset the connection that waited longest."""
         config = self._endpoint.config
         pending = self._table.pending
         if len(pending) >= config.max_pending_connections:
@@ -173,13 +185,6 @@ class Server:
                 len(pending),
             )
             next(iter(pending)).drop()
-        # No session yet: the first ClientHello says whether this connection starts
-        # one or joins one (then it needs none).
-        protocol = ConnectionProtocol(
-            None, 0, pending=self._endpoint.new_connection(), server=self._table
-        )
-        pending[protocol] = None
-        return protocol
 
     def _session_gate(self) -> str | None:
         """Why a new session may not start now, or ``None`` (design: Server limits)."""
