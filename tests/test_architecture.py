@@ -278,6 +278,8 @@ class _PrivateReads(ast.NodeVisitor):
                     and value.func.id == "super"
                 )
                 or self._own_instance(value)
+                # a public function with an underscore: os._exit (what a forked child calls)
+                or (isinstance(value, ast.Name) and value.id == "os" and attr == "_exit")
             )
             if not own:
                 self.found.append((attr, node.lineno))

@@ -24,6 +24,7 @@ _EXPORTS = {
     "Server": "tcpls.aio.api",
     "connect": "tcpls.aio.api",
     "serve": "tcpls.aio.api",
+    "run_server": "tcpls.aio.workers",
     "ConnectionInfo": "tcpls.aio.session",
     "Session": "tcpls.aio.session",
     "StreamReader": "tcpls.aio.streams",
@@ -31,6 +32,7 @@ _EXPORTS = {
     "ClientConfig": "tcpls.config",
     "ServerConfig": "tcpls.config",
     "SessionTuning": "tcpls.config",
+    "Steering": "tcpls.config",
     "CertificateVerificationError": "tcpls.errors",
     "ConfigurationError": "tcpls.errors",
     "ConnectionClosedError": "tcpls.errors",
@@ -51,11 +53,13 @@ __all__ = [
     "ServerConfig",
     "Session",
     "SessionTuning",
+    "Steering",
     "StreamReader",
     "StreamWriter",
     "TCPLSError",
     "__version__",
     "connect",
+    "run_server",
     "serve",
 ]
 
@@ -63,7 +67,8 @@ if TYPE_CHECKING:
     from tcpls.aio.api import Server, connect, serve
     from tcpls.aio.session import ConnectionInfo, Session
     from tcpls.aio.streams import StreamReader, StreamWriter
-    from tcpls.config import ClientConfig, ServerConfig, SessionTuning
+    from tcpls.aio.workers import run_server
+    from tcpls.config import ClientConfig, ServerConfig, SessionTuning, Steering
     from tcpls.errors import (
         CertificateVerificationError,
         ConfigurationError,

@@ -331,7 +331,7 @@ class Steering:
     machine: int = 0
     #: This worker's ID on its machine, 0–65535 (unique among the live workers).
     worker: int = 0
-    #: Directory of the workers' hand-off sockets (``w<ID>.sock``, design: Join hand-off);
+    #: Directory of the workers' hand-off sockets (``w<ID>.sock``, design: Join handoff);
     #: ``None``: a join for another worker of this machine is refused instead.
     handoff_dir: str | None = None
 

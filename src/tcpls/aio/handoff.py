@@ -1,4 +1,4 @@
-"""Passing a join's TCP connection to the worker that holds its session (design: Join hand-off).
+"""Passing a join's TCP connection to the worker that holds its session (design: Join handoff).
 
 The workers of one machine share the listening port (``SO_REUSEPORT``), so the kernel
 may give a join's connection to any of them. A worker that reads a join whose token

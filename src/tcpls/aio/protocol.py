@@ -82,7 +82,7 @@ class PendingOwner(Protocol):
 
     def hand_off(self, protocol: ConnectionProtocol, outcome: HandOff) -> None:
         """The ClientHello is a join for another worker's session: pass the connection
-        on (design: Join hand-off)."""
+        on (design: Join handoff)."""
 
 
 class ConnectionProtocol(asyncio.BufferedProtocol):
@@ -124,7 +124,7 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         self.linger: asyncio.TimerHandle | None = None
         self._discarding = False
         # Server side: bytes another worker read from this connection before passing it
-        # here (design: Join hand-off); read first, as if they had just arrived.
+        # here (design: Join handoff); read first, as if they had just arrived.
         self._received = received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

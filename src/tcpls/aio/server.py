@@ -57,7 +57,7 @@ class Server:
         self._table = _SessionTable(
             endpoint, self._session_adopted, self._session_established, self._hand_out
         )
-        #: Where joins for the other workers go, and theirs come from (design: Join hand-off).
+        #: Where joins for the other workers go, and theirs come from (design: Join handoff).
         self._handoff: HandoffChannel | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -108,7 +108,7 @@ class Server:
         """What this server did with joins that were not its own: ``joins_passed`` (to
         another worker), ``joins_received`` (from one), ``joins_not_passed`` (the
         worker was gone or busy) and ``joins_foreign`` (their token named another machine,
-        or steering is off; refused with illegal_parameter). See design: Join hand-off."""
+        or steering is off; refused with illegal_parameter). See design: Join handoff."""
         channel = self._handoff
         return {
             "sessions": len(self._table.sessions),

@@ -9,7 +9,7 @@ that a restart loses no connection waiting in a queue.
 
 Joins: the kernel may give a join's connection to any worker. Every worker mints
 tokens that name it (design: Token steering) and passes a join for another worker's
-session to that worker (design: Join hand-off). With ``worker_ports``, worker *i* also
+session to that worker (design: Join handoff). With ``worker_ports``, worker *i* also
 listens on port ``worker_ports + i`` of its own and advertises it to its sessions (New
 Address), so that clients that join advertised addresses go straight to it.
 

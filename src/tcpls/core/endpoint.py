@@ -126,7 +126,7 @@ class ServerEndpoint:
             self.steering.mint if self.steering is not None else None
         )
         #: Joins refused because their token named another machine, and joins handed to
-        #: another worker of this machine (design: Join hand-off).
+        #: another worker of this machine (design: Join handoff).
         self.foreign_joins = 0
         self.handed_off_joins = 0
         path = keylog_path(config.keylog_file)
@@ -258,7 +258,7 @@ class ServerEndpoint:
 
         Returns ``(session, connection_id)``; the :class:`ServerID` of another worker of
         this machine that issued the token, when ``may_hand_off`` and hand-off is set up
-        (the caller passes the connection on; design: Join hand-off); ``None`` if the
+        (the caller passes the connection on; design: Join handoff); ``None`` if the
         token is invalid, used, expired or another machine's, in which case the join was
         rejected with ``illegal_parameter`` (design: Joins): only this connection is
         affected.
@@ -301,7 +301,7 @@ class Accepted:
 class HandOff:
     """A pending connection is a join for a session another worker of this machine holds
     (``worker``): pass the socket and ``received`` (every byte read from it so far) to
-    that worker (design: Join hand-off)."""
+    that worker (design: Join handoff)."""
 
     worker: int
     received: bytes
