@@ -24,6 +24,7 @@ system-deps:
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v gnutls-cli >/dev/null 2>&1 || missing="$$missing gnutls-bin"; \
 	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
