@@ -181,7 +181,9 @@ def test_a_stop_lets_open_sessions_finish_and_refuses_new_ones(pki: DevPKI) -> N
 
 def test_a_worker_that_dies_is_replaced(pki: DevPKI) -> None:
     with workers(pki) as (proc, port):
-        children = _children(proc.pid)
+        deadline = time.monotonic() + 10  # (the port listens before the workers start)
+        while len(children := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(children) == 2
         os.kill(children[0], signal.SIGKILL)
         deadline = time.monotonic() + 10
@@ -261,3 +263,44 @@ def test_worker_ports_are_advertised_and_joins_to_them_stay_put(pki: DevPKI) -> 
         asyncio.run(run())
         totals = _totals(_stop(proc))
     assert totals["passed"] == 0 and totals["sessions"] == 20
+
+
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_sigterm_waits_for_sessions_and_sigint_does_not(pki: DevPKI, workers: str | None) -> None:
+    """SIGTERM gives an open session the grace period; SIGINT (Ctrl-C) closes it at once;
+    with or without workers."""
+    for sig, longest in ((signal.SIGTERM, None), (signal.SIGINT, 1.5)):
+        port = free_port()
+        extra = ["--workers", workers] if workers else []
+        proc = subprocess.Popen(
+            [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
+             "--host", "127.0.0.1", "--port", str(port), "--echo", "--grace", "20", *extra],
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            wait_port(port, proc=proc)
+
+            async def run(
+                proc: subprocess.Popen[bytes] = proc, sig: int = sig, port: int = port
+            ) -> float:
+                async with tcpls.connect("127.0.0.1", port, config=_client(pki)) as session:
+                    reader, writer = await session.open_stream()
+                    started = time.monotonic()
+                    proc.send_signal(sig)
+                    await asyncio.sleep(0.5)
+                    writer.write(b"late")
+                    writer.write_eof()
+                    data = await asyncio.wait_for(reader.read(), 10)
+                    return -1.0 if data != b"late" else time.monotonic() - started
+
+            took = asyncio.run(run())
+            if longest is None:
+                assert took > 0, "the session was not served during the grace period"
+            proc.wait(timeout=longest + 3 if longest else 20)
+            assert proc.returncode == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            assert proc.stderr is not None
+            proc.stderr.close()

@@ -62,6 +62,7 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._draining = False
+        self._grace_deadline = 0.0
         #: Sessions that started here, and the address ID and port of this worker's own
         #: port (see :meth:`advertise_local_port`).
         self._served = 0
@@ -311,17 +312,22 @@ class Server:
 
     async def shutdown(self, grace: float) -> None:
         """Graceful stop: stop listening and refuse new sessions at once (joins to the
-        open ones still come in), give the open sessions ``grace`` seconds to end, then
-        close the rest with ``close_notify`` (design: Workers)."""
+        open ones still come in), give the open sessions ``grace`` seconds to end (or
+        until :meth:`end_grace`), then close the rest with ``close_notify`` (design:
+        Graceful restart)."""
         self._draining = True
         for server in self._servers:
             server.close()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self._table.sessions and loop.time() < deadline:
+        self._grace_deadline = loop.time() + grace
+        while self._table.sessions and loop.time() < self._grace_deadline:
             await asyncio.sleep(0.05)
         self.close()
         await self.wait_closed()
+
+    def end_grace(self) -> None:
+        """Cut short the grace period of :meth:`shutdown`: close the sessions now."""
+        self._grace_deadline = 0.0
 
     # -- asyncio.Server shape ----------------------------------------------------
 

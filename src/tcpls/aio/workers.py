@@ -19,7 +19,9 @@ Signals to the supervisor:
   sockets (certificates and files are read again); the old workers stop accepting,
   let their sessions finish within ``grace`` seconds, then close the rest with
   ``close_notify``. Joins for their sessions keep reaching them through the hand-off.
-* ``SIGTERM``, ``SIGINT``: graceful stop, the same without a new generation.
+* ``SIGTERM``: graceful stop, the same without a new generation.
+* ``SIGINT`` (Ctrl-C), or a second ``SIGTERM``: the sessions are closed at once
+  (``close_notify``).
 
 Each worker prints one line when it ends: its sessions and joins passed and received.
 """
@@ -185,16 +187,24 @@ class _Supervisor:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wakeup_r, 512)
                 signals, self.signals = self.signals, []
-                if stopping_since is None:
-                    if signal.SIGTERM in signals or signal.SIGINT in signals:
+                stop = signal.SIGTERM in signals or signal.SIGINT in signals
+                if stopping_since is not None and stop:  # again: end the grace period
+                    self._signal_all(signal.SIGUSR2)
+                elif stopping_since is None:
+                    if stop:
                         stopping_since = time.monotonic()
+                        now = signal.SIGINT in signals
                         print(
-                            f"tcpls: stopping: sessions have {self.grace:g}s to finish",
+                            "tcpls: stopping: closing the sessions"
+                            if now
+                            else f"tcpls: stopping: sessions have {self.grace:g}s to finish",
                             file=sys.stderr,
                             flush=True,
                         )
                         self._close_listeners()
                         self._drain(list(self.workers))
+                        if now:
+                            self._signal_all(signal.SIGUSR2)
                     elif signal.SIGHUP in signals:
                         print("tcpls: restarting the workers", file=sys.stderr, flush=True)
                         old = [pid for pid, w in self.workers.items() if not w.draining]
@@ -252,6 +262,11 @@ class _Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
 
+    def _signal_all(self, sig: int) -> None:
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def _reap(self, *, respawn: bool) -> None:
         while True:
             try:
@@ -287,7 +302,7 @@ class _Supervisor:
 
     def _worker_main(self, worker: _Worker) -> int:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
         # The supervisor decides what Ctrl-C (sent to the whole process group) and a
         # restart mean (`pkill -HUP` reaches the workers too).
@@ -318,7 +333,15 @@ class _Supervisor:
             await server.listen(None, None, sock=own)
             server.advertise_local_port(own.getsockname()[1])
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        # SIGUSR2: stop now (Ctrl-C, or a second stop signal to the supervisor)
+
+        def now() -> None:
+            stop.set()
+            server.end_grace()
+
+        loop.add_signal_handler(signal.SIGUSR2, now)
         await stop.wait()
         await server.shutdown(self.grace)
         counters = server.counters

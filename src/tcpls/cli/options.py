@@ -296,8 +296,9 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         type=_non_negative_seconds,
         default=30.0,
-        help="on SIGTERM, SIGINT or a restart, stop accepting and give the open sessions "
-        "this long to finish before closing them (default: 30)",
+        help="on SIGTERM or a restart (SIGHUP, with --workers), stop accepting and give the "
+        "open sessions this long to finish before closing them; SIGINT (Ctrl-C) closes "
+        "them at once (default: 30)",
     )
     p.add_argument(
         "--worker-ports",

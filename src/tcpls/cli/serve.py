@@ -113,27 +113,36 @@ def _steering_key(path: str) -> bytes:
 
 
 async def serve_until_interrupted(server: Server, banner: str, grace: float = 0.0) -> int:
-    """Announce the listening addresses, then serve until SIGINT or SIGTERM; then give the
-    sessions ``grace`` seconds to finish (a second signal ends them at once)."""
+    """Announce the listening addresses, then serve until a signal: SIGINT (Ctrl-C)
+    closes the sessions at once (``close_notify``), SIGTERM first gives them ``grace``
+    seconds to finish (design: Graceful restart); a second signal ends the wait."""
     addresses = ", ".join(_format_address(s.getsockname()) for s in server.sockets)
     print(f"{banner} {addresses}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
+    received: list[int] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
     stop.clear()
-    if grace > 0 and server.sessions:
+    if received[0] == signal.SIGTERM and grace > 0 and server.sessions:
         print(
             f"tcpls: stopping: {len(server.sessions)} sessions have {grace:g}s to finish "
-            "(interrupt again to end them now)",
+            "(signal again to end them now)",
             file=sys.stderr,
             flush=True,
         )
         drain = asyncio.ensure_future(server.shutdown(grace))
-        interrupted = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([drain, interrupted], return_when=asyncio.FIRST_COMPLETED)
-        interrupted.cancel()
+        again = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([drain, again], return_when=asyncio.FIRST_COMPLETED)
+        again.cancel()
+        server.end_grace()
+        await drain
     print("tcpls: shutting down", file=sys.stderr, flush=True)
     server.close()
     await server.wait_closed()
