@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import tempfile
@@ -28,7 +29,11 @@ def _reuseport_socket(port: int) -> socket.socket:
 
 
 async def _two_workers(
-    pki: DevPKI, directory: str | None, machines: tuple[int, int] = (0, 0)
+    pki: DevPKI,
+    directory: str | None,
+    machines: tuple[int, int] = (0, 0),
+    *,
+    max_early_data: int = 0,
 ) -> tuple[tcpls.Server, tcpls.Server, int]:
     first = _reuseport_socket(0)
     port = first.getsockname()[1]
@@ -39,6 +44,7 @@ async def _two_workers(
             certfile=str(pki.cert_file),
             keyfile=str(pki.key_file),
             steering=Steering(KEY, machine=machines[worker], worker=worker, handoff_dir=directory),
+            max_early_data=max_early_data,
         )
         servers.append(await tcpls.serve(_echo, config=config, sock=sock))
     return servers[0], servers[1], port
@@ -177,6 +183,35 @@ def test_a_join_for_a_worker_that_is_gone_fails_alone(pki: DevPKI) -> None:
                     writer.write_eof()
                     assert await reader.read() == b"fine"
                 assert a.counters["joins_not_passed"] + b.counters["joins_not_passed"] >= 1
+            finally:
+                for server in (a, b):
+                    server.close()
+                    await server.wait_closed()
+
+    asyncio.run(run())
+
+
+def test_a_resumption_reaches_the_worker_that_holds_its_ticket(pki: DevPKI) -> None:
+    """Tickets are per process and single use; their labels name the worker that issued
+    them, so a resuming ClientHello that lands on the other worker is passed to it: every
+    resumption resumes, with its early data accepted, wherever the kernel sends it."""
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            a, b, port = await _two_workers(pki, directory, max_early_data=4096)
+            try:
+                config = _client(pki)
+                for _ in range(16):
+                    async with tcpls.connect("127.0.0.1", port, config=config) as first:
+                        await asyncio.sleep(0.05)  # the ticket comes after the handshake
+                        ticket = first.session_ticket
+                    assert ticket is not None
+                    again = dataclasses.replace(config, session_ticket=ticket, early_data=True)
+                    second = await tcpls.connect("127.0.0.1", port, config=again, early_data=b"hi")
+                    async with second:
+                        assert second.session_resumed and second.early_data_accepted
+                passed = a.counters["joins_passed"] + b.counters["joins_passed"]
+                assert passed >= 2, (a.counters, b.counters)
             finally:
                 for server in (a, b):
                     server.close()

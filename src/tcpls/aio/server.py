@@ -106,10 +106,11 @@ class Server:
 
     @property
     def counters(self) -> dict[str, int]:
-        """What this server did with joins that were not its own: ``joins_passed`` (to
-        another worker), ``joins_received`` (from one), ``joins_not_passed`` (the
+        """Sessions open and served, and what this server did with joins that were not
+        its own: ``joins_passed`` (to another worker; resumptions of another worker's
+        tickets count too), ``joins_received`` (from one), ``joins_not_passed`` (that
         worker was gone or busy) and ``joins_foreign`` (their token named another machine,
-        or steering is off; refused with illegal_parameter). See design: Join handoff."""
+        or hand-off is off; refused with illegal_parameter). See design: Join handoff."""
         channel = self._handoff
         return {
             "sessions": len(self._table.sessions),

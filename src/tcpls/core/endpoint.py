@@ -29,6 +29,7 @@ from tcpls.tls.hello import ClientHelloInfo, check_client_hello
 from tcpls.tls.hs.base import HandshakeEngine
 from tcpls.tls.hs.certs import CertificateVerifier
 from tcpls.tls.hs.client import ClientEngine
+from tcpls.tls.hs.codec import ExtensionType, decode_pre_shared_key
 from tcpls.tls.hs.groups import parse_groups
 from tcpls.tls.hs.server import ServerEngine
 from tcpls.tls.hs.tickets import TicketStore
@@ -104,11 +105,7 @@ class ServerEndpoint:
         self._chain, self._key = config.load_credentials()
         self._chain_der = [c.public_bytes(serialization.Encoding.DER) for c in self._chain]
         self._suites = parse_cipher_suites(config.cipher_suites)
-        self.tickets = (
-            TicketStore(config.max_tickets, config.ticket_lifetime)
-            if config.session_tickets
-            else None
-        )
+
         self._groups = parse_groups(config.groups)
         #: Verifies client certificates (when the server requires them).
         self.client_verifier = (
@@ -125,10 +122,18 @@ class ServerEndpoint:
         self.registry: TokenRegistry[CoreSession] = TokenRegistry(
             self.steering.mint if self.steering is not None else None
         )
-        #: Joins refused because their token named another machine, and joins handed to
-        #: another worker of this machine (design: Join handoff).
+        self.tickets = (
+            TicketStore(
+                config.max_tickets,
+                config.ticket_lifetime,
+                self.steering.mint if self.steering is not None else None,
+            )
+            if config.session_tickets
+            else None
+        )
+        #: Joins refused because their token named another machine (design: Join handoff).
         self.foreign_joins = 0
-        self.handed_off_joins = 0
+        self._hands_off = steering is not None and steering.handoff_dir is not None
         path = keylog_path(config.keylog_file)
         self._keylog = KeyLog(path) if path else None
         #: Addresses advertised to every session, by address ID (design: Addresses).
@@ -188,10 +193,29 @@ class ServerEndpoint:
             codepoints=config.codepoints,
             max_record_size=config.tuning.max_record_size,
         )
-        tls.hello_check = self._check_hello
+        tls.hello_check = self.check_hello
         return tls
 
-    def _check_hello(self, info: ClientHelloInfo) -> None:
+    def ticket_owner(self, info: ClientHelloInfo) -> int | None:
+        """The worker of this machine, other than this one, that issued the ticket a
+        resuming ClientHello presents first; ``None`` otherwise (design: Join handoff)."""
+        steering = self.steering
+        body = info.extensions.get(ExtensionType.pre_shared_key)
+        if steering is None or body is None or not self._hands_off:
+            return None
+        try:
+            offer = decode_pre_shared_key(body)
+        except TCPLSError:
+            return None  # the engine reports it
+        owner = steering.owner(offer.identities[0][0]) if offer.identities else None
+        mine = steering.server_id
+        if owner is None or owner == mine or owner.machine != mine.machine:
+            return None
+        return owner.worker
+
+    def check_hello(self, info: ClientHelloInfo) -> None:
+        """Refuse, before any session exists, a ClientHello that cannot succeed or that
+        the server has no room for (design: Server limits)."""
         check_client_hello(info, self._accepted_suites, self._accepted_groups)
         refusal = self.session_gate() if self.session_gate is not None else None
         if refusal is not None:
@@ -272,8 +296,7 @@ class ServerEndpoint:
                 if (
                     owner.machine == steering.server_id.machine
                     and may_hand_off
-                    and self.config.steering is not None
-                    and self.config.steering.handoff_dir is not None
+                    and self._hands_off
                 ):
                     return owner
                 self.foreign_joins += 1
@@ -332,13 +355,24 @@ class PendingConnection:
         self.hello_timeout = endpoint.config.hello_timeout
         #: Whether another worker passed this connection on (it is not passed again).
         self.handed_off = handed_off
-        # What was read so far, kept only when a join may have to be passed on.
+        # What was read so far, kept only when the connection may have to be passed on
+        # (a join or a resumption for another worker, design: Join handoff).
         self._received: bytearray | None = (
-            bytearray()
-            if not handed_off and endpoint.steering is not None and endpoint.config.tcpls
-            else None
+            bytearray() if not handed_off and endpoint._hands_off else None
         )
         self._buffer: memoryview | None = None
+        self._pass_to: int | None = None
+        if self._received is not None:
+            self.tls.hello_check = self._check_hello
+
+    def _check_hello(self, info: ClientHelloInfo) -> None:
+        worker = self._endpoint.ticket_owner(info)
+        if worker is not None:
+            # another worker holds the ticket: stop here (the alert this queues is never
+            # sent; the connection goes to that worker as it arrived)
+            self._pass_to = worker
+            raise HandshakeCanceled("resumption passed to the worker holding the ticket")
+        self._endpoint.check_hello(info)
 
     def _start_session(self) -> HandshakeEngine:
         self.session, engine = self._endpoint.start_session(self.tls)
@@ -356,6 +390,8 @@ class PendingConnection:
         if self._received is not None and self._buffer is not None:
             self._received += self._buffer[:nbytes]
         tls.buffer_updated(nbytes)
+        if self._pass_to is not None and self._received is not None:
+            return HandOff(self._pass_to, bytes(self._received))
         if self.session is not None:  # the ClientHello started a handshake
             self._received = None
             self.session.poll_connection(0, now)

@@ -17,6 +17,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from cryptography import x509
@@ -153,16 +154,24 @@ class ServerTicket:
 class TicketStore:
     """Server-side store of issued tickets: bounded, expiring, single-use (see the module)."""
 
-    def __init__(self, max_size: int = 4096, lifetime: int = 7200) -> None:
+    def __init__(
+        self,
+        max_size: int = 4096,
+        lifetime: int = 7200,
+        mint: Callable[[], bytes] | None = None,
+    ) -> None:
+        """``mint`` makes the labels (default: 32 random bytes); a server of several
+        processes mints labels that name the process (design: Token steering)."""
         if not 0 < lifetime <= MAX_TICKET_LIFETIME:
             raise ConfigurationError("a ticket lifetime is between 1 s and 7 days")
+        self._mint = mint
         self.max_size = max_size
         self.lifetime = lifetime
         self._tickets: OrderedDict[bytes, ServerTicket] = OrderedDict()
 
     def issue(self, ticket: ServerTicket) -> bytes:
         """Remember ``ticket``; return the label the client gets."""
-        label = secrets.token_bytes(32)
+        label = self._mint() if self._mint is not None else secrets.token_bytes(32)
         self._tickets[label] = ticket
         while len(self._tickets) > self.max_size:
             self._tickets.popitem(last=False)
