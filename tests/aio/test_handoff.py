@@ -218,3 +218,37 @@ def test_a_resumption_reaches_the_worker_that_holds_its_ticket(pki: DevPKI) -> N
                     await server.wait_closed()
 
     asyncio.run(run())
+
+
+def test_a_resumption_for_a_worker_that_is_gone_gets_a_full_handshake(pki: DevPKI) -> None:
+    """The worker that issued the ticket stopped: the resumption is not lost, it becomes a
+    full handshake on the worker that read it."""
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            a, b, port = await _two_workers(pki, directory)
+            try:
+                config = _client(pki)
+                async with tcpls.connect("127.0.0.1", port, config=config) as first:
+                    await asyncio.sleep(0.05)
+                    ticket = first.session_ticket
+                assert ticket is not None
+                # the ticket's worker goes away: stop whichever issued it
+                issuer = a if a.counters["sessions_served"] else b
+                survivor = b if issuer is a else a
+                issuer.close()
+                await issuer.wait_closed()
+                again = dataclasses.replace(config, session_ticket=ticket)
+                async with tcpls.connect("127.0.0.1", port, config=again) as second:
+                    assert not second.session_resumed
+                    reader, writer = await second.open_stream()
+                    writer.write(b"full")
+                    writer.write_eof()
+                    assert await reader.read() == b"full"
+                assert survivor.counters["joins_not_passed"] == 1
+            finally:
+                for server in (a, b):
+                    server.close()
+                    await server.wait_closed()
+
+    asyncio.run(run())

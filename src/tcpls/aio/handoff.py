@@ -55,9 +55,12 @@ class HandoffChannel:
         directory: str,
         worker: int,
         receive: Callable[[socket.socket, bytes], None],
+        fallback: Callable[[socket.socket, bytes], None] | None = None,
     ) -> None:
         """Listen on ``directory``'s socket of ``worker``; ``receive(sock, data)`` takes
-        each connection passed to this worker."""
+        each connection passed to this worker, ``fallback(sock, data)`` each one that
+        could not be passed (default: it is closed)."""
+        self._fallback = fallback
         self._directory = directory
         self._path = handoff_path(directory, worker)
         self._receive = receive
@@ -85,10 +88,10 @@ class HandoffChannel:
         """Pass the connection ``sock`` (and ``data``, read from it) to ``worker``. The
         channel owns ``sock`` from now on (a duplicate of the caller's, which the
         caller closes); when the other worker cannot take it within
-        :data:`QUEUE_TIMEOUT`, the connection is closed and the join fails."""
+        :data:`QUEUE_TIMEOUT`, it goes to the fallback."""
         loop = self._loop
         if len(data) > MAX_HANDOFF_BYTES or loop is None or len(self._queue) >= MAX_QUEUED:
-            self._give_up(sock, worker, "too many waiting" if loop else "not started")
+            self._give_up(sock, data, worker, "too many waiting" if loop else "not started")
             return
         if self._queue or not self._try_send(worker, sock, data):
             self._queue.append((loop.time() + QUEUE_TIMEOUT, worker, sock, data))
@@ -108,7 +111,7 @@ class HandoffChannel:
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
                 return False
-            self._give_up(sock, worker, exc.strerror or str(exc))
+            self._give_up(sock, data, worker, exc.strerror or str(exc))
             return True
         self.sent += 1
         sock.close()  # the other worker has its own descriptor now
@@ -123,7 +126,7 @@ class HandoffChannel:
             deadline, worker, sock, data = self._queue[0]
             if now > deadline:
                 self._queue.popleft()
-                self._give_up(sock, worker, "its queue stayed full")
+                self._give_up(sock, data, worker, "its queue stayed full")
                 continue
             if not self._try_send(worker, sock, data):
                 break
@@ -131,10 +134,13 @@ class HandoffChannel:
         if self._queue:
             self._retry = loop.call_later(_RETRY_INTERVAL, self._flush)
 
-    def _give_up(self, sock: socket.socket, worker: int, why: str) -> None:
+    def _give_up(self, sock: socket.socket, data: bytes, worker: int, why: str) -> None:
         self.failed += 1
-        sock.close()
-        logger.warning("could not pass a join to worker %d: %s", worker, why)
+        logger.warning("could not pass a connection to worker %d: %s", worker, why)
+        if self._fallback is not None:
+            self._fallback(sock, data)
+        else:
+            sock.close()
 
     def _readable(self) -> None:
         for _ in range(64):  # a burst at most per wakeup: the loop serves the rest too

@@ -101,7 +101,9 @@ class Server:
         self._servers.append(server)
         steering = self._endpoint.config.steering
         if self._handoff is None and steering is not None and steering.handoff_dir is not None:
-            self._handoff = HandoffChannel(steering.handoff_dir, steering.worker, self._hand_in)
+            self._handoff = HandoffChannel(
+                steering.handoff_dir, steering.worker, self._hand_in, self._hand_in
+            )
             self._handoff.start(loop)
 
     @property
@@ -134,7 +136,9 @@ class Server:
             channel.send(outcome.worker, own, outcome.received)
 
     def _hand_in(self, sock: socket.socket, received: bytes) -> None:
-        """Another worker passed a join here: read it as a connection just accepted."""
+        """Another worker passed a connection here, or one could not be passed: read it as
+        a connection just accepted, never to be passed on (a join for another worker is
+        then refused with illegal_parameter, a resumption gets a full handshake)."""
         if self._closing:
             sock.close()
             return
