@@ -274,6 +274,10 @@ class ClientConfig:
     fastopen: bool = False
     #: Seconds allowed for the TCP connect.
     connect_timeout: float = 10.0
+    #: Join each address the server advertises (New Address) as soon as it is advertised,
+    #: while tokens last: behind a load balancer, the servers advertise their own
+    #: addresses (design: Token steering).
+    join_advertised: bool = False
     #: Write a qlog file per session in this directory (JSON-SEQ; design: qlog); ``None``: no qlog.
     qlog_dir: str | None = None
     #: What qlog logs of records: ``"all"``, ``"sampled"`` (1 in ``qlog_sample``) or ``"none"``.

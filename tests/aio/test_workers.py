@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import re
@@ -304,3 +305,29 @@ def test_sigterm_waits_for_sessions_and_sigint_does_not(pki: DevPKI, workers: st
                 proc.wait()
             assert proc.stderr is not None
             proc.stderr.close()
+
+
+def test_a_client_that_follows_advertised_addresses_joins_its_worker_directly(
+    pki: DevPKI,
+) -> None:
+    """ClientConfig(join_advertised=True): the session joins the worker's own port as soon
+    as New Address brings it, with no call from the application."""
+    base = free_port()
+    with workers(pki, "--worker-ports", str(base)) as (proc, port):
+        wait_port(base + 1, proc=proc)
+        config = dataclasses.replace(_client(pki), join_advertised=True)
+
+        async def run() -> None:
+            for _ in range(10):
+                async with tcpls.connect("127.0.0.1", port, config=config) as session:
+                    for _ in range(100):
+                        if [c.status for c in session.connections] == ["active"] * 2:
+                            break
+                        await asyncio.sleep(0.02)
+                    ports = [c.remote_address[1] for c in session.connections if c.remote_address]
+                    assert ports[0] == port and ports[1] in (base, base + 1), ports
+                    await _echo(session, b"two paths")
+
+        asyncio.run(run())
+        totals = _totals(_stop(proc))
+    assert totals["passed"] == 0 and totals["sessions"] == 10

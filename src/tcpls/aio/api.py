@@ -136,6 +136,8 @@ async def _connect(
         core.queue_early_data(early_data)
         driver.early_stream = True
     session = Session(driver, target=(host, port, local_addr))
+    if config.join_advertised:
+        session.follow_advertised()
     protocol = ConnectionProtocol(driver, 0)
     driver.fastopen = config.fastopen
     try:

@@ -80,6 +80,10 @@ class SessionDriver:
         #: Client: called when no connection carries the session any more (set by
         #: :class:`tcpls.aio.joins.Joins`).
         self.rejoin: Callable[[], None] | None = None
+        #: Called when the peer's advertised addresses changed (client following them,
+        #: see Joins.follow_advertised); ``addresses_seen`` is -1 while nobody follows.
+        self.addresses_changed: Callable[[], None] | None = None
+        self.addresses_seen = -1
         #: Addresses whose connections failed since the last rejoin (tried last).
         self.failed_targets: set[tuple[str, int]] = set()
         #: Stream pairs the peer opened, for ``accept_stream``; ``None`` once none will
@@ -287,6 +291,10 @@ class SessionDriver:
         guard = self._guard
         readers, writers = self._readers, self._writers
         now = loop_time()  # one instant for the whole pump (it never waits)
+        if self.addresses_seen >= 0 and len(core.peer_addresses) != self.addresses_seen:
+            self.addresses_seen = len(core.peer_addresses)
+            if self.addresses_changed is not None:
+                self.addresses_changed()
         for _ in range(64):
             self._handle_events()
             if core.readable or core.writable:  # (empty on most passes)

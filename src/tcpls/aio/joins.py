@@ -43,6 +43,9 @@ class Joins:
         #: Addresses a join is under way to (a rejoin does not try them again meanwhile).
         self._joining: set[tuple[str, int]] = set()
         self._rejoin_task: asyncio.Task[None] | None = None
+        #: Following the advertised addresses: those joined or being joined, the joins.
+        self._followed: set[tuple[str, int]] = set()
+        self._following: set[asyncio.Task[None]] = set()
         core = driver.core
         if core.is_client:
             core.rejoin = core.tuning.rejoin_timeout > 0
@@ -93,6 +96,9 @@ class Joins:
                 if isinstance(exc, TimeoutError):
                     raise TimeoutError(f"timed out connecting to {host}:{port}") from None
                 raise
+            if core.closed or cid not in core.connections:
+                # the session ended (or dropped the join) while TCP was connecting
+                raise ConnectionClosedError("the session closed during the join")
             tls.start()
             driver.process()
             try:
@@ -158,6 +164,31 @@ class Joins:
         with contextlib.suppress(ValueError):  # a name is compared as given
             host = str(ipaddress.ip_address(host.strip("[]")))
         return (host, port) in withdrawn
+
+    def follow_advertised(self) -> None:
+        """Join each address the server advertises, once, as soon as it is advertised."""
+        self._driver.addresses_changed = self._join_advertised
+        self._driver.addresses_seen = 0
+
+    def _join_advertised(self) -> None:
+        core = self._core
+        for host, port in core.peer_addresses.values():
+            if (host, port) in self._followed:
+                continue
+            self._followed.add((host, port))
+            task = self._loop.create_task(self._follow(host, port))
+            self._following.add(task)
+            task.add_done_callback(self._following.discard)
+
+    async def _follow(self, host: str, port: int) -> None:
+        core = self._core
+        try:
+            await self._driver.wait_established()
+            if core.closed or not core.tcpls or not core.tokens:
+                return
+            await self.join(host, port)
+        except (OSError, TimeoutError, TCPLSError) as exc:
+            logger.warning("joining the advertised address %s:%d failed: %s", host, port, exc)
 
     def _start_rejoin(self) -> None:
         if self._rejoin_task is None or self._rejoin_task.done():

@@ -219,6 +219,12 @@ class Session:
         """
         return await self._joins.join(host, port, local_addr, timeout=timeout, sock=sock)
 
+    def follow_advertised(self) -> None:
+        """Client: from now on, join each address the server advertises (New Address) as
+        soon as it is advertised, once, while spare tokens last (``ClientConfig.
+        join_advertised`` calls this). A join that fails is logged, not raised."""
+        self._joins.follow_advertised()
+
     async def migrate(
         self,
         host: str,

@@ -133,6 +133,12 @@ def add_multipath_options(p: argparse.ArgumentParser) -> None:
         metavar="IP",
         help="local address of the first connection (default: chosen by the kernel)",
     )
+    p.add_argument(
+        "--join-advertised",
+        action="store_true",
+        help="join every address the server advertises (New Address) as soon as it does, "
+        "e.g. a server's own address behind a load balancer",
+    )
     add_scheduler_option(p)
 
 

@@ -110,6 +110,7 @@ def client_config(args: argparse.Namespace) -> ClientConfig:
         session_ticket=load_ticket(args),
         early_data=bool(getattr(args, "early_data", None)),
         fastopen=bool(getattr(args, "fastopen", False)),
+        join_advertised=bool(getattr(args, "join_advertised", False)),
         qlog_dir=getattr(args, "qlog", None),
         qlog_records=getattr(args, "qlog_records", "sampled"),
     )
