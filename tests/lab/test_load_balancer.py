@@ -329,8 +329,8 @@ frontend tcpls
 
 backend tcpls_servers
     balance roundrobin
-    server m1 {m1}:{port} check inter 400ms fall 2 rise 2
-    server m2 {m2}:{port} check inter 400ms fall 2 rise 2
+    server m1 {m1}:{port} check inter 1s fall 3 rise 2
+    server m2 {m2}:{port} check inter 1s fall 3 rise 2
 """
 
 
@@ -401,6 +401,15 @@ class Deployment:
     def haproxy_log(self) -> str:
         return (self.directory / "haproxy.log").read_text(errors="replace")
 
+    def tails(self, size: int = 3000) -> str:
+        """The end of HAProxy's and the servers' logs, for a failure's message."""
+        logs = [self.directory / "haproxy.log", *(self.log(m) for m in MACHINES)]
+        return "".join(
+            f"\n{log.name}:\n{log.read_text(errors='replace')[-size:]}"
+            for log in logs
+            if log.exists()
+        )
+
     def stop(self) -> None:
         for machine in MACHINES:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -427,10 +436,11 @@ class Client(JsonProcess):
         argv = [str(CLIENT_SCRIPT), "--vip", VIP, "--port", str(VIP_PORT), "--cafile", m.ca]
         super().__init__(lab, "client", [*argv, *args], log)  # type: ignore[arg-type]
 
-    def result(self, timeout: float = 30) -> dict[str, Any]:
+    def result(self, deployment: Deployment, timeout: float = 30) -> dict[str, Any]:
         event = self.wait_for("result", timeout)
         self.proc.wait(10)
-        assert event["error"] is None, event.get("traceback") or event["error"]
+        if event["error"] is not None:
+            raise AssertionError(f"{event.get('traceback') or event['error']}{deployment.tails()}")
         return event
 
 
@@ -453,7 +463,7 @@ def test_sessions_join_their_backend(
         "--mode", "spread", "--sessions", "4", "--baseline", "/small.bin",
         "--download", "/big.bin",
     )  # fmt: skip
-    client.result(60)
+    client.result(deployment, 60)
     sessions = events(client, "session")
     joined = events(client, "joined")
     assert len(sessions) == len(joined) == 4
@@ -522,7 +532,7 @@ def test_join_through_the_balancer(
         "--mode", "balancer-joins", "--sessions", "2", "--baseline", "/tiny.bin",
         "--attempts", "8", "--want-refusals", "2",
     )  # fmt: skip
-    client.result(60)
+    client.result(deployment, 60)
     sessions = events(client, "session")
     attempts = events(client, "attempt")
     home = {s["index"]: s["backend"] for s in sessions}
@@ -584,8 +594,7 @@ def test_backend_killed(
     killed_at = time.monotonic()
     killed = lab.kill("m1")
     assert killed, "no process in m1"
-    result = client.wait_for("result", 60)
-    assert result["error"] is None, result.get("traceback") or result["error"]
+    client.result(deployment, 60)
     transfers = {t["index"]: t for t in events(client, "transfer")}
     assert sorted(transfers) == [0, 1, 2, 3]
     failed_after = {}
@@ -603,7 +612,7 @@ def test_backend_killed(
         lab, material, tmp_path / "after.log",
         "--mode", "spread", "--sessions", "2", "--download", "/tiny.bin",
     )  # fmt: skip
-    after.result(30)
+    after.result(deployment)
     late = events(after, "session")
     report(
         "backend killed",
