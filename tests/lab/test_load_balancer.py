@@ -24,11 +24,12 @@ join it over path B. The client is ``tests/lab/lb_client.py``.
   server: the right one accepts them, the other refuses them with ``illegal_parameter``
   (and counts them as another server's when it stops); the session goes on either way.
 * ``test_backend_killed``: sessions on both servers download at once; one server's
-  processes are killed (SIGKILL) halfway: its sessions fail with a clear error, the other
-  server's sessions finish intact, and HAProxy sends new sessions to the survivor.
+  processes are killed (SIGKILL) a quarter of the way in: its sessions fail with a clear
+  error, the other server's sessions finish intact, and HAProxy sends new sessions to the
+  survivor.
 
 Needs root and ``haproxy`` (``make system-deps`` installs it); skips otherwise. Runtime
-about 30 s. ``pytest -s`` prints the figures.
+about 20 s. ``pytest -s`` prints the figures.
 """
 
 from __future__ import annotations
