@@ -15,6 +15,8 @@ and ``backend`` (the advertised address, ``"ip:port"``).
   backend (before the join), with ``index``.
 * ``baseline``: ``--baseline`` downloaded by session 0 before it joins (one path, A).
 * ``joined``: each session after its join: ``index``, ``id`` (the new connection's).
+  With ``--follow`` the session joins by itself (``ClientConfig.join_advertised``): the
+  client only waits for that connection.
 * ``download``: ``--download`` by the first session of each backend, over both
   connections: ``index``, ``backend``, ``bytes``, ``sha256``, ``seconds`` and
   ``per_connection`` (connection ID -> bytes received during the download, with its
@@ -114,6 +116,20 @@ async def join_backend(session: tcpls.Session) -> tcpls.ConnectionInfo:
     return await session.join(host, port)
 
 
+async def joined_by_itself(session: tcpls.Session, timeout: float = 5.0) -> tcpls.ConnectionInfo:
+    """The connection to the backend's address that ``join_advertised`` opened."""
+    peers = session.peer_addresses
+    host, port = peers[min(peers)]
+    deadline = time.monotonic() + timeout
+    while True:
+        for info in session.connections:
+            if info.id != 0 and info.remote_address == (host, port) and info.status == "active":
+                return info
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no connection to {host}:{port} within {timeout:g} s")
+        await asyncio.sleep(0.01)
+
+
 def received(session: tcpls.Session) -> dict[int, tuple[int, list[Any] | None]]:
     return {
         c.id: (c.bytes_received, list(c.remote_address) if c.remote_address else None)
@@ -132,7 +148,7 @@ async def spread(args: argparse.Namespace, config: tcpls.ClientConfig) -> None:
             got = await download(sessions[0], args.baseline, Discard())
             emit("baseline", bytes=got.bytes, sha256=got.sha256, seconds=got.seconds)
         for index, session in enumerate(sessions):
-            info = await join_backend(session)
+            info = await (joined_by_itself(session) if args.follow else join_backend(session))
             emit("joined", index=index, id=info.id, **describe(session))
         done: set[str | None] = set()
         for index, session in enumerate(sessions):
@@ -266,7 +282,7 @@ async def close_all(sessions: list[tcpls.Session]) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
-    config = tcpls.ClientConfig(cafile=args.cafile)
+    config = tcpls.ClientConfig(cafile=args.cafile, join_advertised=args.follow)
     result: dict[str, Any] = {"error": None}
     try:
         await {"spread": spread, "balancer-joins": balancer_joins, "kill": kill}[args.mode](
@@ -291,6 +307,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attempts", type=int, default=8)
     p.add_argument("--want-refusals", type=int, default=2)
     p.add_argument("--progress-every", type=int, default=1 << 20, metavar="BYTES")
+    p.add_argument(
+        "--follow", action="store_true", help="ClientConfig.join_advertised (spread mode)"
+    )
     return p.parse_args(argv)
 
 

@@ -20,6 +20,8 @@ join it over path B. The client is ``tests/lab/lb_client.py``.
   join the address their server advertised (the joined connection goes straight to it,
   over B), and a download on each server is intact and runs over both paths: each carries a
   good share and the goodput is well above one path's rate.
+* ``test_client_joins_by_itself``: the same with ``ClientConfig.join_advertised``: the
+  sessions join their server's address without being told.
 * ``test_join_through_the_balancer``: joins sent to the balancer's address land on either
   server: the right one accepts them, the other refuses them with ``illegal_parameter``
   (and counts them as another server's when it stops); the session goes on either way.
@@ -456,6 +458,52 @@ def mbit(size: int, seconds: float) -> float:
 # -- a, b: sessions join their backends; downloads aggregate ------------------------------
 
 
+def check_joined(client: Client, count: int) -> Counter[str]:
+    """a. Every session began through the balancer, learnt its backend by New Address and
+    joined that address over path B, not through the balancer; both backends got sessions.
+    Returns the sessions per backend."""
+    sessions = events(client, "session")
+    joined = events(client, "joined")
+    assert len(sessions) == len(joined) == count
+    for s in sessions:
+        # (with join_advertised, the join may have begun already)
+        conn = next(c for c in s["connections"] if c["id"] == 0)
+        assert conn["remote"] == [VIP, VIP_PORT], s
+        assert s["backend"] in {backend_of(m) for m in MACHINES}, s
+    spread = Counter(s["backend"] for s in sessions)
+    assert set(spread) == {backend_of(m) for m in MACHINES}, spread
+    for j in joined:
+        new = next(c for c in j["connections"] if c["id"] == j["id"])
+        host, port = j["backend"].split(":")
+        assert new["remote"] == [host, int(port)], j
+        assert new["local"][0] == CLIENT_B, j
+    return spread
+
+
+def download_figures(client: Client, material: Material, name: str) -> dict[str, Any]:
+    """b. The download on each backend is intact; its goodput and each path's share."""
+    downloads = events(client, "download")
+    assert {d["backend"] for d in downloads} == {backend_of(m) for m in MACHINES}
+    figures = {}
+    for d in downloads:
+        assert d["bytes"] == SIZES[name] and d["sha256"] == material.sha256[name]
+        per = d["per_connection"]
+        by_path = {
+            "A": sum(c["bytes"] for c in per.values() if c["remote"] == [VIP, VIP_PORT]),
+            "B": sum(c["bytes"] for c in per.values() if c["remote"] != [VIP, VIP_PORT]),
+        }
+        total = sum(by_path.values())
+        figures[f"m{machine_of(d['backend'])}"] = {
+            "goodput_mbit": round(mbit(d["bytes"], d["seconds"]), 1),
+            "seconds": round(d["seconds"], 2),
+            "share_A": round(by_path["A"] / total, 3),
+            "share_B": round(by_path["B"] / total, 3),
+            "path_A_mbit": round(mbit(by_path["A"], d["seconds"]), 1),
+            "path_B_mbit": round(mbit(by_path["B"], d["seconds"]), 1),
+        }
+    return figures
+
+
 def test_sessions_join_their_backend(
     lab: BalancerLab, material: Material, deployment: Deployment, tmp_path: Path
 ) -> None:
@@ -465,47 +513,12 @@ def test_sessions_join_their_backend(
         "--download", "/big.bin",
     )  # fmt: skip
     client.result(deployment, 60)
-    sessions = events(client, "session")
-    joined = events(client, "joined")
-    assert len(sessions) == len(joined) == 4
-    # a. every session began through the balancer and learnt its backend by New Address;
-    # both backends got sessions
-    for s in sessions:
-        (conn,) = s["connections"]
-        assert conn["id"] == 0 and conn["remote"] == [VIP, VIP_PORT], s
-        assert s["backend"] in {backend_of(m) for m in MACHINES}, s
-    spread = Counter(s["backend"] for s in sessions)
-    assert set(spread) == {backend_of(m) for m in MACHINES}, spread
-    # ... and joined that address straight over path B, not through the balancer
-    for j in joined:
-        new = next(c for c in j["connections"] if c["id"] == j["id"])
-        host, port = j["backend"].split(":")
-        assert new["remote"] == [host, int(port)], j
-        assert new["local"][0] == CLIENT_B, j
+    spread = check_joined(client, 4)
     # b. a download on each backend, over both connections
     (baseline,) = events(client, "baseline")
     assert baseline["sha256"] == material.sha256["small.bin"]
     one_path = mbit(baseline["bytes"], baseline["seconds"])
-    downloads = events(client, "download")
-    assert {d["backend"] for d in downloads} == set(spread)
-    figures = {}
-    for d in downloads:
-        assert d["bytes"] == SIZES["big.bin"] and d["sha256"] == material.sha256["big.bin"]
-        per = d["per_connection"]
-        by_path = {
-            "A": sum(c["bytes"] for c in per.values() if c["remote"] == [VIP, VIP_PORT]),
-            "B": sum(c["bytes"] for c in per.values() if c["remote"] != [VIP, VIP_PORT]),
-        }
-        total = sum(by_path.values())
-        goodput = mbit(d["bytes"], d["seconds"])
-        figures[f"m{machine_of(d['backend'])}"] = {
-            "goodput_mbit": round(goodput, 1),
-            "seconds": round(d["seconds"], 2),
-            "share_A": round(by_path["A"] / total, 3),
-            "share_B": round(by_path["B"] / total, 3),
-            "path_A_mbit": round(mbit(by_path["A"], d["seconds"]), 1),
-            "path_B_mbit": round(mbit(by_path["B"], d["seconds"]), 1),
-        }
+    figures = download_figures(client, material, "big.bin")
     report(
         "sessions join their backend",
         sessions_per_backend=dict(spread),
@@ -517,6 +530,23 @@ def test_sessions_join_their_backend(
         assert min(f["share_A"], f["share_B"]) > 0.3, (name, f)
         assert f["goodput_mbit"] > 1.4 * RATE_MBIT, (name, f)
         assert f["goodput_mbit"] > 1.4 * one_path, (name, f, one_path)
+
+
+def test_client_joins_by_itself(
+    lab: BalancerLab, material: Material, deployment: Deployment, tmp_path: Path
+) -> None:
+    """``ClientConfig.join_advertised``: the sessions join their machine's address as soon
+    as it is advertised, without the application asking."""
+    client = Client(
+        lab, material, tmp_path / "client.log",
+        "--mode", "spread", "--sessions", "2", "--follow", "--download", "/mid.bin",
+    )  # fmt: skip
+    client.result(deployment, 30)
+    spread = check_joined(client, 2)
+    figures = download_figures(client, material, "mid.bin")
+    report("join_advertised", sessions_per_backend=dict(spread), downloads=figures)
+    for name, f in figures.items():
+        assert min(f["share_A"], f["share_B"]) > 0.3, (name, f)
 
 
 # -- c: joins sent to the balancer's address ----------------------------------------------
