@@ -146,3 +146,39 @@ def test_silent_and_slow_clients_are_dropped(pki: DevPKI) -> None:
                 assert 0.2 < waited < 3
 
     asyncio.run(run())
+
+
+def test_a_server_that_closes_at_once_is_a_connection_error() -> None:
+    """A listener that accepts and closes before the ClientHello (a load balancer with no
+    server up does): connect raises ConnectionClosedError (or an OSError), never an
+    internal error."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def slam() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=slam, daemon=True).start()
+
+    async def run() -> set[str]:
+        seen: set[str] = set()
+        for _ in range(60):
+            try:
+                await tcpls.connect(
+                    "127.0.0.1", listener.getsockname()[1], config=tcpls.ClientConfig(verify=False)
+                )
+            except (tcpls.ConnectionClosedError, OSError) as exc:
+                seen.add(type(exc).__name__)
+        return seen
+
+    try:
+        assert asyncio.run(run())
+    finally:
+        listener.close()

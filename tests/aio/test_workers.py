@@ -331,3 +331,38 @@ def test_a_client_that_follows_advertised_addresses_joins_its_worker_directly(
         asyncio.run(run())
         totals = _totals(_stop(proc))
     assert totals["passed"] == 0 and totals["sessions"] == 10
+
+
+def test_a_restart_with_a_broken_certificate_keeps_the_workers(
+    pki: DevPKI, tmp_path: Path
+) -> None:
+    """SIGHUP reads the certificate again; one that does not load leaves the running
+    workers in place (and says why) instead of replacing them with workers that die."""
+    import shutil
+
+    cert = tmp_path / "cert.pem"
+    shutil.copy(pki.cert_file, cert)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*TCPLS, "serve", "--cert", str(cert), "--key", str(pki.key_file),
+         "--host", "127.0.0.1", "--port", str(port), "--echo", "--workers", "2"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_port(port, proc=proc)
+        cert.write_text("not a certificate\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+
+        async def run() -> None:
+            async with tcpls.connect("127.0.0.1", port, config=_client(pki)) as session:
+                await _echo(session, b"still here")
+
+        asyncio.run(run())
+        err = _stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"not restarting" in err
+    assert b"restarting the workers" not in err

@@ -22,8 +22,9 @@ from tcpls.aio.session import Session
 from tcpls.config import ClientConfig, ServerConfig
 from tcpls.core.endpoint import ServerEndpoint, client_session
 from tcpls.core.scheduler import SchedulerName
-from tcpls.errors import TCPLSError
+from tcpls.errors import ConnectionClosedError, TCPLSError
 from tcpls.qlog.tracer import trace_session
+from tcpls.tls.connection import ConnectionState
 
 __all__ = ["Server", "connect", "serve"]
 
@@ -155,6 +156,13 @@ async def _connect(
             )
     except TimeoutError:
         raise TimeoutError(f"timed out connecting to {host}:{port}") from None
+    first = core.connections.get(0)
+    if core.closed or first is None or first.tls.state is not ConnectionState.START:
+        # the server closed or reset the connection as soon as it was accepted (a load
+        # balancer with no server up does)
+        raise ConnectionClosedError(
+            f"{host}:{port} closed the connection before the TLS handshake began"
+        )
     core.io.start_handshake()
     driver.process()
     try:

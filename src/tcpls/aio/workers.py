@@ -47,7 +47,7 @@ from typing import Any, Literal
 from tcpls.aio.server import Handler
 from tcpls.config import ServerConfig, Steering
 from tcpls.core.scheduler import SchedulerName
-from tcpls.errors import ConfigurationError
+from tcpls.errors import ConfigurationError, TCPLSError
 
 __all__ = ["DEFAULT_GRACE", "run_server", "worker_count"]
 
@@ -104,10 +104,7 @@ def run_server(
         handler, config, count, grace, scheduler, machine, key, host, port, worker_ports
     )
     try:
-        addresses = supervisor.open_sockets()
-        if ready is not None:
-            ready(addresses)
-        return supervisor.run()
+        return supervisor.run(ready)
     finally:
         supervisor.cleanup()
 
@@ -152,6 +149,10 @@ class _Supervisor:
         self.generation = 0
         self.next_id = 0
         self.handoff_dir = tempfile.mkdtemp(prefix="tcpls-workers-")
+        #: The configuration of each generation that has workers (see _snapshot).
+        self.generations: dict[int, ServerConfig] = {}
+        #: When the worker of each index last died (a worker that keeps dying waits).
+        self.deaths: dict[int, float] = {}
         self.signals: list[int] = []
 
     def open_sockets(self) -> list[tuple[str, int]]:
@@ -172,14 +173,19 @@ class _Supervisor:
             fastopen.enable_on_listener(self.shared + self.own)
         return [s.getsockname()[:2] for s in self.shared[:1] + self.own]
 
-    def run(self) -> int:
+    def run(self, ready: Callable[[list[tuple[str, int]]], None] | None) -> int:
+        # the signals are ours before anyone can connect: a SIGHUP or SIGTERM that comes
+        # as early as that is acted on, not fatal
         wakeup_r, wakeup_w = os.pipe()
         os.set_blocking(wakeup_w, False)
         old_wakeup = signal.set_wakeup_fd(wakeup_w)
         handled = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
-            self._start_generation()
+            addresses = self.open_sockets()
+            if ready is not None:
+                ready(addresses)
+            self._start_generation(self._snapshot(1))
             stopping_since: float | None = None
             while True:
                 with contextlib.suppress(InterruptedError):
@@ -206,10 +212,7 @@ class _Supervisor:
                         if now:
                             self._signal_all(signal.SIGUSR2)
                     elif signal.SIGHUP in signals:
-                        print("tcpls: restarting the workers", file=sys.stderr, flush=True)
-                        old = [pid for pid, w in self.workers.items() if not w.draining]
-                        self._start_generation()
-                        self._drain(old)
+                        self._restart()
                 self._reap(respawn=stopping_since is None)
                 if stopping_since is not None:
                     if not self.workers:
@@ -225,19 +228,56 @@ class _Supervisor:
             os.close(wakeup_r)
             os.close(wakeup_w)
 
+    def _restart(self) -> None:
+        try:
+            snapshot = self._snapshot(self.generation + 1)
+        except (TCPLSError, OSError) as exc:  # the old workers stay
+            print(f"tcpls: not restarting: {exc}", file=sys.stderr, flush=True)
+            return
+        print("tcpls: restarting the workers", file=sys.stderr, flush=True)
+        old = [pid for pid, w in self.workers.items() if not w.draining]
+        self._start_generation(snapshot)
+        self._drain(old)
+
+    def _snapshot(self, generation: int) -> ServerConfig:
+        """The configuration of a generation, with copies of the files its workers read
+        (certificate, key, client CAs) taken now and checked: a worker started later, to
+        replace one that died, reads what its generation read, whatever the files became
+        (design: Graceful restart)."""
+        directory = os.path.join(self.handoff_dir, f"generation-{generation}")
+        os.mkdir(directory, 0o700)
+        copies: dict[str, str] = {}
+        for name in ("certfile", "keyfile", "client_cafile"):
+            path = getattr(self.config, name)
+            if path is not None:
+                copy = os.path.join(directory, name)
+                shutil.copyfile(path, copy)
+                os.chmod(copy, 0o600)
+                copies[name] = copy
+        snapshot = dataclasses.replace(self.config, **copies)  # type: ignore[arg-type]
+        snapshot.check()
+        return snapshot
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals.append(signum)
 
-    def _start_generation(self) -> None:
+    def _start_generation(self, config: ServerConfig) -> None:
         self.generation += 1
+        self.generations[self.generation] = config
         for index in range(self.count):
             self._fork(index)
+        for old in [g for g in self.generations if g not in self._live_generations()]:
+            del self.generations[old]
+            shutil.rmtree(os.path.join(self.handoff_dir, f"generation-{old}"), True)
 
-    def _fork(self, index: int) -> None:
+    def _live_generations(self) -> set[int]:
+        return {w.generation for w in self.workers.values()} | {self.generation}
+
+    def _fork(self, index: int, generation: int | None = None) -> None:
         live = {w.worker_id for w in self.workers.values()}
         while self.next_id in live:
             self.next_id = (self.next_id + 1) & 0xFFFF
-        worker = _Worker(index, self.next_id, self.generation)
+        worker = _Worker(index, self.next_id, generation or self.generation)
         self.next_id = (self.next_id + 1) & 0xFFFF
         sys.stdout.flush()
         sys.stderr.flush()
@@ -285,8 +325,12 @@ class _Supervisor:
                 file=sys.stderr,
                 flush=True,
             )
-            time.sleep(_RESPAWN_DELAY)
-            self._fork(worker.index)
+            # at once, unless it keeps dying: its socket's queue waits for the new one
+            now = time.monotonic()
+            if now - self.deaths.get(worker.index, -_RESPAWN_DELAY * 10) < _RESPAWN_DELAY * 10:
+                time.sleep(_RESPAWN_DELAY)
+            self.deaths[worker.index] = now
+            self._fork(worker.index, worker.generation)
 
     def _close_listeners(self) -> None:
         for sock in self.shared + self.own:
@@ -316,7 +360,7 @@ class _Supervisor:
         steering = Steering(
             self.key, machine=self.machine, worker=worker.worker_id, handoff_dir=self.handoff_dir
         )
-        config = dataclasses.replace(self.config, steering=steering)
+        config = dataclasses.replace(self.generations[worker.generation], steering=steering)
         return asyncio.run(self._serve(worker, config, shared, own))
 
     async def _serve(
