@@ -208,6 +208,7 @@ class Joins:
         deadline = loop.time() + limit
         attempt_timeout = max(1.0, 2 * (core.tuning.user_timeout or 1.0))
         logger.warning("every connection to the server failed; reconnecting for up to %g s", limit)
+        last_error = ""
         while not driver.has_working_connection() and not core.closed:
             targets: list[Target] = [
                 (host, port, None) for host, port in core.peer_addresses.values()
@@ -233,6 +234,7 @@ class Joins:
                     return
                 except (OSError, TimeoutError, TCPLSError) as exc:
                     logger.info("reconnecting over %s:%d failed: %s", host, port, exc)
+                    last_error = f"{exc}"
             if not targets or not core.tokens or loop.time() >= deadline:
                 why = (
                     "no address is left to reconnect to"
@@ -242,6 +244,8 @@ class Joins:
                     else f"none answered within {limit:g} s"
                 )
                 core.rejoin = False
+                if last_error:
+                    why += f" (last attempt: {last_error})"
                 core.abort(
                     ConnectionClosedError(f"every connection to the server failed and {why}")
                 )
