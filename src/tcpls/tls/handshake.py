@@ -291,7 +291,9 @@ class Handshake:
         self._tcpls = engine.tcpls_negotiated
         self.ccs_allowed = False
         self._engine_factory = None  # needed for the ClientHello only
+        self._layer.drop_handshake_keys()
         engine.detach()
+        engine.finish()
         if started:
             return [HandshakeConfirmed()]
         return [self._completed(engine), *self._tickets()]

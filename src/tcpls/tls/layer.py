@@ -120,9 +120,20 @@ class RecordLayer:
         return self.reader.capacity + self.writer.capacity
 
     def trim(self) -> None:
-        """Give back the record buffers while nothing is pending."""
+        """Give back the record buffers while nothing is pending, and the AEAD contexts
+        (built again by the next record; design: Idle memory)."""
         self.reader.trim()
         self.writer.trim()
+        if self.read is not None:
+            self.read.release()
+        for protection in self.write.values():
+            protection.release()
+
+    def drop_handshake_keys(self) -> None:
+        """The handshake is over: only the application keys write from now on."""
+        write = self.write
+        for epoch in [e for e in write if e is not Epoch.ONE_RTT]:
+            del write[epoch]
 
     # -- keys ------------------------------------------------------------------
 
