@@ -27,7 +27,7 @@ from tcpls.aio.info import ConnectionInfo, connection_info
 from tcpls.aio.liveness import FlowGuard, check_slow_peers
 from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.sockets import configure_socket, host_port, set_notsent_lowat
-from tcpls.aio.streams import StreamReader, StreamSession, StreamWriter
+from tcpls.aio.streams import IncomingStreams, StreamReader, StreamSession, StreamWriter
 from tcpls.core.events import (
     ConnectionAdded,
     ConnectionRemoved,
@@ -84,7 +84,7 @@ class SessionDriver:
         self.failed_targets: set[tuple[str, int]] = set()
         #: Stream pairs the peer opened, for ``accept_stream``; ``None`` once none will
         #: come (put back by each taker, so that it wakes every waiter).
-        self.incoming: asyncio.Queue[tuple[StreamReader, StreamWriter] | None] = asyncio.Queue()
+        self.incoming = IncomingStreams()  # (no asyncio.Queue: design: Idle memory)
         #: Set when the handshake completed, or when the session ended before.
         self.established: asyncio.Future[None] = self.loop.create_future()
         #: Set when the session ended.
