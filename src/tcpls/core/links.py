@@ -116,7 +116,7 @@ class Links:
         self.error: TCPLSError | None = None
         self.peer_closed = False
         self.now = 0.0
-        self.session_tickets: deque[object] = deque(maxlen=MAX_TICKETS_KEPT)  # newest last
+        self.session_tickets: list[object] = []  # newest last (no deque: design: Idle memory)
         #: The engine that ran the handshake (for the exporter), kept after failover.
         self.handshake_engine: HandshakeEngine | None = None
         #: Client: the I/O layer joins a new connection when the last one fails
@@ -263,7 +263,7 @@ class Links:
             elif isinstance(event, HandshakeConfirmed):
                 self._confirmed(conn)
             elif isinstance(event, SessionTicketReceived):
-                self.session_tickets.append(event.ticket)
+                self.session_tickets = [*self.session_tickets, event.ticket][-MAX_TICKETS_KEPT:]
             elif isinstance(event, CloseNotifyReceived):
                 self._close_notify(conn)
             elif isinstance(event, TransportEnded):
