@@ -299,6 +299,10 @@ class SessionDriver:
                     writer = writers.get(sid)
                     if writer is not None:
                         writer.wakeup()
+                for sid in readable:  # (a stream that ended: its pair goes; design: Idle memory)
+                    if sid not in core.streams:
+                        readers.pop(sid, None)
+                        writers.pop(sid, None)
             wrote = False
             for cid, protocol in list(self.protocols.items()):
                 transport = protocol.transport

@@ -310,6 +310,7 @@ class StreamSet:
         """Both directions of ``stream`` ended and were read: it is gone (design: Streams)."""
         if self.table.pop(stream.id, None) is None:
             return
+        self.readable.add(stream.id)  # (the I/O layer then lets go of its reader and writer)
         self.sendable.pop(stream.id, None)
         if stream.id in self._full:
             self._full -= {stream.id}
