@@ -226,7 +226,7 @@ class TLSConnection:
 
     @property
     def buffer_memory(self) -> int:
-        """Bytes held by this connection's record buffers now."""
+        """Bytes held by this connection's record buffers and AEAD contexts now."""
         return self._layer.memory + self._handshake.buffered
 
     @property

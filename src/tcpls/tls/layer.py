@@ -116,8 +116,15 @@ class RecordLayer:
 
     @property
     def memory(self) -> int:
-        """Bytes held by the record buffers now."""
-        return self.reader.capacity + self.writer.capacity
+        """Bytes held by the record buffers and the AEAD contexts now (given back
+        together after a second without traffic: :meth:`trim`)."""
+        total = self.reader.capacity + self.writer.capacity
+        read = self.read
+        if read is not None:
+            total += read.memory
+        for protection in self.write.values():
+            total += protection.memory
+        return total
 
     def trim(self) -> None:
         """Give back the record buffers while nothing is pending, and the AEAD contexts
