@@ -57,11 +57,11 @@ from tcpls.wire.frames import Ack, ConnectionReset, Frame
 
 __all__ = ["CONNECTION_COST", "SESSION_COST", "Links", "SessionState"]
 
-#: What an idle session and each of its TCP connections cost beyond their buffers
-#: (Python objects, the handshake state kept for the exporter), measured in bytes.
-SESSION_COST = 32 * 1024
+#: What an idle session and each of its TCP connections cost beyond their buffers, in
+#: bytes: the server's RSS per idle session, as measured (design: Idle memory).
+SESSION_COST = 18 * 1024
 MAX_TICKETS_KEPT = 4  #: Client: the newest tickets kept from a session (servers may send many).
-CONNECTION_COST = 8 * 1024  #: What each TCP connection costs beyond its buffers (see above).
+CONNECTION_COST = 5 * 1024  #: What each TCP connection costs beyond its buffers (see above).
 
 logger = logging.getLogger(__name__)
 
