@@ -119,6 +119,8 @@ class RecordLayer:
         """Bytes held by the record buffers and the AEAD contexts now (given back
         together after a second without traffic: :meth:`trim`)."""
         total = self.reader.capacity + self.writer.capacity
+        if not total:
+            return 0  # idle: the contexts went with the buffers (records need both)
         read = self.read
         if read is not None:
             total += read.memory
