@@ -28,7 +28,8 @@ that take their commands from the parent. The phases, in this order:
    ``--sessions - --active`` idle sessions (1,800 by default). Every session does one
    echo round trip on a stream when it opens (``--idle-handshake-only``: none), then
    stays idle. Memory per idle session = (RSS with them - baseline RSS) / their number.
-   Target: <= 64 KiB.
+   Target: <= 32 KiB (issue 11: measured at 10,000 idle sessions, ``--sessions 10002
+   --active 2``; the default ``ServerConfig`` admits them).
 4. **active**: ``--active`` more sessions (200) make continuous echo round trips of
    ``--payload`` bytes (``--round-trips`` per stream, then the stream is closed and
    another opened) for ``--active-seconds`` while the idle ones stay open; the RSS is
@@ -101,7 +102,7 @@ from common import (
 
 SYSTEMS = ("tcpls", "ssl")
 #: Target of the issue: memory per idle session.
-IDLE_TARGET_KIB = 64.0
+IDLE_TARGET_KIB = 32.0
 #: Target of the issue: RSS after the churn within this fraction of the RSS before.
 CHURN_TARGET = 0.10
 #: RSS is settled when it moved by less than this over SETTLE_WINDOW seconds.

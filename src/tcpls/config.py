@@ -387,7 +387,7 @@ class ServerConfig:
     #: TCP Fast Open on the listening socket.
     fastopen: bool = False
     #: Sessions open at once; a new one beyond is refused (``user_canceled``).
-    max_sessions: int = 4096
+    max_sessions: int = 16384
     #: Accepted TCP connections whose ClientHello has not come yet; beyond it, the one
     #: that waited longest is reset to make room.
     max_pending_connections: int = 512
@@ -395,7 +395,7 @@ class ServerConfig:
     hello_timeout: float = 5.0
     #: Estimated memory of all sessions (buffers and per-session costs), bytes; beyond
     #: it new sessions are refused and the largest sessions are ended first.
-    memory_budget: int = 192 * 1024 * 1024
+    memory_budget: int = 512 * 1024 * 1024
     #: TCP_USER_TIMEOUT in seconds for accepted connections; ``None``: tuning default.
     user_timeout: float | None = None
     #: Write a qlog file per session in this directory (JSON-SEQ; design: qlog); ``None``: no qlog.

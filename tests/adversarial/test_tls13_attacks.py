@@ -87,8 +87,8 @@ HRR_CPU_LIMIT = 0.002
 SHORT_HANDSHAKE_TIMEOUT = 1.0
 #: Slack on a timer the server must honour (scheduling, the close itself).
 TIMER_SLACK = 2.0
-#: max_sessions of the server the lock-out case fills (4,096 by default: the same
-#: happens there with 4,096 ClientHellos, measured 10 s to send).
+#: max_sessions of the server the lock-out case fills (16,384 by default: the same
+#: happens there with as many ClientHellos; 4,096 took 10 s to send).
 LOCKOUT_MAX_SESSIONS = 128
 
 #: ClientHellos of the CPU cases (key share bloat, garbage PSKs).
@@ -713,7 +713,7 @@ def test_unanswered_hellos_do_not_lock_out_new_clients(tuned: TunedArena, pki: D
     """max_sessions ClientHellos that are never followed up (here with a
     HelloRetryRequest: the server computes nothing for them) must not keep a good client
     out. Today every one of them holds a session slot until handshake_timeout (10 s by
-    default), so 4,096 such hellos, re-sent every 10 s, refuse every new client with
+    default), so max_sessions such hellos, re-sent every 10 s, refuse every new client with
     ``user_canceled``: the flood ``max_pending_connections`` stops, one message later.
 
     Fix: do not let unauthenticated handshakes take the slots of sessions. Count the

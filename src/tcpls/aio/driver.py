@@ -27,7 +27,7 @@ from tcpls.aio.info import ConnectionInfo, connection_info
 from tcpls.aio.liveness import FlowGuard, check_slow_peers
 from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.sockets import configure_socket, host_port, set_notsent_lowat
-from tcpls.aio.streams import StreamReader, StreamSession, StreamWriter
+from tcpls.aio.streams import IncomingStreams, StreamReader, StreamSession, StreamWriter
 from tcpls.core.events import (
     ConnectionAdded,
     ConnectionRemoved,
@@ -88,7 +88,7 @@ class SessionDriver:
         self.failed_targets: set[tuple[str, int]] = set()
         #: Stream pairs the peer opened, for ``accept_stream``; ``None`` once none will
         #: come (put back by each taker, so that it wakes every waiter).
-        self.incoming: asyncio.Queue[tuple[StreamReader, StreamWriter] | None] = asyncio.Queue()
+        self.incoming = IncomingStreams()  # (no asyncio.Queue: design: Idle memory)
         #: Set when the handshake completed, or when the session ended before.
         self.established: asyncio.Future[None] = self.loop.create_future()
         #: Set when the session ended.
@@ -307,6 +307,10 @@ class SessionDriver:
                     writer = writers.get(sid)
                     if writer is not None:
                         writer.wakeup()
+                for sid in readable:  # (a stream that ended: its pair goes; design: Idle memory)
+                    if sid not in core.streams:
+                        readers.pop(sid, None)
+                        writers.pop(sid, None)
             wrote = False
             for cid, protocol in list(self.protocols.items()):
                 transport = protocol.transport

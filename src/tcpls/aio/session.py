@@ -161,15 +161,17 @@ class Session:
         return item
 
     def __aiter__(self) -> AsyncIterator[tuple[StreamReader, StreamWriter]]:
-        """The streams the peer opens, until it opens no more."""
-        return self._iterate_streams()
+        """The streams the peer opens, until it opens no more (the session is its own
+        iterator: no generator kept per session; design: Idle memory)."""
+        return self
 
-    async def _iterate_streams(self) -> AsyncIterator[tuple[StreamReader, StreamWriter]]:
-        while True:
-            try:
-                yield await self.accept_stream()
-            except ConnectionClosedError:
-                return
+    async def __anext__(self) -> tuple[StreamReader, StreamWriter]:
+        """The next stream of ``async for``: :meth:`accept_stream`, which ends the loop
+        when no more will come."""
+        try:
+            return await self.accept_stream()
+        except ConnectionClosedError:
+            raise StopAsyncIteration from None
 
     # ------------------------------------------------------------- multipath
 

@@ -14,12 +14,13 @@ so that the session module can import this one.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any, Protocol
 
 from tcpls.core.session import CoreSession
 from tcpls.errors import ConnectionClosedError, raisable
 
-__all__ = ["StreamOwner", "StreamReader", "StreamSession", "StreamWriter"]
+__all__ = ["IncomingStreams", "StreamOwner", "StreamReader", "StreamSession", "StreamWriter"]
 
 _DEFAULT_LIMIT = 64 * 1024
 
@@ -342,3 +343,71 @@ class StreamWriter:
         if name == "session":
             return self._session
         return self._session.get_extra_info(name, default)
+
+
+#: A pair of the peer's streams, or ``None``: no more will come.
+Incoming = tuple[StreamReader, StreamWriter] | None
+
+
+class IncomingStreams:
+    """The stream pairs the peer opened, until the application accepts them: the part of
+    :class:`asyncio.Queue` a session needs (``put_nowait``, ``get``, ``get_nowait``,
+    ``empty``), holding nothing while empty. A queue holds four deques, about 3 KiB, in
+    every idle session (design: Idle memory)."""
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: deque[Incoming] | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def empty(self) -> bool:
+        """Whether no pair waits."""
+        return not self._items
+
+    def put_nowait(self, item: Incoming) -> None:
+        """Add a pair (or ``None``) and wake the first coroutine waiting in :meth:`get`."""
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        self._wake()
+
+    def get_nowait(self) -> Incoming:
+        """The oldest pair; :class:`asyncio.QueueEmpty` if none waits."""
+        items = self._items
+        if not items:
+            raise asyncio.QueueEmpty
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+    async def get(self) -> Incoming:
+        """The oldest pair, once there is one."""
+        while not self._items:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                self._forget(waiter)
+                if self._items and not waiter.cancelled():
+                    self._wake()  # (it was woken, then cancelled: pass the turn on)
+                raise
+            self._forget(waiter)
+        return self.get_nowait()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        waiters = self._waiters
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                self._waiters = None

@@ -17,6 +17,10 @@ from tcpls.wire.frames import Frame, NewAddress, RemoveAddress
 
 __all__ = ["AddressBook"]
 
+#: Empty sets shared by every session (each ``frozenset()`` would be 216 bytes of its own).
+_NO_ADDRESSES: frozenset[tuple[str, int]] = frozenset()
+_NO_IDS: frozenset[int] = frozenset()
+
 
 class AddressBook:
     """The peer's extra addresses for one session."""
@@ -27,9 +31,10 @@ class AddressBook:
         self._control = control
         #: Addresses the peer advertised, by address ID.
         self.peer: dict[int, tuple[str, int]] = {}
-        #: Addresses the peer withdrew: no new connection may go to them.
-        self.withdrawn: set[tuple[str, int]] = set()
-        self._removed: set[int] = set()
+        #: Addresses the peer withdrew: no new connection may go to them. (Both sets are
+        #: replaced, not updated: rarely used, they share the empty one; design: Idle memory.)
+        self.withdrawn = _NO_ADDRESSES
+        self._removed = _NO_IDS
 
     def advertised(self, frame: NewAddress) -> None:
         """The peer sent New Address (ignored if the ID is known or was removed)."""
@@ -40,10 +45,10 @@ class AddressBook:
 
     def removed(self, address_id: int) -> tuple[str, int] | None:
         """The peer sent Remove Address; returns the address withdrawn, if it was known."""
-        self._removed.add(address_id)
+        self._removed |= {address_id}
         entry = self.peer.pop(address_id, None)
         if entry is not None:
-            self.withdrawn.add(entry)
+            self.withdrawn |= {entry}
         return entry
 
     def advertise(self, address_id: int, host: str, port: int) -> None:

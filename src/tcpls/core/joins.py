@@ -26,6 +26,11 @@ __all__ = ["TokenBook"]
 
 S = TypeVar("S")
 
+#: The Connection IDs used by a new session (the initial connection's), and no IDs: shared
+#: by every session (each ``frozenset()`` would be 216 bytes of its own).
+_INITIAL: frozenset[int] = frozenset({0})
+_NONE: frozenset[int] = frozenset()
+
 
 class TokenBook(Generic[S]):
     """The join tokens of the session ``owner`` (see the module docstring)."""
@@ -48,9 +53,10 @@ class TokenBook(Generic[S]):
         self._registry = registry
         self._next_sequence = 1
         self._outstanding: set[int] = set()
-        self._used: set[int] = {0}
+        # (replaced, not updated: rarely changed, shared until then; design: Idle memory)
+        self._used = _INITIAL
         self._joining: dict[int, bytes] = {}
-        self._retried: set[int] = set()
+        self._retried = _NONE
         #: Client: spare join tokens by sequence number.
         self.spare: dict[int, bytes] = {}
 
@@ -69,7 +75,7 @@ class TokenBook(Generic[S]):
     @property
     def used_connection_ids(self) -> frozenset[int]:
         """The Connection IDs used so far (0 and every join that completed)."""
-        return frozenset(self._used)
+        return self._used
 
     def for_handshake(self) -> bytes | None:
         """Server: the token to send in ``tcpls_token`` (sequence 1), if joins are allowed."""
@@ -102,7 +108,7 @@ class TokenBook(Generic[S]):
     def redeemed(self, sequence: int) -> None:
         """A join with this token arrived: the sequence is now a Connection ID."""
         self._outstanding.discard(sequence)
-        self._used.add(sequence)
+        self._used |= {sequence}
 
     def join_never_arrived(self, sequence: int) -> bool:
         """The client reset the connection of a token we issued and never saw: revoke it
@@ -153,7 +159,7 @@ class TokenBook(Generic[S]):
     def joined(self, sequence: int) -> None:
         """The join of ``sequence`` completed (or failed after its token was sent)."""
         self._joining.pop(sequence, None)
-        self._used.add(sequence)
+        self._used |= {sequence}
 
     def join_failed(self, sequence: int) -> None:
         """The join of ``sequence`` failed after its token was sent.
@@ -164,7 +170,7 @@ class TokenBook(Generic[S]):
         """
         token = self._joining.pop(sequence, None)
         if token is not None and sequence not in self._retried:
-            self._retried.add(sequence)
+            self._retried |= {sequence}
             self.spare[sequence] = token
 
     def join_abandoned(self, sequence: int, token_sent: bool) -> None:

@@ -57,11 +57,11 @@ from tcpls.wire.frames import Ack, ConnectionReset, Frame
 
 __all__ = ["CONNECTION_COST", "SESSION_COST", "Links", "SessionState"]
 
-#: What an idle session and each of its TCP connections cost beyond their buffers
-#: (Python objects, the handshake state kept for the exporter), measured in bytes.
-SESSION_COST = 32 * 1024
+#: What an idle session and each of its TCP connections cost beyond their buffers, in
+#: bytes: the server's RSS per idle session, as measured (design: Idle memory).
+SESSION_COST = 18 * 1024
 MAX_TICKETS_KEPT = 4  #: Client: the newest tickets kept from a session (servers may send many).
-CONNECTION_COST = 8 * 1024  #: What each TCP connection costs beyond its buffers (see above).
+CONNECTION_COST = 5 * 1024  #: What each TCP connection costs beyond its buffers (see above).
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class Links:
         self.error: TCPLSError | None = None
         self.peer_closed = False
         self.now = 0.0
-        self.session_tickets: deque[object] = deque(maxlen=MAX_TICKETS_KEPT)  # newest last
+        self.session_tickets: list[object] = []  # newest last (no deque: design: Idle memory)
         #: The engine that ran the handshake (for the exporter), kept after failover.
         self.handshake_engine: HandshakeEngine | None = None
         #: Client: the I/O layer joins a new connection when the last one fails
@@ -263,7 +263,7 @@ class Links:
             elif isinstance(event, HandshakeConfirmed):
                 self._confirmed(conn)
             elif isinstance(event, SessionTicketReceived):
-                self.session_tickets.append(event.ticket)
+                self.session_tickets = [*self.session_tickets, event.ticket][-MAX_TICKETS_KEPT:]
             elif isinstance(event, CloseNotifyReceived):
                 self._close_notify(conn)
             elif isinstance(event, TransportEnded):

@@ -82,6 +82,13 @@ class CoreSession:
     records_sealed: int = part(
         "sender.records_sealed", "Records sealed with the session's keys, all connections."
     )
+    withdrawn_addresses: frozenset[tuple[str, int]] = part(
+        "addresses.withdrawn",
+        "Addresses the peer withdrew: no new connection may go to them (draft-04 §5.2.8).",
+    )
+    session_tickets: list[object] = part(
+        "links.session_tickets", "Client: the newest session tickets received, oldest first."
+    )
     now: float = writable_part("links.now", "The time of the last input, output or timer.")
     rejoin: bool = writable_part("links.rejoin", "Client: join again after the last failed.")
 
@@ -134,10 +141,6 @@ class CoreSession:
         self.tokens = self.token_book.spare
         #: Addresses the peer advertised, by address ID (design: Addresses).
         self.peer_addresses = self.addresses.peer
-        #: Addresses the peer withdrew: no new connection may go to them (draft-04 §5.2.8).
-        self.withdrawn_addresses = self.addresses.withdrawn
-        #: Session tickets received (client).
-        self.session_tickets = self.links.session_tickets
         #: What the I/O layer must do (wakeups, EOF, closing transports) and small views.
         self.io = IODuties(self.links, self.stream_set, tuning)
         self.clock = SessionClock(

@@ -25,6 +25,9 @@ from tcpls.errors import ConnectionClosedError, IllegalParameter, TCPLSError
 
 __all__ = ["StreamSet"]
 
+#: No streams, shared by every session (each ``frozenset()`` would be 216 bytes of its own).
+_NO_STREAMS: frozenset[int] = frozenset()
+
 
 class StreamSet:
     """The stream table of one session and its accounting (see the module docstring)."""
@@ -66,8 +69,9 @@ class StreamSet:
         self.writable: set[int] = set()
         #: Streams with something to send, in round-robin order (a dict used as a set).
         self.sendable: dict[int, None] = {}
-        #: Streams holding more unread data than ``stream_receive_buffer``.
-        self._full: set[int] = set()
+        #: Streams holding more unread data than ``stream_receive_buffer`` (replaced, not
+        #: updated: rarely non-empty, it shares the empty set; design: Idle memory).
+        self._full = _NO_STREAMS
         self._next_local = 0 if is_client else 1
         self._next_peer = 1 if is_client else 0
         #: Streams the peer opened that are not gone yet.
@@ -250,8 +254,8 @@ class StreamSet:
                 )
         if recv.buffered != buffered:
             self.receive_buffered += recv.buffered - buffered
-            if recv.buffered > self.tuning.stream_receive_buffer:
-                self._full.add(sid)
+            if recv.buffered > self.tuning.stream_receive_buffer and sid not in self._full:
+                self._full |= {sid}
         if recv.readable or recv.complete:
             self.readable.add(sid)
         return kept
@@ -266,7 +270,7 @@ class StreamSet:
         data = recv.read(n)
         self.receive_buffered -= before - recv.buffered
         if stream_id in self._full and recv.buffered <= self.tuning.stream_receive_buffer // 2:
-            self._full.discard(stream_id)
+            self._full -= {stream_id}
         if stream.closed:
             self.forget(stream)
         return data
@@ -306,8 +310,10 @@ class StreamSet:
         """Both directions of ``stream`` ended and were read: it is gone (design: Streams)."""
         if self.table.pop(stream.id, None) is None:
             return
+        self.readable.add(stream.id)  # (the I/O layer then lets go of its reader and writer)
         self.sendable.pop(stream.id, None)
-        self._full.discard(stream.id)
+        if stream.id in self._full:
+            self._full -= {stream.id}
         recv = stream.recv
         self.receive_buffered -= recv.buffered
         self.reassembly_held -= recv.held

@@ -41,7 +41,6 @@ the matching alert, closes the connection and emits :class:`ConnectionFailed`.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator
 from enum import Enum
 
@@ -144,7 +143,7 @@ class TLSConnection:
         self._reader = layer.reader
         self._writer = layer.writer
         self._receive_buffer_size = receive_buffer_size
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []  # (a few per connection's life: no deque's 700 B)
         # the peer's FIN came; TransportEnded follows once the records before it are read
         self._eof = False
         self._ended = False
@@ -227,7 +226,7 @@ class TLSConnection:
 
     @property
     def buffer_memory(self) -> int:
-        """Bytes held by this connection's record buffers now."""
+        """Bytes held by this connection's record buffers and AEAD contexts now."""
         return self._layer.memory + self._handshake.buffered
 
     @property
@@ -267,7 +266,7 @@ class TLSConnection:
 
     def next_event(self) -> Event | None:
         """The next event, or ``None``."""
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     @property
     def has_events(self) -> bool:
@@ -469,7 +468,7 @@ class TLSConnection:
             return
         if self.state is ConnectionState.JOIN_WAIT:
             # the join failed before anyone answered it: nobody must answer it now
-            self._events = deque(e for e in self._events if not isinstance(e, JoinRequested))
+            self._events[:] = [e for e in self._events if not isinstance(e, JoinRequested)]
         # The error outlives this call (session.error): drop the frames it references.
         error.__traceback__ = None
         self.error = error
@@ -597,4 +596,5 @@ class TLSConnection:
         self.state = ConnectionState.ESTABLISHED
         self.tcpls = completed.tcpls
         self.joined = completed.joined
+        self.hello_check = None  # (for the ClientHello only)
         self._reader.max_capacity = max(self._reader.max_capacity, self._receive_buffer_size)

@@ -183,10 +183,12 @@ class Handshake:
         self, read_keys: TrafficKeys, write_keys: TrafficKeys, connection_id: int
     ) -> HandshakeCompleted:
         """Server: answer the pending join (ServerHello, ChangeCipherSpec); the event to report."""
-        assert self.join_hello is not None
-        hello = build_join_server_hello(self.join_hello, write_keys.cipher_suite)
+        join_hello = self.join_hello
+        assert join_hello is not None
+        self.join_hello = None  # (answered: nothing of it is needed any more)
+        hello = build_join_server_hello(join_hello, write_keys.cipher_suite)
         self._layer.send_plaintext(ContentType.handshake, hello)
-        if self.join_hello.legacy_session_id:
+        if join_hello.legacy_session_id:
             self._layer.send_ccs()
         return self._joined(read_keys, write_keys, connection_id)
 
@@ -195,6 +197,10 @@ class Handshake:
     ) -> HandshakeCompleted:
         self._layer.install_join_keys(read_keys, write_keys, connection_id)
         self._complete = self._tcpls = True
+        # A join runs no engine: its factory, which refers to the connection's accept
+        # path (and the buffers it read into), must not live on with the connection.
+        self._engine_factory = None
+        self.join = None
         return HandshakeCompleted(tcpls=True, cipher_suite=write_keys.cipher_suite, joined=True)
 
     # -- receiving -------------------------------------------------------------
@@ -291,7 +297,9 @@ class Handshake:
         self._tcpls = engine.tcpls_negotiated
         self.ccs_allowed = False
         self._engine_factory = None  # needed for the ClientHello only
+        self._layer.drop_handshake_keys()
         engine.detach()
+        engine.finish()
         if started:
             return [HandshakeConfirmed()]
         return [self._completed(engine), *self._tickets()]

@@ -116,13 +116,33 @@ class RecordLayer:
 
     @property
     def memory(self) -> int:
-        """Bytes held by the record buffers now."""
-        return self.reader.capacity + self.writer.capacity
+        """Bytes held by the record buffers and the AEAD contexts now (given back
+        together after a second without traffic: :meth:`trim`)."""
+        total = self.reader.capacity + self.writer.capacity
+        if not total:
+            return 0  # idle: the contexts went with the buffers (records need both)
+        read = self.read
+        if read is not None:
+            total += read.memory
+        for protection in self.write.values():
+            total += protection.memory
+        return total
 
     def trim(self) -> None:
-        """Give back the record buffers while nothing is pending."""
+        """Give back the record buffers while nothing is pending, and the AEAD contexts
+        (built again by the next record; design: Idle memory)."""
         self.reader.trim()
         self.writer.trim()
+        if self.read is not None:
+            self.read.release()
+        for protection in self.write.values():
+            protection.release()
+
+    def drop_handshake_keys(self) -> None:
+        """The handshake is over: only the application keys write from now on."""
+        write = self.write
+        for epoch in [e for e in write if e is not Epoch.ONE_RTT]:
+            del write[epoch]
 
     # -- keys ------------------------------------------------------------------
 

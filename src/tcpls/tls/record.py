@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from tcpls.errors import BadRecordMac, DecodeError, NotTLSError, RecordOverflow, UnexpectedMessage
 
 __all__ = [
+    "AEAD_CONTEXT_SIZE",
     "AES_GCM_RECORD_LIMIT",
     "HEADER_SIZE",
     "MAX_CIPHERTEXT",
@@ -66,6 +67,10 @@ _HEADER = struct.Struct(">BHH")
 #: First size of a record reader's buffer, and of a writer's.
 _MIN_READ_BUFFER = 4096
 _MIN_WRITE_BUFFER = 4096
+#: What a reader or writer without a buffer holds, shared: never written to (any growth
+#: makes a new buffer), and its exported view keeps it from being resized in place.
+_NO_BUFFER = bytearray()
+_NO_VIEW = memoryview(_NO_BUFFER)
 
 
 class ContentType(IntEnum):
@@ -93,6 +98,9 @@ _SUITES: dict[int, tuple[int, type[hashes.HashAlgorithm], type[AESGCM | ChaCha20
 }
 
 IV_SIZE: Final = 12
+#: Bytes an AEAD context holds while it is built (OpenSSL's state of one key, AES-GCM or
+#: ChaCha20-Poly1305 alike, as measured in RSS: design: Idle memory).
+AEAD_CONTEXT_SIZE: Final = 2432
 
 
 #: Records one key may seal (RFC 8446 §5.5): AES-GCM allows 2^24.5 full-size records for a
@@ -129,13 +137,17 @@ class TrafficKeys:
 
     Immutable once built; shared by every connection of a session for one
     direction. :meth:`next_generation` gives the keys after a KeyUpdate.
+
+    The AEAD context (:attr:`aead`, about 2.4 KiB of OpenSSL state) is built when
+    first used and dropped by :meth:`release` while the connections are idle
+    (design: Idle memory); the key itself is kept.
     """
 
-    __slots__ = ("aead", "cipher_suite", "iv", "iv_int", "key", "secret")
+    __slots__ = ("_aead", "cipher_suite", "iv", "iv_int", "key", "secret")
 
     def __init__(self, cipher_suite: int, secret: bytes) -> None:
         try:
-            key_len, hash_cls, aead_cls = _SUITES[cipher_suite]
+            key_len, hash_cls, _ = _SUITES[cipher_suite]
         except KeyError:
             raise ValueError(f"unsupported cipher suite 0x{cipher_suite:04x}") from None
         algorithm = hash_cls()
@@ -144,7 +156,19 @@ class TrafficKeys:
         self.key = hkdf_expand_label(algorithm, secret, b"key", b"", key_len)
         self.iv = hkdf_expand_label(algorithm, secret, b"iv", b"", IV_SIZE)
         self.iv_int = int.from_bytes(self.iv, "big")
-        self.aead = aead_cls(self.key)
+        self._aead: AESGCM | ChaCha20Poly1305 | None = None
+
+    @property
+    def aead(self) -> AESGCM | ChaCha20Poly1305:
+        """The AEAD context of the key (built now if it was released)."""
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = _SUITES[self.cipher_suite][2](self.key)
+        return aead
+
+    def release(self) -> None:
+        """Drop the AEAD context (it is built again when next used)."""
+        self._aead = None
 
     def next_generation(self) -> TrafficKeys:
         """The keys after a KeyUpdate: ``secret' = HKDF-Expand-Label(secret, "traffic upd")``."""
@@ -171,8 +195,20 @@ class RecordProtection:
         self.keys = keys
         self.connection_id = connection_id
         self.sequence = 0
-        self._aead = keys.aead
+        #: The keys' AEAD context, taken when first needed (``None`` meanwhile).
+        self._aead: AESGCM | ChaCha20Poly1305 | None = None
         self._base = keys.iv_int ^ (connection_id << 64)
+
+    @property
+    def memory(self) -> int:
+        """Bytes of the AEAD context this protection holds now (0 once released)."""
+        return 0 if self._aead is None else AEAD_CONTEXT_SIZE
+
+    def release(self) -> None:
+        """Drop the AEAD context while the connection is idle (design: Idle memory); the
+        next record builds it again from the key."""
+        self._aead = None
+        self.keys.release()
 
     def nonce(self, sequence: int) -> bytes:
         """The 12-byte nonce of record ``sequence`` on this connection."""
@@ -195,7 +231,10 @@ class RecordProtection:
         if seq >= 0xFFFFFFFFFFFFFFFF:
             raise RecordOverflow("record sequence number exhausted")
         self.sequence = seq + 1
-        self._aead.encrypt_into(
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = self.keys.aead
+        aead.encrypt_into(
             (self._base ^ seq).to_bytes(IV_SIZE, "big"),
             plaintext[:inner],
             out[:HEADER_SIZE],
@@ -228,10 +267,11 @@ class RecordProtection:
             # the limit is on the whole TLSInnerPlaintext, padding included (RFC 8446 §5.4)
             raise RecordOverflow("protected record's inner plaintext exceeds 2^14 + 1 bytes")
         seq = self.sequence
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = self.keys.aead
         try:
-            self._aead.decrypt_into(
-                (self._base ^ seq).to_bytes(IV_SIZE, "big"), body, header, out[:n]
-            )
+            aead.decrypt_into((self._base ^ seq).to_bytes(IV_SIZE, "big"), body, header, out[:n])
         except InvalidTag:
             raise BadRecordMac("record failed authentication") from None
         self.sequence = seq + 1
@@ -282,8 +322,7 @@ class RecordReader:
 
     def __init__(self, max_capacity: int = 256 * 1024) -> None:
         self.max_capacity = max(max_capacity, HEADER_SIZE + MAX_CIPHERTEXT)
-        self._buf = bytearray()
-        self._view = memoryview(self._buf)
+        self._buf, self._view = _NO_BUFFER, _NO_VIEW
         self._start = 0
         self._end = 0
         self._offered = 0
@@ -334,8 +373,7 @@ class RecordReader:
     def trim(self) -> None:
         """Give the buffer back if nothing is pending (it is allocated again when needed)."""
         if self._start == self._end and self._buf:
-            self._buf = bytearray()
-            self._view = memoryview(self._buf)
+            self._buf, self._view = _NO_BUFFER, _NO_VIEW
             self._start = self._end = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -391,8 +429,7 @@ class RecordWriter:
     __slots__ = ("_buf", "_end", "_view")
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._view = memoryview(self._buf)
+        self._buf, self._view = _NO_BUFFER, _NO_VIEW
         self._end = 0
 
     def __len__(self) -> int:
@@ -436,8 +473,7 @@ class RecordWriter:
     def trim(self) -> None:
         """Give the buffer back if it is empty (it is allocated again when needed)."""
         if not self._end and self._buf:
-            self._buf = bytearray()
-            self._view = memoryview(self._buf)
+            self._buf, self._view = _NO_BUFFER, _NO_VIEW
 
 
 class _Scratch(threading.local):

@@ -136,8 +136,35 @@ Handler = Callable[[Any, bytes], None]
 class HandshakeEngine:
     """One TLS 1.3 handshake, client or server (see the module)."""
 
+    __slots__ = (
+        "_alpn_protocols",
+        "_keylog",
+        "_offer_tcpls",
+        "_on_secret",
+        "_out",
+        "alpn_protocol",
+        "cipher_suite",
+        "client_random",
+        "codepoints",
+        "early_data_accepted",
+        "exporter_secret",
+        "group",
+        "issued_token",
+        "legacy_session_id",
+        "peer_certificate",
+        "peer_token",
+        "retried",
+        "schedule",
+        "session_resumed",
+        "state",
+        "tcpls_negotiated",
+        "transcript",
+    )
+
     #: state → {message type: handler}; filled by each side.
     TABLE: ClassVar[Mapping[str, Mapping[int, Handler]]] = {}
+    #: What only the handshake needs: :meth:`finish` drops it (each side adds its own).
+    HANDSHAKE_ONLY: ClassVar[tuple[str, ...]] = ("transcript", "schedule")
     is_client: bool
 
     def __init__(
@@ -158,7 +185,6 @@ class HandshakeEngine:
         self.transcript = Transcript()
         self.schedule: KeySchedule | None = None
         self._out: list[tuple[Epoch, bytes]] = []
-        self._secrets: dict[tuple[bool, Epoch], bytes] = {}
         #: Whether TCPLS was negotiated.
         self.tcpls_negotiated = False
         #: Client: the token received in ``tcpls_token`` (sequence 1), if any.
@@ -191,10 +217,6 @@ class HandshakeEngine:
         """Whether the handshake finished (the peer's Finished was verified)."""
         return self.state == "connected"
 
-    def traffic_secret(self, is_write: bool, epoch: Epoch) -> bytes | None:
-        """The traffic secret of one direction and epoch, once installed."""
-        return self._secrets.get((is_write, epoch))
-
     def set_secret_handler(self, on_secret: SecretCallback) -> None:
         """Send the traffic secrets installed from now on to ``on_secret``."""
         self._on_secret = on_secret
@@ -202,6 +224,15 @@ class HandshakeEngine:
     def detach(self, *, ended: bool = False) -> None:
         """Drop the callbacks into the owners (the handshake is over or the session ended)."""
         self._on_secret = noop_secret
+
+    def finish(self) -> None:
+        """The handshake completed: drop what only it needed (:attr:`HANDSHAKE_ONLY`: the
+        transcript, the key schedule, key shares, handshake secrets, what a server signs
+        with), keeping what is read afterwards: the negotiated parameters, the exporter
+        secret, a client's tickets (design: Idle memory)."""
+        for name in self.HANDSHAKE_ONLY:
+            if hasattr(self, name):
+                delattr(self, name)
 
     # -- driving -------------------------------------------------------------
 
@@ -242,7 +273,6 @@ class HandshakeEngine:
 
     def _install(self, is_write: bool, epoch: Epoch, client_secret: bool, secret: bytes) -> None:
         assert self.cipher_suite is not None
-        self._secrets[(is_write, epoch)] = secret
         self._log_secret(_KEYLOG_LABELS[(client_secret, epoch)], secret)
         self._on_secret(is_write, epoch, self.cipher_suite, secret)
 

@@ -106,6 +106,16 @@ class ClientEngine(HandshakeEngine):
     """The client's handshake (see the module)."""
 
     is_client = True
+    HANDSHAKE_ONLY = (
+        *HandshakeEngine.HANDSHAKE_ONLY,
+        "_application_secrets",
+        "_first_hello",
+        "_handshake_secrets",
+        "_hello",
+        "_key",
+        "_psk_schedule",
+        "_shares",
+    )
 
     def __init__(
         self,

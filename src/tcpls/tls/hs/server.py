@@ -105,6 +105,47 @@ class ServerEngine(HandshakeEngine):
     """The server's handshake (see the module)."""
 
     is_client = False
+    __slots__ = (
+        "_asked_certificate",
+        "_chain",
+        "_client_application_secret",
+        "_client_schemes",
+        "_client_verifier",
+        "_cookie",
+        "_first",
+        "_handshake_secrets",
+        "_key",
+        "_leaf",
+        "_max_early_data",
+        "_random",
+        "_retry_group",
+        "_shares",
+        "_ticket_age_ok",
+        "_tickets",
+        "_token_provider",
+        "cipher_suites",
+        "groups",
+        "server_name",
+        "skip_early_data",
+    )
+    HANDSHAKE_ONLY = (
+        *HandshakeEngine.HANDSHAKE_ONLY,
+        "_alpn_protocols",
+        "_chain",
+        "_client_application_secret",
+        "_client_schemes",
+        "_client_verifier",
+        "_cookie",
+        "_first",
+        "_handshake_secrets",
+        "_key",
+        "_leaf",
+        "_shares",
+        "_tickets",
+        "_token_provider",
+        "cipher_suites",
+        "groups",
+    )
 
     def __init__(
         self,
@@ -160,7 +201,6 @@ class ServerEngine(HandshakeEngine):
         self._client_schemes: tuple[int, ...] = ()
         self._handshake_secrets: tuple[bytes, bytes] = (b"", b"")
         self._client_application_secret = b""
-        self._ticket_max_early = 0
         self._asked_certificate = False
         self._ticket_age_ok = False
 
