@@ -286,6 +286,12 @@ class SessionDriver:
         loop_time = self.loop.time
         guard = self._guard
         readers, writers = self._readers, self._writers
+        # with several connections, one pull takes no more than a transport holds: what a
+        # connection queues here waits behind it, and a failover waits for the queue
+        # (design: Failure detection)
+        budget = _FLUSH_BUDGET
+        if self._multipath_buffers:
+            budget = min(budget, core.tuning.multipath_write_buffer)
         now = loop_time()  # one instant for the whole pump (it never waits)
         for _ in range(64):
             self._handle_events()
@@ -305,7 +311,7 @@ class SessionDriver:
                 if transport is None or transport.is_closing() or cid in self._paused:
                     continue
                 while cid not in self._paused and core.wants_transmit(cid, now):
-                    data = core.transmit(cid, now, _FLUSH_BUDGET)
+                    data = core.transmit(cid, now, budget)
                     if not data:
                         break
                     transport.write(data)

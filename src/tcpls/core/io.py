@@ -108,6 +108,16 @@ class ConnectionView:
     records_received: int
     #: Records sent and not acknowledged yet.
     unacknowledged: int
+    #: Smoothed RTT of our records on this connection, from the peer's ACKs, seconds
+    #: (``None`` before the first sample; design: Failure detection).
+    srtt: float | None = None
+    #: Its mean deviation, seconds (``None`` likewise).
+    rttvar: float | None = None
+    #: The smallest RTT sample, seconds (``None`` likewise).
+    min_rtt: float | None = None
+    #: Whether the connection is suspect: its ACKs stopped for a probe timeout, new data
+    #: avoids it (design: Failure detection).
+    suspect: bool = False
 
 
 class IODuties:
@@ -191,12 +201,12 @@ class IODuties:
         """Connections whose Ping is about to count as unanswered while they have data
         outstanding: if TCP delivered everything, the peer is slow, not gone (the I/O
         layer then calls ``set_peer_slow``; design: Failure detection)."""
-        timeout = self._tuning.ping_timeout
+        after, timeout = self._tuning.ping_after, self._tuning.ping_timeout
         return [
             cid
             for cid, conn in self._links.connections.items()
             if conn.ping_sent_at is not None
-            and now >= conn.ping_sent_at + timeout
+            and now >= conn.ping_deadline(after, timeout)
             and conn.sent_log
         ]
 
@@ -216,6 +226,7 @@ class IODuties:
 
 
 def _view(conn: Connection) -> ConnectionView:
+    timing = conn.timing
     return ConnectionView(
         id=conn.id,
         status=conn.status.value,
@@ -226,4 +237,8 @@ def _view(conn: Connection) -> ConnectionView:
         records_sent=conn.records_sent,
         records_received=conn.records_received,
         unacknowledged=len(conn.sent_log),
+        srtt=timing.srtt if timing.samples else None,
+        rttvar=timing.rttvar if timing.samples else None,
+        min_rtt=timing.min_rtt,
+        suspect=timing.suspect,
     )
