@@ -101,7 +101,7 @@ class SessionClock:
                 if any(c.usable for c in conns):
                     resent = self._acks.resend_suspect(conn, tuning.suspect_resend_bytes)
                 timing = conn.timing
-                logger.info(
+                logger.debug(
                     "connection %d suspect (probe timeout %d, srtt %.1f ms, rttvar %.1f ms, "
                     "silent %.1f ms): %d bytes sent again elsewhere",
                     conn.id,

@@ -65,15 +65,21 @@ class Liveness:
         return earliest
 
     def suspect_at(self, conn: Connection) -> float | None:
-        """When ``conn``'s next probe timeout expires: its oldest ack-eliciting record
-        unacknowledged and its silence both as old as the probe timeout (``None``:
-        nothing in flight, or the backoff is at its end)."""
+        """When ``conn``'s next probe timeout expires (``None``: not before something
+        happens). With records of ours in flight: once the oldest waited a probe timeout
+        for its ACK and nothing arrived for half of one. With none: once a connection
+        whose last news was stream data stayed silent a probe timeout (the receiving end
+        of a transfer whose path died; a sender that merely finished costs one Ping)."""
         timing = conn.timing
-        oldest = timing.oldest
-        if oldest is None or timing.backoff >= MAX_BACKOFF or conn.tls.close_notify_received:
+        if timing.backoff >= MAX_BACKOFF or conn.tls.close_notify_received:
             return None  # (after the peer's close_notify, no ACK comes: design: Closing)
         tuning = self.tuning
         pto = timing.probe_timeout(tuning.ack_delay, tuning.suspect_timeout_min)
+        oldest = timing.oldest
+        if oldest is None:
+            if conn.last_data is None or conn.last_data < conn.last_receive:
+                return None
+            return conn.last_receive + pto
         quiet = conn.last_receive + pto / 2
         return oldest + pto if oldest + pto > quiet else quiet
 
