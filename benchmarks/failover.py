@@ -255,6 +255,10 @@ class _Process:
                 self.proc.kill()
 
 
+def _bytes_on(connections: list[dict[str, Any]], cid: int) -> int:
+    return next((c["bytes_received"] for c in connections if c["id"] == cid), 0)
+
+
 def _gap_after(reads: list[float], since: float) -> float:
     """The longest time between two reads, counting only gaps that end after ``since``."""
     gaps = [b - a for a, b in itertools.pairwise(reads) if b >= since]
@@ -304,6 +308,7 @@ def _run(args: argparse.Namespace, pki: Any, scenario: str, rtt_ms: float) -> di
             helpers.append(client)
             client.wait_for("connected", 30)
             cut_at = restored_at = None
+            a_at_restore = 0
             if scenario in ("blackhole", "reset", "restore"):
                 while True:
                     progress = client.wait_for("progress", 60)
@@ -316,6 +321,8 @@ def _run(args: argparse.Namespace, pki: Any, scenario: str, rtt_ms: float) -> di
                     time.sleep(args.restore_after)
                     lab.restore(0)
                     restored_at = time.monotonic()
+                    progress = client.wait_for("progress", 30)
+                    a_at_restore = _bytes_on(progress["connections"], 0)
             result = client.wait_for("result", seconds + 120)
             done = server.wait_for("stream_done", 10)
         finally:
@@ -345,6 +352,8 @@ def _run(args: argparse.Namespace, pki: Any, scenario: str, rtt_ms: float) -> di
     if restored_at is not None:
         ids = [c["id"] for c in result["connections"]]
         out["a_kept"] = ids == [0, 1]
+        # what connection 0 (path A) carried once the path was back
+        out["a_bytes_after_restore"] = _bytes_on(result["connections"], 0) - a_at_restore
     if scenario == "slowpath":
         out["connections_failed"] = 2 - len(result["connections"])
     log(f"{scenario} rtt {rtt_ms:g} ms: {json.dumps(out)}")
