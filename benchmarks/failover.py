@@ -85,6 +85,7 @@ async def _server(args: argparse.Namespace) -> None:
         logging.basicConfig(
             filename=args.log, level=logging.INFO, format="%(created).3f %(name)s %(message)s"
         )
+        logging.getLogger("tcpls.core.clock").setLevel(logging.DEBUG)  # suspect connections
 
     async def stream(session: tcpls.Session, reader: Any, writer: Any) -> None:
         words = (await reader.readuntil(b"\n")).split()
@@ -109,7 +110,7 @@ async def _server(args: argparse.Namespace) -> None:
             "stream_done",
             sent=sent,
             sha256=digest.hexdigest(),
-            bytes_resent=stats.bytes_resent,
+            bytes_resent=getattr(stats, "bytes_resent", 0),  # (0.1.0 before suspicion: none)
             bytes_reinjected=stats.bytes_reinjected,
             connections=[c.id for c in stats.connections],
         )
@@ -140,9 +141,9 @@ def _describe(session: Any) -> list[dict[str, Any]]:
         {
             "id": c.id,
             "status": c.status,
-            "suspect": c.suspect,
+            "suspect": getattr(c, "suspect", False),
             "bytes_received": c.bytes_received,
-            "srtt_ms": None if c.srtt is None else round(c.srtt * 1000, 1),
+            "srtt_ms": None if getattr(c, "srtt", None) is None else round(c.srtt * 1000, 1),
             "tcp_rtt_ms": None if c.rtt is None else round(c.rtt * 1000, 1),
         }
         for c in session.connections

@@ -219,9 +219,9 @@ class SessionTuning:
     #: Time a closing session waits for the peer to finish before it aborts, seconds.
     close_timeout: float = 10.0
     #: With several connections: bytes each may hold in its transport's write buffer.
-    multipath_write_buffer: int = 64 * 1024
+    multipath_write_buffer: int = 32 * 1024
     #: With several connections: TCP_NOTSENT_LOWAT of each socket (None: kernel default).
-    multipath_notsent_lowat: int | None = 64 * 1024
+    multipath_notsent_lowat: int | None = 32 * 1024
     #: Server: how long a session with no connection left waits for the client to join
     #: again (break-before-make); client: how long it keeps trying to join.
     rejoin_timeout: float = 30.0

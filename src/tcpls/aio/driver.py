@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from tcpls.aio.info import ConnectionInfo, connection_info
-from tcpls.aio.liveness import FlowGuard, check_slow_peers
+from tcpls.aio.liveness import FlowGuard, check_quiet_paths, check_slow_peers
 from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.sockets import configure_socket, host_port, set_notsent_lowat
 from tcpls.aio.streams import StreamReader, StreamSession, StreamWriter
@@ -356,6 +356,7 @@ class SessionDriver:
         self._timer_at = None
         now = self.loop.time()
         check_slow_peers(self.core, self.protocols, now)
+        check_quiet_paths(self.core, self.protocols, now)
         self.core.handle_timer(now)
         self.process()
 

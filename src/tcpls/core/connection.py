@@ -72,6 +72,7 @@ class Connection:
         "remote_address",
         "sent_log",
         "status",
+        "tcp_heard_at",
         "timing",
         "tls",
     )
@@ -115,6 +116,9 @@ class Connection:
         self.peer_slow = False
         #: Records in flight, the RTT estimate and the suspect state.
         self.timing = PathTiming()
+        #: When TCP last received a segment from the peer, as the I/O layer read it from
+        #: the kernel: a path that carries TCP's ACKs is slow, not dead.
+        self.tcp_heard_at = 0.0
 
     @property
     def usable(self) -> bool:

@@ -23,6 +23,7 @@ from enum import Enum
 from tcpls.config import SessionTuning
 from tcpls.core.connection import Connection, ConnectionStatus
 from tcpls.core.links import Links
+from tcpls.core.liveness import Liveness
 from tcpls.core.streams import Stream
 from tcpls.core.streamset import StreamSet
 from tcpls.tls.record import CipherSuite
@@ -209,6 +210,14 @@ class IODuties:
             and now >= conn.ping_deadline(after, timeout)
             and conn.sent_log
         ]
+
+    def probes_due(self, liveness: Liveness, now: float) -> list[int]:
+        """Connections about to become suspect (or to back off again): the I/O layer
+        tells what TCP last heard from the peer on them (``set_transport_heard``), since
+        a path that carries TCP's ACKs is slow, not dead (design: Failure detection)."""
+        if not self._links.tcpls:
+            return []
+        return [c.id for c in liveness.probes_due(now, self._links.connections.values())]
 
     def has_working_connection(self) -> bool:
         """Whether a connection carries the session (joins still in their hello do not)."""

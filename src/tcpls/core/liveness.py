@@ -79,8 +79,10 @@ class Liveness:
         if oldest is None:
             if conn.last_data is None or conn.last_data < conn.last_receive:
                 return None
-            return conn.last_receive + pto
-        quiet = conn.last_receive + pto / 2
+            heard = conn.last_receive
+            return (heard if heard > conn.tcp_heard_at else conn.tcp_heard_at) + pto
+        heard = conn.last_receive if conn.last_receive > conn.tcp_heard_at else conn.tcp_heard_at
+        quiet = heard + pto / 2
         return oldest + pto if oldest + pto > quiet else quiet
 
     def expired_probes(self, now: float, connections: Iterable[Connection]) -> list[Connection]:
@@ -161,6 +163,27 @@ class Liveness:
                 conn.ping_pending = False
             else:
                 conn.last_receive = max(conn.last_receive, now)
+
+    def probes_due(self, now: float, connections: Iterable[Connection]) -> list[Connection]:
+        """The connections whose probe timeout expires by ``now`` (the I/O layer asks TCP
+        whether it still hears from the peer first: :meth:`transport_heard`)."""
+        if self.reading_suspended:
+            return []
+        due = []
+        for conn in connections:
+            if conn.status not in _PROBED or conn.flow_blocked or conn.peer_slow:
+                continue
+            at = self.suspect_at(conn)
+            if at is not None and now >= at:
+                due.append(conn)
+        return due
+
+    @staticmethod
+    def transport_heard(conn: Connection, at: float) -> None:
+        """TCP received a segment from the peer at ``at`` on ``conn`` (the kernel's
+        ``TCP_INFO``): the path works, so the connection's silence starts then."""
+        if at > conn.tcp_heard_at:
+            conn.tcp_heard_at = at
 
     @staticmethod
     def peer_slow(conn: Connection) -> None:
