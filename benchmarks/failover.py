@@ -22,11 +22,12 @@ returned bytes: what the application waits. Scenarios (``--scenarios``):
 * ``reset``: the same, with path A reset (both ends see ECONNABORTED at once).
 * ``restore``: path A is blackholed at a third and restored ``--restore-after`` seconds
   later: the connection over A must carry data again, with no new join.
-* ``slowpath``: no failure; a download of ``--seconds`` over A and B while a competing
-  TCP flow over A (on for 3 s, off for 2 s, in turn) fills A's queue of 500 KiB (200 ms at
-  20 Mbit/s), so that A's queueing delay swings between 0 and about 200 ms. Reported:
+* ``slowpath``: no failure; a download of ``--seconds`` over A and B while four competing
+  TCP flows over A (on for 3 s, off for 2 s, in turn) fill A's queue of 1000 KiB (400 ms
+  at 20 Mbit/s), so that A's queueing delay swings by a few hundred ms. Reported:
   connections declared failed (must be 0) and the bytes the server sent twice (suspect
-  connections' resends plus reinjections) as a share of the download (must stay under 1 %).
+  connections' resends plus reinjections) as a share of the download (must stay under 1 %),
+  and the kernel's RTT of A's connection sampled at every MiB (``a_tcp_rtt_ms``).
 
 Prints one JSON line on stdout; progress on stderr. The script also runs itself as the
 client (``_client``), the server (``_server``) and the competing flow (``_sink``,
@@ -60,6 +61,10 @@ SERVER_B = "10.10.2.2"
 CLIENT_A = "10.10.1.1"
 RATE_MBIT = 20.0
 BLOCK = 1 << 16
+#: Path A's queue in the slowpath scenario, KiB (400 ms at 20 Mbit/s when full).
+SLOW_QUEUE_KB = 1000
+#: Competing TCP flows over path A in the slowpath scenario.
+BLAST_FLOWS = 4
 SCENARIOS = ("blackhole", "reset", "restore", "slowpath")
 
 
@@ -186,28 +191,43 @@ async def _client(args: argparse.Namespace) -> None:
 
 
 def _sink(args: argparse.Namespace) -> None:
-    """Client namespace: accept the competing flow and discard what it sends."""
+    """Client namespace: accept the competing flows and discard what they send."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((CLIENT_A, BLAST_PORT))
     listener.listen()
     _emit("listening")
-    conn, _ = listener.accept()
-    while conn.recv(1 << 20):
-        pass
+
+    def drain(conn: socket.socket) -> None:
+        while conn.recv(1 << 20):
+            pass
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=drain, args=(conn,), daemon=True).start()
 
 
 def _blast(args: argparse.Namespace) -> None:
-    """Server namespace: a TCP bulk flow over path A, on and off in turn."""
-    sock = socket.create_connection((CLIENT_A, BLAST_PORT))
+    """Server namespace: TCP bulk flows over path A, all on, then all off, in turn."""
     data = os.urandom(1 << 16)
     end = time.monotonic() + args.seconds
-    while time.monotonic() < end:
-        on_until = time.monotonic() + args.on
-        while time.monotonic() < on_until:
-            sock.sendall(data)
-        time.sleep(args.off)
-    sock.close()
+
+    def flow() -> None:
+        sock = socket.create_connection((CLIENT_A, BLAST_PORT))
+        while time.monotonic() < end:
+            phase = (time.monotonic() - start) % (args.on + args.off)
+            if phase < args.on:
+                sock.sendall(data)
+            else:
+                time.sleep(args.on + args.off - phase)
+        sock.close()
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=flow) for _ in range(BLAST_FLOWS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 # -- orchestration (root namespace) ---------------------------------------------------------------
@@ -225,6 +245,7 @@ class _Process:
             text=True,
         )
         self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -235,6 +256,7 @@ class _Process:
         self.lines.put(None)
 
     def wait_for(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next event named ``event`` (the others are kept in :attr:`seen`)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -244,6 +266,7 @@ class _Process:
             if item is None:
                 err = self.proc.stderr.read()[-2000:] if self.proc.poll() is not None else ""
                 raise RuntimeError(f"no {event!r} from the {self.proc.args[2]} {err}")
+            self.seen.append(item)
             if item.get("event") == event:
                 return item
 
@@ -272,7 +295,7 @@ def _run(args: argparse.Namespace, pki: Any, scenario: str, rtt_ms: float) -> di
     from tcpls.lab import Lab, PathSpec
 
     delay = rtt_ms / 2
-    queue_a = 500 if scenario == "slowpath" else None
+    queue_a = SLOW_QUEUE_KB if scenario == "slowpath" else None
     paths = [
         PathSpec(rate_mbit=RATE_MBIT, delay_ms=delay, queue_kb=queue_a),
         PathSpec(rate_mbit=RATE_MBIT, delay_ms=delay),
@@ -357,6 +380,20 @@ def _run(args: argparse.Namespace, pki: Any, scenario: str, rtt_ms: float) -> di
         out["a_bytes_after_restore"] = _bytes_on(result["connections"], 0) - a_at_restore
     if scenario == "slowpath":
         out["connections_failed"] = 2 - len(result["connections"])
+        # the kernel's RTT of path A's connection, sampled at every MiB received
+        rtts = [
+            c["tcp_rtt_ms"]
+            for e in client.seen
+            if e.get("event") == "progress"
+            for c in e["connections"]
+            if c["id"] == 0 and c["tcp_rtt_ms"] is not None
+        ]
+        if rtts:
+            out["a_tcp_rtt_ms"] = {
+                "min": min(rtts),
+                "median": sorted(rtts)[len(rtts) // 2],
+                "max": max(rtts),
+            }
     log(f"{scenario} rtt {rtt_ms:g} ms: {json.dumps(out)}")
     return out
 
