@@ -225,3 +225,25 @@ def test_a_suspect_episode_resends_no_more_than_its_cap(pki: DevPKI) -> None:
     backoff = server1.timing.backoff
     _step(h, lambda: server1.timing.backoff > backoff, limit=2.0)
     assert server1.timing.resent_bytes <= server1.timing.backoff * cap + 16_384
+
+
+def test_a_dead_path_cannot_push_the_receiver_over_its_reassembly_limit(pki: DevPKI) -> None:
+    """The hole a stalled connection leaves holds back the receiver's stream; the other
+    connection keeps delivering what comes after it. New data stops half the reassembly
+    limit past the first byte not acknowledged (design: Backpressure), so the receiver
+    never holds more out of order than it allows (it used to end the session with
+    illegal_parameter), and the download completes once the hole is sent again."""
+    limit = 1 << 20
+    h, link = _two_connections(pki, max_reassembly_bytes=limit)
+    flow = Flow(h)
+    _download(h, flow, 8_000_000)
+    h.cut(link, "stall")
+    peak = 0
+    for _ in range(200):
+        h.advance(0.01)
+        peak = max(peak, h.client.reassembly_held)
+        if flow.delivered():
+            break
+    assert not h.client.closed and not h.server.closed, h.client.error or h.server.error
+    assert peak <= limit
+    flow.check(complete=False)

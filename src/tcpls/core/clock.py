@@ -100,6 +100,8 @@ class SessionClock:
                 resent = 0
                 if any(c.usable for c in conns):
                     resent = self._acks.resend_suspect(conn, tuning.suspect_resend_bytes)
+                if links.qlog is not None:
+                    links.qlog.connection_suspect(conn, resent)
                 timing = conn.timing
                 logger.debug(
                     "connection %d suspect (probe timeout %d, srtt %.1f ms, rttvar %.1f ms, "

@@ -303,6 +303,9 @@ class RecordSender:
         log = acks.log_for(conn)
         unacked = acks.unacked_bytes
         cap = acks.cap()
+        # no further ahead of the first byte not acknowledged than the peer may hold out of
+        # order (design: Backpressure)
+        ahead_end = stream.acked_to + self.tuning.max_reassembly_bytes // 2
         sent = logged = 0
         first = stream.send_next
         fin = False
@@ -310,7 +313,7 @@ class RecordSender:
         while tls.pending_output < budget and unacked + logged < cap:
             offset = stream.send_next
             pending = send.end - offset
-            if pending <= 0:
+            if pending <= 0 or offset >= ahead_end:
                 break
             n = pending if pending < room else room
             fin = stream.fin_queued and n == pending
@@ -407,6 +410,7 @@ class RecordSender:
         spreads = self.scheduler.spreads
         acks = self._acks
         unacked_cap = acks.cap()
+        ahead = self.tuning.max_reassembly_bytes // 2
         for sid in list(sendable):
             if space < STREAM_HEADER_SIZE + (MIN_STREAM_CHUNK if plan else 0):
                 break
@@ -438,6 +442,8 @@ class RecordSender:
                 if acks.unacked_bytes >= unacked_cap:
                     break  # the peer is not acknowledging: send nothing new (memory bound)
                 offset = stream.send_next
+                if offset - stream.acked_to >= ahead:
+                    continue  # the peer could not hold more out of order (Backpressure)
                 pending = stream.send.end - offset
                 n = min(pending, room)
                 fin = stream.fin_queued and not stream.fin_sent and n == pending
