@@ -247,3 +247,22 @@ def test_a_dead_path_cannot_push_the_receiver_over_its_reassembly_limit(pki: Dev
     assert not h.client.closed and not h.server.closed, h.client.error or h.server.error
     assert peak <= limit
     flow.check(complete=False)
+
+
+def test_a_range_acknowledged_twice_below_the_base_does_not_stop_the_stream() -> None:
+    """Data sent again while its connection was suspect can be acknowledged twice, the
+    second time after the base passed it; the base must still move (it used to stop for
+    good, and the stream with it once the send window filled)."""
+    from tcpls.core.streams import Stream
+
+    stream = Stream(0, local=True)
+    for _ in range(3):
+        stream.send.append(bytes(100_000))
+    stream.send_next = 300_000
+    stream.on_acked(0, 100_000, False)
+    stream.on_acked(100_000, 100_000, False)
+    assert stream.acked_to == stream.send.base == 200_000
+    stream.on_acked(50_000, 20_000, False)  # the duplicate's ACK, late
+    stream.fin_queued = stream.fin_sent = True
+    stream.on_acked(200_000, 100_000, True)
+    assert stream.acked_to == 300_000 and stream.fin_acked
