@@ -220,12 +220,28 @@ class SessionTuning:
     #: Time a closing session waits for the peer to finish before it aborts, seconds.
     close_timeout: float = 10.0
     #: With several connections: bytes each may hold in its transport's write buffer.
-    multipath_write_buffer: int = 128 * 1024
+    multipath_write_buffer: int = 32 * 1024
     #: With several connections: TCP_NOTSENT_LOWAT of each socket (None: kernel default).
-    multipath_notsent_lowat: int | None = 128 * 1024
+    multipath_notsent_lowat: int | None = 32 * 1024
     #: Server: how long a session with no connection left waits for the client to join
     #: again (break-before-make); client: how long it keeps trying to join.
     rejoin_timeout: float = 30.0
+    #: The least probe timeout, seconds: a connection becomes suspect when its oldest
+    #: unacknowledged record and its silence are older than ``srtt + 4 rttvar +
+    #: ack_delay`` and than this (design: Failure detection).
+    suspect_timeout_min: float = 0.1
+    #: Stream bytes a suspect connection may have sent again on the others per probe
+    #: timeout that expires (design: Failure detection).
+    suspect_resend_bytes: int = 1024 * 1024
+
+    def check(self) -> None:
+        """Raise :class:`ConfigurationError` for unusable values of the failure detection."""
+        if not 0.001 <= self.suspect_timeout_min <= 60:
+            raise ConfigurationError("suspect_timeout_min must be between 1 ms and 60 s")
+        if self.suspect_resend_bytes < 0:
+            raise ConfigurationError("suspect_resend_bytes must be at least 0")
+        if not 0 < self.ack_delay <= 1:
+            raise ConfigurationError("ack_delay must be positive and at most 1 s")
 
 
 @dataclass(frozen=True)
@@ -293,6 +309,7 @@ class ClientConfig:
 
     def check(self) -> None:
         """Raise :class:`ConfigurationError` for unusable values (files are read here)."""
+        self.tuning.check()
         if self.cafile is not None:
             _check_ca_file(self.cafile)
         if self.cadata is not None:
@@ -421,6 +438,7 @@ class ServerConfig:
 
     def check(self) -> None:
         """Raise :class:`ConfigurationError` for unusable values."""
+        self.tuning.check()
         self.load_credentials()
         parse_cipher_suites(self.cipher_suites)
         parse_groups(self.groups)

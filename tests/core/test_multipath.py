@@ -91,8 +91,9 @@ def test_ack_for_one_connection_received_on_another_trims_its_log(pki: DevPKI) -
     assert len(records) == 5
     conn1 = h.client.connections[1]
     assert [seq for seq, _, _ in conn1.sent_log] == [r.sequence for r in records]
-    # the server's ACK delay expires; it transmits on connection 0 only
-    h.now += h.tuning.ack_delay
+    # the server's ACK delay expires, and connection 1 does not carry the ACK in time
+    # (design: ACK policy); the server transmits on connection 0 only
+    h.now += 2 * h.tuning.ack_delay
     h.server.handle_timer(h.now)
     on_0 = send_over(h, h.server, h.client, cid=0)
     assert acks_in(on_0) == [Ack(1, records[-1].sequence)]
@@ -106,7 +107,8 @@ def test_ack_for_one_connection_received_on_another_trims_its_log(pki: DevPKI) -
 
 
 def test_bulk_transfer_acknowledged_only_on_the_other_connection(pki: DevPKI) -> None:
-    """Data on connection 1, every ACK for it on connection 0 (the server never writes on 1)."""
+    """Data on connection 1, every ACK for it on connection 0 (the server never writes on 1:
+    each ACK leaves there once its own connection did not carry it in time)."""
     h = established(pki)
     h.join()
     settle(h)
@@ -115,12 +117,14 @@ def test_bulk_transfer_acknowledged_only_on_the_other_connection(pki: DevPKI) ->
     flow = Flow(h)
     sid = flow.open("client")
     h.client.pin_stream(sid, 1)
-    flow.send("client", sid, 2_000_000)
+    flow.send("client", sid, 4_000_000)
     flow.finish("client", sid)
     longest = 0
-    for _ in range(200):
-        pump_rounds(h, 1)
-        h.advance(0.005)
+    for _ in range(400):
+        pump_rounds(h, 1)  # (256 KiB per round)
+        h.now += 0.01  # (an ACK waits 2 x ack_delay for its own connection first)
+        h.client.handle_timer(h.now)
+        h.server.handle_timer(h.now)
         longest = max(longest, len(h.client.connections[1].sent_log))
         if flow.delivered() and not h.client.connections[1].sent_log:
             break
@@ -128,13 +132,13 @@ def test_bulk_transfer_acknowledged_only_on_the_other_connection(pki: DevPKI) ->
     assert not h.client.connections[1].sent_log
     assert h.client.unacked_bytes == 0
     acks_for_1 = [a for a in acks_in(tap.sent_by("server", 0)) if a.connection_id == 1]
-    assert len(acks_for_1) > 3  # several ACKs trimmed the log as the transfer went
+    assert acks_for_1  # ACKs on connection 0 trimmed the log
     assert [a.highest_sequence for a in acks_for_1] == sorted(
         {a.highest_sequence for a in acks_for_1}
     )
     assert tap.sent_by("server", 1) == []
-    assert covered(tap.sent_by("client", 1), sid) == [(0, 2_000_000)]
-    assert longest < 2_000_000 // 16_369  # the log never held the whole transfer
+    assert covered(tap.sent_by("client", 1), sid) == [(0, 4_000_000)]
+    assert longest < 4_000_000 // 16_369 // 2  # the log never held the whole transfer
 
 
 def test_ack_for_a_removed_connection_is_ignored(pki: DevPKI) -> None:

@@ -171,7 +171,9 @@ def _stall_after(result: dict[str, Any], cut_at: float) -> float:
 # -- 1. make-before-break -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("cut", "limit"), [("blackhole", 1.5), ("reset", 0.3)])
+# blackhole: the connection is suspect within a probe timeout (design: Failure detection);
+# measured 0.086-0.092 s (0.76-0.95 s before it). reset: 7-25 ms (5-21 ms before).
+@pytest.mark.parametrize(("cut", "limit"), [("blackhole", 0.5), ("reset", 0.1)])
 def test_make_before_break(
     lab: Lab, material: Material, tmp_path: Path, cut: CutMode, limit: float
 ) -> None:

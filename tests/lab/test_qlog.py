@@ -9,7 +9,8 @@ end's qlog file must validate against the qlog main schema's structure
 (:func:`tests.qlog.qlog_util.validate`) and hold, in order, the failure of connection 0
 with its Connection Reset (sent right after, or received right before), the ranges sent
 again (the server, which sends the download) and the data moving on connection 1;
-``tcpls qlog summary`` prints its timeline.
+``tcpls qlog summary`` prints its timeline. When the server finds connection 0 suspect
+first (design: Failure detection), its data moves at the suspicion, before the failure.
 
 Needs root (skips otherwise). Runtime about 15 s.
 """
@@ -22,11 +23,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tcpls.lab import Lab, PathSpec, lab_available
-from tests.qlog.qlog_util import failover_marks, validate
+from tests.qlog.qlog_util import carries_stream_data, failover_marks, first, validate
 
 pytestmark = pytest.mark.lab
 
@@ -96,8 +98,12 @@ def test_failover_qlog(tmp_path: Path) -> None:
 
     (client_file,) = qlog_client.glob("*-client-*.sqlog")
     (server_file,) = qlog_server.glob("*-server-*.sqlog")
+    _, server_events = validate(server_file)
+    moved_when_suspect = _suspect_first(server_events)
     for path, way in ((client_file, "record_received"), (server_file, "record_sent")):
         _, events = validate(path)
+        if way == "record_sent" and moved_when_suspect:
+            continue  # (checked by _suspect_first: the data moved before the failure)
         marks = failover_marks(events, 0, 1, way)
         assert marks == sorted(marks) and len(set(marks)) == len(marks), (path.name, marks)
         assert marks[1] == marks[0] + 1
@@ -120,5 +126,42 @@ def test_failover_qlog(tmp_path: Path) -> None:
         "Connection Reset",
         "sent again from connection 0",
         "data moves again on connection 1",
+        *(["connection 0 suspect"] if moved_when_suspect else []),
     ):
         assert text in summary, summary
+
+
+def _suspect_first(events: list[dict[str, Any]]) -> bool:
+    """Whether the server found connection 0 suspect and sent its data again before
+    connection 0 failed (design: Failure detection); then, in order: that suspicion, the
+    failure with its Connection Reset, and stream data on connection 1 after the
+    suspicion (``False``: the failure came first, for :func:`failover_marks`)."""
+    failure = first(events, "connection_failed", connection_id=0)
+    suspect = next(
+        (
+            i
+            for i in range(failure)
+            if events[i]["name"] == "tcpls:connection_suspect"
+            and events[i]["data"]["connection_id"] == 0
+            and events[i]["data"]["resent_bytes"] > 0
+        ),
+        None,
+    )
+    if suspect is None:
+        return False
+    assert events[suspect]["data"]["probe_timeouts"] == 1
+    moved = next(
+        i
+        for i in range(suspect, len(events))
+        if events[i]["name"] == "tcpls:record_sent"
+        and events[i]["data"]["connection_id"] == 1
+        and carries_stream_data(events[i])
+    )
+    assert moved < len(events)
+    print(
+        f"\nserver: connection 0 suspect at {events[suspect]['time']:.0f} ms, "
+        f"{events[suspect]['data']['resent_bytes']} bytes sent again, data on connection 1 "
+        f"{events[moved]['time'] - events[suspect]['time']:.0f} ms later, failed at "
+        f"{events[failure]['time']:.0f} ms"
+    )
+    return True

@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from tcpls.aio.info import ConnectionInfo, connection_info
-from tcpls.aio.liveness import FlowGuard, check_slow_peers
+from tcpls.aio.liveness import FlowGuard, check_quiet_paths, check_slow_peers
 from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.sockets import configure_socket, host_port, set_notsent_lowat
 from tcpls.aio.streams import IncomingStreams, StreamReader, StreamSession, StreamWriter
@@ -290,6 +290,12 @@ class SessionDriver:
         loop_time = self.loop.time
         guard = self._guard
         readers, writers = self._readers, self._writers
+        # with several connections, one pull takes no more than a transport holds: what a
+        # connection queues here waits behind it, and a failover waits for the queue
+        # (design: Failure detection)
+        budget = _FLUSH_BUDGET
+        if self._multipath_buffers:
+            budget = min(budget, core.tuning.multipath_write_buffer)
         now = loop_time()  # one instant for the whole pump (it never waits)
         if self.addresses_seen >= 0 and len(core.peer_addresses) != self.addresses_seen:
             self.addresses_seen = len(core.peer_addresses)
@@ -317,7 +323,7 @@ class SessionDriver:
                 if transport is None or transport.is_closing() or cid in self._paused:
                     continue
                 while cid not in self._paused and core.wants_transmit(cid, now):
-                    data = core.transmit(cid, now, _FLUSH_BUDGET)
+                    data = core.transmit(cid, now, budget)
                     if not data:
                         break
                     transport.write(data)
@@ -362,6 +368,7 @@ class SessionDriver:
         self._timer_at = None
         now = self.loop.time()
         check_slow_peers(self.core, self.protocols, now)
+        check_quiet_paths(self.core, self.protocols, now)
         self.core.handle_timer(now)
         self.process()
 

@@ -41,6 +41,17 @@ class ConnectionInfo:
     cwnd: int | None
     #: Records sent on this connection and not yet acknowledged by the peer.
     unacknowledged: int
+    #: Smoothed RTT of our records, from the peer's ACKs (seal to ACK, the peer's ACK
+    #: delay and our send queue included), seconds; ``None`` before the first sample
+    #: (design: Failure detection).
+    srtt: float | None = None
+    #: Mean deviation of that RTT, seconds (``None`` before the first sample).
+    rttvar: float | None = None
+    #: Smallest RTT sample, seconds (``None`` before the first sample).
+    min_rtt: float | None = None
+    #: Whether the connection is suspect: its ACKs stopped for a probe timeout, so new
+    #: data avoids it until they resume (design: Failure detection).
+    suspect: bool = False
 
 
 def connection_info(conn: ConnectionView, transport: asyncio.Transport | None) -> ConnectionInfo:
@@ -64,4 +75,8 @@ def connection_info(conn: ConnectionView, transport: asyncio.Transport | None) -
         rtt=info.rtt if info else None,
         cwnd=info.cwnd if info else None,
         unacknowledged=conn.unacknowledged,
+        srtt=conn.srtt,
+        rttvar=conn.rttvar,
+        min_rtt=conn.min_rtt,
+        suspect=conn.suspect,
     )

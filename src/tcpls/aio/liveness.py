@@ -6,7 +6,10 @@ the session's failure detection (design: Failure detection):
 * :class:`FlowGuard` keeps ``TCP_USER_TIMEOUT`` from aborting a connection whose peer
   merely stopped reading (a zero window; design: Backpressure);
 * :func:`check_slow_peers`, before a Ping counts as unanswered, asks TCP whether the
-  Ping reached the peer.
+  Ping reached the peer;
+* :func:`check_quiet_paths`, before a connection becomes suspect, asks TCP when it last
+  heard from the peer: TCP's ACKs that still arrive (during loss recovery, or while the
+  peer's application is busy) show a slow path, not a dead one.
 
 This module owns those two checks; the session's driver runs them.
 """
@@ -20,7 +23,7 @@ from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.sockets import set_user_timeout, tcp_info
 from tcpls.core.session import CoreSession
 
-__all__ = ["ZERO_WINDOW_TIMEOUT", "FlowGuard", "check_slow_peers"]
+__all__ = ["ZERO_WINDOW_TIMEOUT", "FlowGuard", "check_quiet_paths", "check_slow_peers"]
 
 # What the session learns about its connections is the session's to log.
 logger = logging.getLogger("tcpls.aio.session")
@@ -118,3 +121,16 @@ def check_slow_peers(
         if info is not None and info.unacked == 0:
             logger.debug("connection %d: the peer is alive but does not read", cid)
             core.set_peer_slow(cid, now)
+
+
+def check_quiet_paths(
+    core: CoreSession, protocols: dict[int, ConnectionProtocol], now: float
+) -> None:
+    """Before a connection becomes suspect, tell the core when TCP last received a
+    segment from the peer on it (``TCP_INFO``; design: Failure detection)."""
+    for cid in core.io.probes_due(core.liveness, now):
+        protocol = protocols.get(cid)
+        transport = protocol.transport if protocol is not None else None
+        info = tcp_info(transport.get_extra_info("socket") if transport else None)
+        if info is not None and info.last_heard is not None:
+            core.set_transport_heard(cid, now - info.last_heard)

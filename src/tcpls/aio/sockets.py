@@ -51,6 +51,8 @@ class TcpInfo:
     snd_wnd: int | None
     #: Segments retransmitted over the connection's life (``tcpi_total_retrans``).
     total_retransmits: int = 0
+    #: Seconds since the last segment (data or ACK) from the peer (``None``: unknown).
+    last_heard: float | None = None
 
 
 def configure_socket(sock: socket.socket, user_timeout: float | None) -> None:
@@ -91,6 +93,7 @@ def tcp_info(sock: socket.socket | None) -> TcpInfo | None:
         probes=fields[3],
         snd_wnd=snd_wnd,
         total_retransmits=u32[23],
+        last_heard=min(u32[11], u32[12]) / 1000,
     )
 
 

@@ -68,6 +68,9 @@ class SessionStats:
     stream_bytes_received: int
     #: Stream bytes sent again because the connection that carried them failed.
     bytes_reinjected: int
+    #: Stream bytes sent again elsewhere while their connection was suspect (duplicates
+    #: when it was merely slow; design: Failure detection).
+    bytes_resent: int
     #: Records sealed with the session's keys, all connections together.
     records_sealed: int
 
@@ -106,5 +109,6 @@ def session_stats(
         stream_bytes_sent=stats.stream_bytes_sent,
         stream_bytes_received=stats.stream_bytes_received,
         bytes_reinjected=stats.bytes_reinjected,
+        bytes_resent=stats.bytes_resent,
         records_sealed=stats.records_sealed,
     )

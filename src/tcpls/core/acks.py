@@ -45,12 +45,17 @@ class AckTracker:
         self.unacked_bytes = 0
         #: Stream bytes handed back for sending again by connections that failed (statistics).
         self.reinjected_bytes = 0
+        #: Stream bytes sent again elsewhere while their connection was suspect (statistics).
+        self.resent_bytes = 0
 
     # ------------------------------------------------------------ ACKs we owe
 
     def eliciting(self, conn: Connection, size: int, now: float) -> None:
         """An ack-eliciting record of ``size`` bytes arrived on ``conn``."""
         conn.ack_pending_records += 1
+        if conn.ack_pending_records == 1:
+            # the ACK goes on its own connection; if it has not left by then, on any
+            conn.ack_late_at = now + 2 * self.tuning.ack_delay
         self.pending[conn] = None
         conn.ack_pending_bytes += size
         tuning = self.tuning
@@ -68,55 +73,76 @@ class AckTracker:
             return False
         return any(c.ack_due(now) for c in self.pending)
 
+    @staticmethod
+    def _goes_on(c: Connection, conn: Connection, now: float) -> bool:
+        """Whether the due ACK of ``c`` goes in a record of ``conn``: on its own connection,
+        which it shows to work both ways (design: ACK policy, Failure detection), and on
+        another one when its own cannot send or did not carry it in time."""
+        return c.ack_due(now) and (c is conn or c.ack_elsewhere or not c.tls.can_send)
+
+    def due_on(self, conn: Connection, now: float) -> bool:
+        """Whether an ACK must go out now in a record of ``conn``."""
+        if not self.pending:  # asked on every pass of the I/O layer, and mostly empty
+            return False
+        goes_on = self._goes_on
+        return any(goes_on(c, conn, now) for c in self.pending)
+
     def all_due(self) -> None:
         """Everything received is acknowledged in the next record (before close_notify)."""
         for conn in self.pending:
-            conn.ack_now = True
+            conn.ack_now = conn.ack_elsewhere = True
 
     @staticmethod
     def _sent(conn: Connection) -> None:
         conn.ack_pending_records = conn.ack_pending_bytes = 0
-        conn.ack_deadline = None
-        conn.ack_now = False
+        conn.ack_deadline = conn.ack_late_at = None
+        conn.ack_now = conn.ack_elsewhere = False
 
     def take(self, conn: Connection, now: float, riding: bool) -> list[Frame]:
-        """The ACK frames to put in a record for ``conn``: those due, and with
+        """The ACK frames to put in a record for ``conn``: those due there, and with
         ``riding`` (the record carries data anyway) the one ``conn`` itself owes."""
         frames: list[Frame] = []
+        goes_on = self._goes_on
         for c in list(self.pending):
-            if c.ack_due(now) or (riding and c is conn):
+            if goes_on(c, conn, now) or (riding and c is conn):
                 frames.append(Ack(c.id, c.highest_received))
                 self._sent(c)
                 del self.pending[c]
         return frames
 
-    def pack_due(self, view: memoryview, now: float) -> int:
-        """Write the ACKs that are due into ``view``; returns how many bytes."""
+    def pack_due(self, view: memoryview, conn: Connection, now: float) -> int:
+        """Write the ACKs due in a record of ``conn`` into ``view``; returns how many bytes."""
         pos = 0
+        goes_on = self._goes_on
         for c in list(self.pending):
-            if c.ack_due(now):
+            if goes_on(c, conn, now):
                 pos = write_ack_into(view, pos, c.id, c.highest_received)
                 self._sent(c)
                 del self.pending[c]
         return pos
 
     def next_deadline(self) -> float | None:
-        """When the earliest delayed ACK becomes due."""
+        """When the earliest delayed ACK becomes due, or may leave on another connection."""
         earliest: float | None = None
         for conn in self.pending:
-            deadline = conn.ack_deadline
-            if deadline is not None and (earliest is None or deadline < earliest):
-                earliest = deadline
+            for deadline in (conn.ack_deadline, conn.ack_late_at):
+                if deadline is not None and (earliest is None or deadline < earliest):
+                    earliest = deadline
         return earliest
 
     def handle_timer(self, now: float) -> None:
-        """Delayed ACKs whose delay passed become due; their deadline is cleared, so it is
-        not re-armed while the connection cannot send (design: Timers)."""
+        """Delayed ACKs whose delay passed become due, and those still waiting for their
+        own connection may leave on another; each deadline is cleared, so it is not
+        re-armed while the connection cannot send (design: Timers)."""
         for conn in self.pending:
             deadline = conn.ack_deadline
             if deadline is not None and now >= deadline:
                 conn.ack_deadline = None
                 conn.ack_now = True
+            late = conn.ack_late_at
+            if late is not None and now >= late:
+                conn.ack_late_at = None
+                conn.ack_elsewhere = True
 
     # -------------------------------------------------- records unacknowledged
 
@@ -155,7 +181,14 @@ class AckTracker:
         """New stream data waits while this many bytes are unacknowledged (memory bound)."""
         return self.tuning.max_unacked_bytes
 
-    def received(self, conn: Connection | None, ack: Ack) -> None:
+    def timed(self, conn: Connection, first: int, last: int, now: float) -> None:
+        """Ack-eliciting records ``first`` to ``last`` left on ``conn`` at ``now``: their
+        ACK gives an RTT sample, and their wait for it a probe timeout (design: Failure
+        detection). After the peer's close_notify no ACK comes: nothing is timed."""
+        if not conn.tls.close_notify_received:
+            conn.timing.sealed(first, last, now)
+
+    def received(self, conn: Connection | None, ack: Ack, now: float) -> None:
         """The peer sent ``ack`` (``conn``: the connection it acknowledges, if still ours)."""
         if conn is None:
             return  # a connection already removed
@@ -165,7 +198,9 @@ class AckTracker:
                 f"ACK for record {ack.highest_sequence} of connection {ack.connection_id}, "
                 "which was never sent"
             )
-        self.acknowledge(conn, ack.highest_sequence)
+        if ack.highest_sequence > conn.peer_acked:
+            self.acknowledge(conn, ack.highest_sequence)
+            conn.timing.acknowledged(ack.highest_sequence, now)
 
     def acknowledge(self, conn: Connection, highest: int) -> None:
         """Records up to ``highest`` on ``conn`` arrived: trim the log, release the bytes."""
@@ -200,20 +235,51 @@ class AckTracker:
 
     def reinject(self, conn: Connection) -> None:
         """``conn`` failed: what it carried unacknowledged goes out again elsewhere, stream
-        ranges by offset, control frames at the front of the queue."""
+        ranges by offset, control frames at the front of the queue (except what was
+        sent again already while the connection was suspect)."""
         log = conn.sent_log
         streams = self._streams
         control: list[Frame] = []
+        resent_through = conn.timing.resent_through
         while log:
-            _, refs, frames = log.popleft()
+            seq, refs, frames = log.popleft()
             for sid, offset, length, fin in refs:
                 self.unacked_bytes -= length
-                self.reinjected_bytes += length
+                if seq > resent_through:
+                    self.reinjected_bytes += length
+                    streams.resend(sid, offset, length, fin)
+            if frames and seq > resent_through:
+                control.extend(frames)
+        conn.timing.forget()
+        streams.sort_resends()
+        self._control.extendleft(reversed(control))
+
+    def resend_suspect(self, conn: Connection, limit: int) -> int:
+        """``conn`` is suspect: send its unacknowledged frames again on the others, the
+        oldest first, up to ``limit`` stream bytes more in this episode; the log keeps
+        them (an ACK may still come). Returns the stream bytes handed back."""
+        timing = conn.timing
+        allowed = limit * timing.backoff - timing.resent_bytes
+        streams = self._streams
+        control: list[Frame] = []
+        resent = 0
+        for seq, refs, frames in conn.sent_log:
+            if seq <= timing.resent_through:
+                continue
+            if resent >= allowed:
+                break
+            for sid, offset, length, fin in refs:
+                resent += length
                 streams.resend(sid, offset, length, fin)
             if frames:
                 control.extend(frames)
-        streams.sort_resends()
+            timing.resent_through = seq
+        if resent:
+            streams.sort_resends()
         self._control.extendleft(reversed(control))
+        timing.resent_bytes += resent
+        self.resent_bytes += resent
+        return resent
 
     def forget(self, conn: Connection) -> None:
         """``conn`` is gone: it owes no ACK."""
@@ -245,6 +311,10 @@ class NoAcks(AckTracker):
     ) -> None:
         """The record's stream ranges count as acknowledged at once."""
         self._acked_now(refs)
+
+    def timed(self, conn: Connection, first: int, last: int, now: float) -> None:
+        """No ACK comes: nothing is timed (and nothing becomes suspect)."""
+        return
 
     def cap(self) -> int:
         """No bound: nothing stays unacknowledged."""

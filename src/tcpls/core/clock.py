@@ -94,6 +94,25 @@ class SessionClock:
         self._acks.handle_timer(now)
         if links.tcpls:
             conns = list(links.connections.values())
+            for conn in self._liveness.expired_probes(now, conns):
+                # a suspect connection: what it carries unacknowledged goes out again on
+                # a healthy one, if there is one (design: Failure detection)
+                resent = 0
+                if any(c.usable for c in conns):
+                    resent = self._acks.resend_suspect(conn, tuning.suspect_resend_bytes)
+                if links.qlog is not None:
+                    links.qlog.connection_suspect(conn, resent)
+                timing = conn.timing
+                logger.debug(
+                    "connection %d suspect (probe timeout %d, srtt %.1f ms, rttvar %.1f ms, "
+                    "silent %.1f ms): %d bytes sent again elsewhere",
+                    conn.id,
+                    timing.backoff,
+                    timing.srtt * 1000,
+                    timing.rttvar * 1000,
+                    (now - conn.last_receive) * 1000,
+                    resent,
+                )
             for conn, error in self._liveness.handle_timer(now, conns):
                 links.connection_failed(conn, error)
         if timers.expired(Timer.REJOIN, now):

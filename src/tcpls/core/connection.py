@@ -7,8 +7,9 @@ of one TCP connection of a session and adds what TCPLS keeps per connection:
   wait for an ACK (design: ACK policy);
 * send side: the log of retransmittable frames of every record not yet
   acknowledged, keyed by record sequence number (design: Retransmission);
-* liveness: when something last arrived and whether a Ping is outstanding
-  (design: Failure detection);
+* liveness: when something last arrived, whether a Ping is outstanding, and the RTT
+  estimate and suspicion of :class:`~tcpls.core.rtt.PathTiming` (design: Failure
+  detection);
 * counters for ``session.connections``.
 """
 
@@ -18,6 +19,7 @@ from collections import deque
 from enum import Enum
 from typing import TypeAlias
 
+from tcpls.core.rtt import PathTiming
 from tcpls.tls.connection import TLSConnection
 from tcpls.wire.frames import Frame
 
@@ -45,6 +47,8 @@ class Connection:
 
     __slots__ = (
         "ack_deadline",
+        "ack_elsewhere",
+        "ack_late_at",
         "ack_now",
         "ack_pending_bytes",
         "ack_pending_records",
@@ -68,6 +72,8 @@ class Connection:
         "remote_address",
         "sent_log",
         "status",
+        "tcp_heard_at",
+        "timing",
         "tls",
     )
 
@@ -84,6 +90,9 @@ class Connection:
         self.ack_pending_bytes = 0
         self.ack_deadline: float | None = None
         self.ack_now = False
+        #: When the ACK owed may leave on another connection if its own did not carry it.
+        self.ack_late_at: float | None = None
+        self.ack_elsewhere = False  # ... and that time has come
         self.last_receive = 0.0
         #: When a record with stream data last arrived (``None``: never).
         self.last_data: float | None = None
@@ -105,11 +114,31 @@ class Connection:
         #: Set by the I/O layer when TCP delivered our unanswered Ping to the peer: the
         #: peer is alive but does not read; cleared when anything arrives again.
         self.peer_slow = False
+        #: Records in flight, the RTT estimate and the suspect state.
+        self.timing = PathTiming()
+        #: When TCP last received a segment from the peer, as the I/O layer read it from
+        #: the kernel: a path that carries TCP's ACKs is slow, not dead.
+        self.tcp_heard_at = 0.0
 
     @property
     def usable(self) -> bool:
-        """Whether new data may be scheduled on this connection."""
-        return self.status is ConnectionStatus.ACTIVE and self.tls.can_send
+        """Whether new data may be scheduled on this connection (a suspect one takes
+        new data only when no healthy connection can; design: Failure detection)."""
+        return (
+            self.status is ConnectionStatus.ACTIVE
+            and self.tls.can_send
+            and not self.timing.suspect
+        )
+
+    def ping_deadline(self, ping_after: float, ping_timeout: float) -> float:
+        """When the outstanding Ping counts as unanswered: ``ping_timeout`` after it left,
+        and not before ``ping_after + ping_timeout`` of silence (a suspect connection's
+        early Ping gives it no less time than a late one would)."""
+        assert self.ping_sent_at is not None
+        start = self.last_receive + ping_after
+        if self.ping_sent_at > start:
+            start = self.ping_sent_at
+        return start + ping_timeout
 
     @property
     def highest_received(self) -> int:

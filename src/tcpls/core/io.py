@@ -23,6 +23,7 @@ from enum import Enum
 from tcpls.config import SessionTuning
 from tcpls.core.connection import Connection, ConnectionStatus
 from tcpls.core.links import Links
+from tcpls.core.liveness import Liveness
 from tcpls.core.streams import Stream
 from tcpls.core.streamset import StreamSet
 from tcpls.tls.record import CipherSuite
@@ -108,6 +109,16 @@ class ConnectionView:
     records_received: int
     #: Records sent and not acknowledged yet.
     unacknowledged: int
+    #: Smoothed RTT of our records on this connection, from the peer's ACKs, seconds
+    #: (``None`` before the first sample; design: Failure detection).
+    srtt: float | None = None
+    #: Its mean deviation, seconds (``None`` likewise).
+    rttvar: float | None = None
+    #: The smallest RTT sample, seconds (``None`` likewise).
+    min_rtt: float | None = None
+    #: Whether the connection is suspect: its ACKs stopped for a probe timeout, new data
+    #: avoids it (design: Failure detection).
+    suspect: bool = False
 
 
 class IODuties:
@@ -191,14 +202,22 @@ class IODuties:
         """Connections whose Ping is about to count as unanswered while they have data
         outstanding: if TCP delivered everything, the peer is slow, not gone (the I/O
         layer then calls ``set_peer_slow``; design: Failure detection)."""
-        timeout = self._tuning.ping_timeout
+        after, timeout = self._tuning.ping_after, self._tuning.ping_timeout
         return [
             cid
             for cid, conn in self._links.connections.items()
             if conn.ping_sent_at is not None
-            and now >= conn.ping_sent_at + timeout
+            and now >= conn.ping_deadline(after, timeout)
             and conn.sent_log
         ]
+
+    def probes_due(self, liveness: Liveness, now: float) -> list[int]:
+        """Connections about to become suspect (or to back off again): the I/O layer
+        tells what TCP last heard from the peer on them (``set_transport_heard``), since
+        a path that carries TCP's ACKs is slow, not dead (design: Failure detection)."""
+        if not self._links.tcpls:
+            return []
+        return [c.id for c in liveness.probes_due(now, self._links.connections.values())]
 
     def has_working_connection(self) -> bool:
         """Whether a connection carries the session (joins still in their hello do not)."""
@@ -216,6 +235,7 @@ class IODuties:
 
 
 def _view(conn: Connection) -> ConnectionView:
+    timing = conn.timing
     return ConnectionView(
         id=conn.id,
         status=conn.status.value,
@@ -226,4 +246,8 @@ def _view(conn: Connection) -> ConnectionView:
         records_sent=conn.records_sent,
         records_received=conn.records_received,
         unacknowledged=len(conn.sent_log),
+        srtt=timing.srtt if timing.samples else None,
+        rttvar=timing.rttvar if timing.samples else None,
+        min_rtt=timing.min_rtt,
+        suspect=timing.suspect,
     )

@@ -134,7 +134,10 @@ class FrameReceiver:
             if size == ACK_SIZE and content[ACK_SIZE - 1] == _ACK:
                 # a lone ACK (the receiver of a bulk transfer sends nothing else)
                 highest, ack_conn, _ = unpack_ack_from(content)
-                self._acks.received(self._hooks.connections.get(ack_conn), Ack(ack_conn, highest))
+                hooks = self._hooks
+                self._acks.received(
+                    hooks.connections.get(ack_conn), Ack(ack_conn, highest), hooks.now
+                )
                 return False
             if size >= STREAM_HEADER_SIZE:
                 # [Stream] or [Stream][ACK] (design: Records)
@@ -154,11 +157,12 @@ class FrameReceiver:
                         kept = self._streams.receive(
                             sid, offset, content[:length], kind == _STREAM_FIN
                         )
+                        now = self._hooks.now
                         if ack is not None:
                             self._acks.received(
-                                self._hooks.connections.get(ack.connection_id), ack
+                                self._hooks.connections.get(ack.connection_id), ack, now
                             )
-                        conn.last_data = now = self._hooks.now
+                        conn.last_data = now
                         self._acks.eliciting(conn, size, now)
                         return kept
         return self._frames(conn, content)
@@ -195,7 +199,8 @@ class FrameReceiver:
 
     def _ack(self, conn: Connection, frame: Frame) -> None:
         assert type(frame) is Ack
-        self._acks.received(self._hooks.connections.get(frame.connection_id), frame)
+        hooks = self._hooks
+        self._acks.received(hooks.connections.get(frame.connection_id), frame, hooks.now)
 
     def _ignore(self, conn: Connection, frame: Frame) -> None:
         """Padding: skipped."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from tcpls.core.connection import Connection
+from tcpls.core.connection import Connection, ConnectionStatus
 from tcpls.core.streams import Stream
 
 __all__ = [
@@ -148,8 +148,11 @@ class Scheduler:
 
     @staticmethod
     def primary(connections: Mapping[int, Connection]) -> int | None:
-        """The connection ``backup`` uses: the lowest usable Connection ID."""
+        """The connection ``backup`` uses: the lowest usable Connection ID (when every
+        active one is suspect, the lowest of those; design: Failure detection)."""
         usable = [c.id for c in connections.values() if c.usable]
+        if not usable:
+            usable = [c.id for c in connections.values() if c.status is ConnectionStatus.ACTIVE]
         return min(usable) if usable else None
 
 

@@ -37,7 +37,12 @@ from tcpls.wire.frames import (
     frame_size,
     is_retransmittable,
 )
-from tcpls.wire.layout import STREAM_HEADER_SIZE, write_ack_into, write_stream_header_into
+from tcpls.wire.layout import (
+    STREAM_HEADER_SIZE,
+    FrameType,
+    write_ack_into,
+    write_stream_header_into,
+)
 
 __all__ = ["RecordSender"]
 
@@ -48,6 +53,8 @@ MIN_STREAM_CHUNK = 512
 #: Most bytes of control frames in one record (the rest is for stream data).
 MAX_CONTROL_BYTES = 4096
 
+#: The Ping frame (its type byte alone).
+PING = int(FrameType.PING)
 #: A Stream frame planned for a record: the stream, offset, length and FIN.
 _Planned = tuple[Stream, int, int, bool]
 
@@ -91,14 +98,24 @@ class RecordSender:
         if conn.ping_pending or conn.ping_answer:
             return True
         if conn.status is ConnectionStatus.ACTIVE:
-            if self._control or (self._streams.sendable and self._sendable_for(conn)):
+            if (self._control or self._sendable_for(conn)) and self.takes_new(conn):
                 return True
         elif conn.status is not ConnectionStatus.DRAINING:
             return False
         links = self._links
         if links.close_requested and links.flushed():
             return True
-        return bool(self._acks.pending) and self._acks.any_due(now)
+        return self._acks.due_on(conn, now)
+
+    def takes_new(self, conn: Connection) -> bool:
+        """Whether new data and control frames may go on ``conn``: it is active and not
+        suspect, or suspect while no healthy connection can take them (design: Failure
+        detection)."""
+        if conn.status is not ConnectionStatus.ACTIVE:
+            return False
+        if not conn.timing.suspect:
+            return True
+        return not any(c.usable for c in self._connections.values())
 
     def transmit(self, conn: Connection, now: float, budget: int) -> bytes:
         """Records for ``conn``, up to about ``budget`` bytes; ``b""`` if none.
@@ -203,7 +220,7 @@ class RecordSender:
         """TCPLS: records for ``conn`` up to about ``budget`` bytes of ciphertext."""
         tls = conn.tls
         limit = min(self.tuning.max_record_size, 16384)
-        usable = conn.status is ConnectionStatus.ACTIVE
+        usable = self.takes_new(conn)
         streams = self._streams
         if usable and (bulk := self._bulk_stream(conn)) is not None:
             self._fill_bulk(conn, bulk, budget, limit, now)
@@ -250,6 +267,9 @@ class RecordSender:
                 conn.ping_pending = False
                 conn.ping_sent_at = now
                 conn.ping_sequence = seq
+                acks.timed(conn, seq, seq, now)
+            elif refs or logged:
+                acks.timed(conn, seq, seq, now)
             acks.record_sent(conn, seq, refs, logged)
 
     def _bulk_stream(self, conn: Connection) -> Stream | None:
@@ -283,13 +303,17 @@ class RecordSender:
         log = acks.log_for(conn)
         unacked = acks.unacked_bytes
         cap = acks.cap()
+        # no further ahead of the first byte not acknowledged than the peer may hold out of
+        # order (design: Backpressure)
+        ahead_end = stream.acked_to + self.tuning.max_reassembly_bytes // 2
         sent = logged = 0
         first = stream.send_next
         fin = False
+        seq = -1
         while tls.pending_output < budget and unacked + logged < cap:
             offset = stream.send_next
             pending = send.end - offset
-            if pending <= 0:
+            if pending <= 0 or offset >= ahead_end:
                 break
             n = pending if pending < room else room
             fin = stream.fin_queued and n == pending
@@ -306,6 +330,8 @@ class RecordSender:
         # half-buffer mark is crossed in this batch exactly when it is across all of it
         streams.sent(stream, first, stream.send_next - first, fin, now)
         acks.logged(logged)
+        if sent:
+            acks.timed(conn, seq - sent + 1, seq, now)
         conn.records_sent += sent
         self.records_sealed += sent
         if self.qlog is not None:
@@ -314,15 +340,45 @@ class RecordSender:
             streams.done_sending(stream)
 
     def _send_acks(self, conn: Connection, now: float) -> None:
-        """One record holding the ACKs that are due, and nothing else."""
+        """One record holding the ACKs that are due, and nothing else; now and then a
+        Ping with them (:meth:`_heartbeat`)."""
         view = conn.tls.staging_buffer()
-        n = self._acks.pack_due(view, now)
+        owed = conn.ack_pending_records > 0
+        n = self._acks.pack_due(view, conn, now)
         if n:
+            ping = owed and not conn.ack_pending_records and self._heartbeat(conn, now)
+            if ping:
+                view[n] = PING
+                n += 1
             seq = conn.tls.seal_staged(n, False)
+            if ping:
+                self._acks.timed(conn, seq, seq, now)
             if self.qlog is not None:
                 self.qlog.acks_sent(conn, seq, view[:n])
             conn.records_sent += 1
             self.records_sealed += 1
+
+    def _heartbeat(self, conn: Connection, now: float) -> bool:
+        """Whether the ACK record of a connection that receives data carries a Ping.
+
+        The receiving end of a transfer sends only ACKs, which the peer does not
+        acknowledge: nothing of ours is in flight there, so it would learn of a dead path
+        only by a Ping after ``ping_after`` of silence. A Ping rides on its ACKs at most
+        once per RTT (and every 2 ``ack_delay``), when nothing of ours is in flight: the
+        peer's immediate ACK keeps its RTT estimate fresh and its probe timeout running,
+        so it suspects a dead path as soon as the sender does (design: Failure detection).
+        """
+        timing = conn.timing
+        if timing.marks or now < timing.heartbeat_at or not self._acks.logs:
+            return False
+        if conn.status is not ConnectionStatus.ACTIVE or conn.ping_sent_at is not None:
+            return False
+        interval = 2 * self.tuning.ack_delay
+        last_data = conn.last_data  # (only a connection that carries stream data)
+        if last_data is None or now - last_data > interval or self._links.close_requested:
+            return False
+        timing.heartbeat_at = now + (timing.srtt if timing.srtt > interval else interval)
+        return True
 
     def _control_frames(self, conn: Connection, now: float, usable: bool) -> list[Frame]:
         acks = self._acks
@@ -354,6 +410,7 @@ class RecordSender:
         spreads = self.scheduler.spreads
         acks = self._acks
         unacked_cap = acks.cap()
+        ahead = self.tuning.max_reassembly_bytes // 2
         for sid in list(sendable):
             if space < STREAM_HEADER_SIZE + (MIN_STREAM_CHUNK if plan else 0):
                 break
@@ -365,12 +422,13 @@ class RecordSender:
                 continue
             room = space - STREAM_HEADER_SIZE
             retransmit = stream.send_retransmit
+            base = stream.send.base
+            while (
+                retransmit and retransmit[0][0] + retransmit[0][1] <= base and not retransmit[0][2]
+            ):
+                retransmit.pop(0)  # acknowledged meanwhile on another connection
             if retransmit:
                 offset, length, fin = retransmit[0]
-                base = stream.send.base
-                if offset + length <= base and not fin:
-                    retransmit.pop(0)  # acknowledged meanwhile on another connection
-                    continue
                 if offset < base:
                     length -= base - offset
                     offset = base
@@ -384,6 +442,8 @@ class RecordSender:
                 if acks.unacked_bytes >= unacked_cap:
                     break  # the peer is not acknowledging: send nothing new (memory bound)
                 offset = stream.send_next
+                if offset - stream.acked_to >= ahead:
+                    continue  # the peer could not hold more out of order (Backpressure)
                 pending = stream.send.end - offset
                 n = min(pending, room)
                 fin = stream.fin_queued and not stream.fin_sent and n == pending

@@ -399,6 +399,14 @@ class CoreSession:
         if conn is not None:
             self.liveness.peer_slow(conn)
 
+    def set_transport_heard(self, connection_id: int, at: float) -> None:
+        """The I/O layer read from the kernel that TCP last received a segment from the
+        peer at ``at`` on a connection: its silence starts then, not earlier
+        (:meth:`Liveness.transport_heard`; design: Failure detection)."""
+        conn = self.connections.get(connection_id)
+        if conn is not None:
+            self.liveness.transport_heard(conn, at)
+
     def set_flow_blocked(
         self, connection_id: int, blocked: bool, now: float | None = None
     ) -> None:

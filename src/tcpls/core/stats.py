@@ -50,6 +50,9 @@ class CoreStats:
     stream_bytes_received: int
     #: Stream bytes handed back for sending again by connections that failed.
     bytes_reinjected: int
+    #: Stream bytes sent again elsewhere while their connection was suspect (duplicates
+    #: when it was not dead; design: Failure detection).
+    bytes_resent: int
     #: Records sealed with the session's keys, all connections together.
     records_sealed: int
 
@@ -77,5 +80,6 @@ def core_stats(core: CoreSession) -> CoreStats:
         stream_bytes_sent=stream_set.ended_sent + sum(s.bytes_sent for s in streams),
         stream_bytes_received=stream_set.ended_received + sum(s.bytes_received for s in streams),
         bytes_reinjected=core.acks.reinjected_bytes,
+        bytes_resent=core.acks.resent_bytes,
         records_sealed=core.records_sealed,
     )

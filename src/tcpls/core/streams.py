@@ -490,10 +490,12 @@ class Stream:
         were acknowledged: with several connections the record carrying FIN
         can be acknowledged before earlier bytes sent elsewhere.
         """
-        if length:
+        base = self.send.base
+        if length and offset + length > base:
+            # (a range below the base was acknowledged twice, as a suspect connection's
+            # data sent again may be: adding it would hide the range at the base)
             acked = self.send_acked
-            acked.add(offset, offset + length)
-            base = self.send.base
+            acked.add(max(offset, base), offset + length)
             new_base = acked.first_end_from(base)
             if new_base > base:
                 self.acked_to = max(self.acked_to, new_base)

@@ -47,6 +47,12 @@ class SessionTrace(Protocol):
         peer reset the connection)."""
         ...
 
+    def connection_suspect(self, conn: Connection, resent: int) -> None:
+        """A probe timeout of ``conn`` expired (``conn.timing``: the estimate, the backoff):
+        it is suspect, and ``resent`` stream bytes went out again elsewhere (design:
+        Failure detection)."""
+        ...
+
     def stream_opened(self, stream_id: int) -> None:
         """We opened stream ``stream_id`` (the peer's come as events)."""
         ...

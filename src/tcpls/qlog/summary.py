@@ -165,7 +165,8 @@ def summarize(qlog: QlogFile, stall: float = DEFAULT_STALL) -> Summary:
     without a received record reported as a stall."""
     out = Summary(qlog.vantage_point)
     add = out.timeline.append
-    waiting: dict[int, float] = {}  # failed connection -> when (until data moves again)
+    # failed or suspect connection -> when, and what it became (until data moves again)
+    waiting: dict[int, tuple[float, str]] = {}
     reinjected: dict[int, list[int]] = {}  # failed connection -> [ranges, bytes, line]
     for event in qlog.events:
         t, name, data = event.time, event.name, event.data
@@ -181,9 +182,21 @@ def summarize(qlog: QlogFile, stall: float = DEFAULT_STALL) -> Summary:
             add((t, f"connection {cid} {verb} ({line.local or '?'} -> {line.remote or '?'})"))
         elif name == "tcpls:join_failed":
             add((t, f"the join of connection {cid} failed: {data.get('error')}"))
+        elif name == "tcpls:connection_suspect" and isinstance(cid, int):
+            if data.get("probe_timeouts") == 1:
+                waiting.setdefault(cid, (t, "became suspect"))
+            add(
+                (
+                    t,
+                    f"connection {cid} suspect (probe timeout {data.get('probe_timeouts')}, "
+                    f"srtt {data.get('smoothed_rtt_ms')} ms): "
+                    f"{_mib(int(data.get('resent_bytes', 0)))} sent again from connection "
+                    f"{cid} on the others",
+                )
+            )
         elif name == "tcpls:connection_failed" and isinstance(cid, int):
             out.failures.append((t, cid))
-            waiting[cid] = t
+            waiting.setdefault(cid, (t, "failed"))
             line = out.connections.setdefault(cid, ConnectionLine(cid))
             line.ended, line.how = t, f"failed: {data.get('cause')}"
             survivors = data.get("survivors") or []
@@ -227,12 +240,12 @@ def summarize(qlog: QlogFile, stall: float = DEFAULT_STALL) -> Summary:
             else:
                 line.bytes_sent = max(line.bytes_sent, total)
             if waiting and _carries_data(data) and cid not in waiting:
-                for failed, when in waiting.items():
+                for failed, (when, became) in waiting.items():
                     add(
                         (
                             t,
                             f"data moves again on connection {cid}, {(t - when) * 1000:.0f} ms "
-                            f"after connection {failed} failed",
+                            f"after connection {failed} {became}",
                         )
                     )
                 waiting.clear()

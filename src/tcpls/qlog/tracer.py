@@ -248,15 +248,34 @@ class SessionTracer:
             self._info("closed: %s", error)
         self.close()
 
+    def connection_suspect(self, conn: Connection, resent: int) -> None:
+        """A probe timeout of ``conn`` expired: it is suspect (design: Failure detection)."""
+        timing = conn.timing
+        self._emit(
+            "tcpls:connection_suspect",
+            {
+                "connection_id": conn.id,
+                "probe_timeouts": timing.backoff,
+                "smoothed_rtt_ms": round(timing.srtt * 1000, 3),
+                "rtt_variance_ms": round(timing.rttvar * 1000, 3),
+                "unacknowledged_records": len(conn.sent_log),
+                "resent_bytes": resent,
+            },
+        )
+
     def connection_failed(self, conn: Connection, error: TCPLSError, tell_peer: bool) -> None:
-        """``conn`` failed; its unacknowledged log is about to be sent again."""
+        """``conn`` failed; what its unacknowledged log holds and was not sent again while
+        it was suspect is about to be sent again (design: Failure detection)."""
         core = self._core
         if core is None:
             return
         ranges: dict[int, list[list[int]]] = {}
         frames: list[str] = []
         nbytes = 0
-        for _, refs, control in conn.sent_log:
+        resent_through = conn.timing.resent_through  # (sent again while it was suspect)
+        for seq, refs, control in conn.sent_log:
+            if seq <= resent_through:
+                continue
             for sid, offset, length, fin in refs:
                 nbytes += length
                 runs = ranges.setdefault(sid, [])
