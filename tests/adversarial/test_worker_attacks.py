@@ -14,8 +14,10 @@ Two setups:
   worker precisely: a worker that is gone or draining, a small
   ``max_pending_connections``.
 
-The cases marked ``xfail(strict=True)`` show weaknesses of the current code; each says
-what goes wrong and the fix it needs.
+Eight cases were weaknesses when this suite was written (connections cut to make room
+left open, workers outliving their supervisor, one warning per join for a gone worker,
+joins that could not be passed counted as another machine's, resumptions and accepted
+connections lost to a draining worker); they pass since the fixes.
 """
 
 from __future__ import annotations
@@ -592,14 +594,6 @@ def test_killing_one_worker_spares_the_other_workers_sessions(
     assert "ended unexpectedly" in workers.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workers do not watch their supervisor: when it dies (SIGKILL, OOM killer) they "
-    "keep serving the port as orphans, and a supervisor started again on that port shares "
-    "it with them (SO_REUSEPORT) - old certificate, old configuration; the generation "
-    "directory with its copy of the private key stays in /tmp. Fix: PR_SET_PDEATHSIG "
-    "(or a pipe from the supervisor whose EOF the worker watches) and a graceful stop",
-)
 def test_workers_stop_when_their_supervisor_dies(workers: _Workers) -> None:
     pids = workers.workers()
     directory = _handoff_dir(pids[0])
@@ -643,17 +637,6 @@ def _still_open(socks: list[socket.socket]) -> int:
     return len(socks) - len(poller.poll(0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_make_room() drops the oldest pending connection even when its transport is "
-    "not attached yet (accepted in the same loop iteration, or handed in by another "
-    "worker, which takes two): drop() finds no transport to reset, connection_made then "
-    "sees neither a session nor a pending state and starts no hello timer, so the "
-    "connection stays open forever, outside max_pending_connections. Reachable whenever a "
-    "burst exceeds max_pending_connections (100 accepts per listener and 64 hand-ins per "
-    "iteration). Fix: drop() marks the protocol, connection_made aborts a dropped one "
-    "(or _make_room skips protocols without a transport)",
-)
 @pytest.mark.parametrize("path", ["accepted", "handed in"])
 def test_connections_cut_to_make_room_are_closed(pki: DevPKI, path: str) -> None:
     async def run() -> int:
@@ -716,15 +699,6 @@ async def _ghost_joins(pki: DevPKI, count: int) -> tuple[Counter[str], dict[str,
             await server.wait_closed()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HandoffChannel._give_up logs a warning for every connection it cannot pass: "
-    "replaying one token of a worker that died or that a SIGHUP ended (tokens of the old "
-    "generation never expire client-side) makes every worker write one line per "
-    "connection (measured: 4,000 lines/s, 1.5 MB per 5 s against tcpls serve --workers 2). "
-    "Fix: a _RateLimitedLog as the server's refusals use, and remember for a moment that "
-    "a worker is gone instead of dup()+sendmsg() for each join",
-)
 def test_joins_for_a_gone_worker_do_not_flood_the_log(
     pki: DevPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -735,30 +709,12 @@ def test_joins_for_a_gone_worker_do_not_flood_the_log(
     assert len(passing) <= 5, f"{len(passing)} warnings for 300 joins"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a join that could not be passed to its (gone) worker is read again as one that "
-    "may not be passed on, so route_join counts it in joins_foreign too: the stop line says "
-    "'N not passed, N refused as another server's' for the same N joins, pointing the "
-    "operator at a load balancer that sends joins to the wrong machine. Fix: count "
-    "foreign_joins only when owner.machine differs",
-)
 def test_a_join_that_cannot_be_passed_is_not_counted_as_another_machines(pki: DevPKI) -> None:
     _, counters = asyncio.run(_ghost_joins(pki, 20))
     assert counters["joins_not_passed"] == 20, counters  # (this part holds)
     assert counters["joins_foreign"] == 0, counters
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a SIGHUP, a resumption whose ticket names a worker of the old generation "
-    "is passed to that worker while it drains, and its session gate refuses it "
-    "(user_canceled, 'shutting down'): every such resumption fails for the whole grace "
-    "period (30 s by default; measured 8 of 8 against tcpls serve --workers 2), where a "
-    "gone worker's ticket gets a full handshake. Fix: a draining worker finishes the "
-    "resumptions passed to it (or the new workers stop passing to draining ones and run a "
-    "full handshake themselves)",
-)
 def test_a_resumption_of_a_draining_workers_ticket_is_served(pki: DevPKI) -> None:
     async def run() -> None:
         with tempfile.TemporaryDirectory() as directory:
@@ -796,17 +752,6 @@ def test_a_resumption_of_a_draining_workers_ticket_is_served(pki: DevPKI) -> Non
     asyncio.run(run())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a connection the old worker accepted just before a SIGHUP (its ClientHello not "
-    "read yet) is lost: with sessions open the draining worker refuses its ClientHello "
-    "(user_canceled, 'shutting down'); with none, shutdown() goes straight to close(), which "
-    "resets every pending connection. Graceful restarts thus lose clients that connect at "
-    "that moment (measured against tcpls serve --workers 2 with 24 busy clients: 24 failed "
-    "sessions over 6 SIGHUPs, 126 over 30). Fix: let connections accepted before the drain "
-    "start their session (the listener is closed already, so only those are concerned) and "
-    "wait for the pending ones before closing, or pass them to a worker of the new generation",
-)
 @pytest.mark.parametrize("old_worker", ["idle", "draining sessions"])
 def test_a_connection_accepted_before_a_restart_is_served(pki: DevPKI, old_worker: str) -> None:
     async def run() -> None:

@@ -20,23 +20,23 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 
-from tcpls.tls.handshake import MAX_CLIENT_HELLO
+from tcpls.core.endpoint import MAX_HANDOFF_BYTES
 
 __all__ = ["MAX_HANDOFF_BYTES", "HandoffChannel", "handoff_path"]
 
 logger = logging.getLogger("tcpls.aio.api")
 
-#: The most bytes a hand-off carries: what a pending connection read before its
-#: ClientHello was complete (the largest ClientHello read, and its record headers).
-MAX_HANDOFF_BYTES = MAX_CLIENT_HELLO + 4096
 #: Hand-offs waiting because the other worker's queue was full, and how long one waits
 #: (the client's join waits meanwhile; the kernel queues only a few datagrams).
 MAX_QUEUED = 1024
 QUEUE_TIMEOUT = 2.0
 _RETRY_INTERVAL = 0.002
+#: Seconds a worker found gone is taken as gone.
+_GONE_FOR = 1.0
 _MAGIC = b"TCPLSH1\0"
 _FD_SPACE = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
 
@@ -61,6 +61,10 @@ class HandoffChannel:
         each connection passed to this worker, ``fallback(sock, data)`` each one that
         could not be passed (default: it is closed)."""
         self._fallback = fallback
+        # Workers found gone, until when they are taken as gone (no system call per join).
+        self._gone: dict[int, float] = {}
+        self._logged_at = -1.0
+        self._unlogged = 0
         self._directory = directory
         self._path = handoff_path(directory, worker)
         self._receive = receive
@@ -90,6 +94,10 @@ class HandoffChannel:
         caller closes); when the other worker cannot take it within
         :data:`QUEUE_TIMEOUT`, it goes to the fallback."""
         loop = self._loop
+        gone_until = self._gone.get(worker)
+        if gone_until is not None and loop is not None and loop.time() < gone_until:
+            self._give_up(sock, data, worker, "it is gone")  # (known: no system call)
+            return
         if len(data) > MAX_HANDOFF_BYTES or loop is None or len(self._queue) >= MAX_QUEUED:
             self._give_up(sock, data, worker, "too many waiting" if loop else "not started")
             return
@@ -111,6 +119,10 @@ class HandoffChannel:
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
                 return False
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED) and self._loop is not None:
+                if len(self._gone) >= 1024:
+                    self._gone.clear()
+                self._gone[worker] = self._loop.time() + _GONE_FOR
             self._give_up(sock, data, worker, exc.strerror or str(exc))
             return True
         self.sent += 1
@@ -136,7 +148,13 @@ class HandoffChannel:
 
     def _give_up(self, sock: socket.socket, data: bytes, worker: int, why: str) -> None:
         self.failed += 1
-        logger.warning("could not pass a connection to worker %d: %s", worker, why)
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:  # one line a second at most: joins can be replayed
+            more = f" ({self._unlogged} more in the last second)" if self._unlogged else ""
+            logger.warning("could not pass a connection to worker %d: %s%s", worker, why, more)
+            self._logged_at, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
         if self._fallback is not None:
             self._fallback(sock, data)
         else:

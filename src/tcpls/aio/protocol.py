@@ -123,6 +123,7 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         #: Closes the transport if the peer's FIN does not come after ours.
         self.linger: asyncio.TimerHandle | None = None
         self._discarding = False
+        self._dropped = False
         # Server side: bytes another worker read from this connection before passing it
         # here (design: Join handoff); read first, as if they had just arrived.
         self._received = received
@@ -131,6 +132,9 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
         """Start feeding the owner, or (pending) start the ClientHello timer."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self._dropped:  # cut to make room before asyncio attached it
+            transport.abort()
+            return
         transport.set_write_buffer_limits(high=_TRANSPORT_HIGH_WATER)
         if self.owner is not None:
             self.owner.attach(self)
@@ -162,8 +166,9 @@ class ConnectionProtocol(asyncio.BufferedProtocol):
 
     def drop(self) -> None:
         """Server: give up on this connection, which still waits for its ClientHello
-        (its transport is reset)."""
+        (its transport is reset, now or as soon as it is attached)."""
         self._pending_done()
+        self._dropped = True
         if self.transport is not None:
             self.transport.abort()
 

@@ -197,7 +197,9 @@ class Server:
         config = self._endpoint.config
         reason = None
         sessions = len(self._table.sessions)
-        if self._closing or self._draining:
+        if self._closing:
+            # (while draining, the listeners are closed: new sessions come only from
+            # connections accepted before, or passed by another worker, and are served)
             reason = "the server is shutting down"
         elif sessions >= config.max_sessions:
             # Sessions still in their handshake make room: the one that started first ends,
@@ -316,16 +318,17 @@ class Server:
         self._local_port = (self._endpoint.reserve_address_id(), port)
 
     async def shutdown(self, grace: float) -> None:
-        """Graceful stop: stop listening and refuse new sessions at once (joins to the
-        open ones still come in), give the open sessions ``grace`` seconds to end (or
-        until :meth:`end_grace`), then close the rest with ``close_notify`` (design:
-        Graceful restart)."""
+        """Graceful stop: stop listening at once, give the open sessions, and the
+        connections already accepted or passed here by another worker, ``grace`` seconds
+        to end (or until :meth:`end_grace`), then close the rest with ``close_notify``
+        (design: Graceful restart)."""
         self._draining = True
         for server in self._servers:
             server.close()
         loop = asyncio.get_running_loop()
         self._grace_deadline = loop.time() + grace
-        while self._table.sessions and loop.time() < self._grace_deadline:
+        table = self._table
+        while (table.sessions or table.pending) and loop.time() < self._grace_deadline:
             await asyncio.sleep(0.05)
         self.close()
         await self.wait_closed()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -57,6 +58,9 @@ logger = logging.getLogger("tcpls.aio.api")
 DEFAULT_GRACE = 30.0
 #: Most workers of one supervisor.
 MAX_WORKERS = 256
+#: Largest certificate, key or CA file a generation copies.
+_MAX_FILE = 1 << 20
+_PR_SET_PDEATHSIG = 1
 #: Seconds between two restarts of a worker that keeps dying.
 _RESPAWN_DELAY = 1.0
 
@@ -149,8 +153,11 @@ class _Supervisor:
         self.generation = 0
         self.next_id = 0
         self.handoff_dir = tempfile.mkdtemp(prefix="tcpls-workers-")
-        #: The configuration of each generation that has workers (see _snapshot).
+        #: The configuration of each generation that has workers, and the descriptors of
+        #: its copies of the files (see _snapshot).
         self.generations: dict[int, ServerConfig] = {}
+        self.generation_fds: dict[int, list[int]] = {}
+        self.pid = os.getpid()
         #: When the worker of each index last died (a worker that keeps dying waits).
         self.deaths: dict[int, float] = {}
         self.signals: list[int] = []
@@ -240,22 +247,32 @@ class _Supervisor:
         self._drain(old)
 
     def _snapshot(self, generation: int) -> ServerConfig:
-        """The configuration of a generation, with copies of the files its workers read
-        (certificate, key, client CAs) taken now and checked: a worker started later, to
-        replace one that died, reads what its generation read, whatever the files became
-        (design: Graceful restart)."""
-        directory = os.path.join(self.handoff_dir, f"generation-{generation}")
-        os.mkdir(directory, 0o700)
+        """The configuration of a generation, with in-memory copies (``memfd``) of the
+        files its workers read (certificate, key, client CAs) taken now and checked: a
+        worker started later, to replace one that died, reads what its generation read,
+        whatever the files became, and no copy of the key is left on disk (design:
+        Graceful restart)."""
         copies: dict[str, str] = {}
-        for name in ("certfile", "keyfile", "client_cafile"):
-            path = getattr(self.config, name)
-            if path is not None:
-                copy = os.path.join(directory, name)
-                shutil.copyfile(path, copy)
-                os.chmod(copy, 0o600)
-                copies[name] = copy
-        snapshot = dataclasses.replace(self.config, **copies)  # type: ignore[arg-type]
-        snapshot.check()
+        fds: list[int] = []
+        try:
+            for name in ("certfile", "keyfile", "client_cafile"):
+                path = getattr(self.config, name)
+                if path is not None:
+                    with open(path, "rb") as f:
+                        data = f.read(_MAX_FILE + 1)
+                    if len(data) > _MAX_FILE:
+                        raise ConfigurationError(f"{path} is larger than {_MAX_FILE} bytes")
+                    fd = os.memfd_create(f"tcpls-generation-{generation}-{name}")
+                    fds.append(fd)
+                    os.write(fd, data)
+                    copies[name] = f"/proc/self/fd/{fd}"
+            snapshot = dataclasses.replace(self.config, **copies)  # type: ignore[arg-type]
+            snapshot.check()
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self.generation_fds[generation] = fds
         return snapshot
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -266,9 +283,13 @@ class _Supervisor:
         self.generations[self.generation] = config
         for index in range(self.count):
             self._fork(index)
+        self._forget_generations()
+
+    def _forget_generations(self) -> None:
         for old in [g for g in self.generations if g not in self._live_generations()]:
             del self.generations[old]
-            shutil.rmtree(os.path.join(self.handoff_dir, f"generation-{old}"), True)
+            for fd in self.generation_fds.pop(old, ()):
+                os.close(fd)
 
     def _live_generations(self) -> set[int]:
         return {w.generation for w in self.workers.values()} | {self.generation}
@@ -317,6 +338,7 @@ class _Supervisor:
                 return
             worker = self.workers.pop(pid, None)
             if worker is None or worker.draining or not respawn:
+                self._forget_generations()  # (a drained generation's copies go)
                 continue
             code = os.waitstatus_to_exitcode(status)
             print(
@@ -346,6 +368,7 @@ class _Supervisor:
 
     def _worker_main(self, worker: _Worker) -> int:
         signal.set_wakeup_fd(-1)
+        _die_with(self.pid)
         for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
         # The supervisor decides what Ctrl-C (sent to the whole process group) and a
@@ -398,6 +421,16 @@ class _Supervisor:
             flush=True,
         )
         return 0
+
+
+def _die_with(supervisor: int) -> None:
+    """This worker gets SIGTERM (a graceful stop) when its supervisor dies: orphans would
+    keep serving an old configuration on the port, next to a new supervisor's workers."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the call
+        signal.raise_signal(signal.SIGTERM)
 
 
 def _listening_socket(family: int, host: str, port: int, *, reuseport: bool) -> socket.socket:

@@ -25,6 +25,7 @@ from tcpls.core.tokens import TokenRegistry
 from tcpls.errors import ConfigurationError, HandshakeCanceled, IllegalParameter, TCPLSError
 from tcpls.tls.connection import ConnectionState, TLSConnection
 from tcpls.tls.events import ConnectionFailed, JoinRequested
+from tcpls.tls.handshake import MAX_CLIENT_HELLO
 from tcpls.tls.hello import ClientHelloInfo, check_client_hello
 from tcpls.tls.hs.base import HandshakeEngine
 from tcpls.tls.hs.certs import CertificateVerifier
@@ -36,6 +37,7 @@ from tcpls.tls.hs.tickets import TicketStore
 from tcpls.tls.keylog import KeyLog, keylog_path
 
 __all__ = [
+    "MAX_HANDOFF_BYTES",
     "Accepted",
     "HandOff",
     "PendingConnection",
@@ -44,6 +46,11 @@ __all__ = [
     "client_session",
     "parse_host_port",
 ]
+
+
+#: The most bytes a pending connection keeps to pass on with it (design: Join handoff):
+#: the largest ClientHello read, and its record headers.
+MAX_HANDOFF_BYTES = MAX_CLIENT_HELLO + 4096
 
 
 def client_session(
@@ -293,13 +300,11 @@ class ServerEndpoint:
         if steering is not None:
             owner = steering.owner(token)
             if owner is not None and owner != steering.server_id:
-                if (
-                    owner.machine == steering.server_id.machine
-                    and may_hand_off
-                    and self._hands_off
-                ):
+                same_machine = owner.machine == steering.server_id.machine
+                if same_machine and may_hand_off and self._hands_off:
                     return owner
-                self.foreign_joins += 1
+                if not same_machine:  # (a join that could not be passed is counted there)
+                    self.foreign_joins += 1
                 tls.reject_join()
                 return None
         entry = self.registry.redeem(token)
@@ -389,6 +394,8 @@ class PendingConnection:
         tls = self.tls
         if self._received is not None and self._buffer is not None:
             self._received += self._buffer[:nbytes]
+            if len(self._received) > MAX_HANDOFF_BYTES:
+                self._received = None  # more than any ClientHello: never passed on
         tls.buffer_updated(nbytes)
         if self._pass_to is not None and self._received is not None:
             return HandOff(self._pass_to, bytes(self._received))
