@@ -207,12 +207,10 @@ class _Supervisor:
                     if stop:
                         stopping_since = time.monotonic()
                         now = signal.SIGINT in signals
-                        print(
+                        _say(
                             "tcpls: stopping: closing the sessions"
                             if now
-                            else f"tcpls: stopping: sessions have {self.grace:g}s to finish",
-                            file=sys.stderr,
-                            flush=True,
+                            else f"tcpls: stopping: sessions have {self.grace:g}s to finish"
                         )
                         self._close_listeners()
                         self._drain(list(self.workers))
@@ -239,9 +237,9 @@ class _Supervisor:
         try:
             snapshot = self._snapshot(self.generation + 1)
         except (TCPLSError, OSError) as exc:  # the old workers stay
-            print(f"tcpls: not restarting: {exc}", file=sys.stderr, flush=True)
+            _say(f"tcpls: not restarting: {exc}")
             return
-        print("tcpls: restarting the workers", file=sys.stderr, flush=True)
+        _say("tcpls: restarting the workers")
         old = [pid for pid, w in self.workers.items() if not w.draining]
         self._start_generation(snapshot)
         self._drain(old)
@@ -341,11 +339,9 @@ class _Supervisor:
                 self._forget_generations()  # (a drained generation's copies go)
                 continue
             code = os.waitstatus_to_exitcode(status)
-            print(
+            _say(
                 f"tcpls: worker {worker.worker_id} ended unexpectedly (status {code}); "
-                "starting another",
-                file=sys.stderr,
-                flush=True,
+                "starting another"
             )
             # at once, unless it keeps dying: its socket's queue waits for the new one
             now = time.monotonic()
@@ -412,15 +408,21 @@ class _Supervisor:
         await stop.wait()
         await server.shutdown(self.grace)
         counters = server.counters
-        print(
+        _say(
             f"tcpls: worker {worker.worker_id} stopped: {counters['sessions_served']} sessions, "
             f"{counters['joins_passed']} joins passed to another worker, "
             f"{counters['joins_received']} received, {counters['joins_not_passed']} not "
-            f"passed, {counters['joins_foreign']} refused as another server's",
-            file=sys.stderr,
-            flush=True,
+            f"passed, {counters['joins_foreign']} refused as another server's"
         )
         return 0
+
+
+def _say(line: str) -> None:
+    """One line on standard error in one write: the workers and the supervisor share it,
+    and their lines must not interleave."""
+    sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        os.write(2, (line + "\n").encode(errors="replace"))
 
 
 def _die_with(supervisor: int) -> None:
