@@ -29,6 +29,7 @@ from tcpls.aio.protocol import ConnectionProtocol
 from tcpls.aio.sockets import configure_socket, host_port, set_notsent_lowat
 from tcpls.aio.streams import IncomingStreams, StreamReader, StreamSession, StreamWriter
 from tcpls.core.events import (
+    AddressAdvertised,
     ConnectionAdded,
     ConnectionRemoved,
     PeerClosed,
@@ -80,10 +81,9 @@ class SessionDriver:
         #: Client: called when no connection carries the session any more (set by
         #: :class:`tcpls.aio.joins.Joins`).
         self.rejoin: Callable[[], None] | None = None
-        #: Called when the peer's advertised addresses changed (client following them,
-        #: see Joins.follow_advertised); ``addresses_seen`` is -1 while nobody follows.
-        self.addresses_changed: Callable[[], None] | None = None
-        self.addresses_seen = -1
+        #: Called with each address the peer advertises (a client following them, see
+        #: Joins.follow_advertised).
+        self.address_advertised: Callable[[str, int], None] | None = None
         #: Addresses whose connections failed since the last rejoin (tried last).
         self.failed_targets: set[tuple[str, int]] = set()
         #: Stream pairs the peer opened, for ``accept_stream``; ``None`` once none will
@@ -297,10 +297,6 @@ class SessionDriver:
         if self._multipath_buffers:
             budget = min(budget, core.tuning.multipath_write_buffer)
         now = loop_time()  # one instant for the whole pump (it never waits)
-        if self.addresses_seen >= 0 and len(core.peer_addresses) != self.addresses_seen:
-            self.addresses_seen = len(core.peer_addresses)
-            if self.addresses_changed is not None:
-                self.addresses_changed()
         for _ in range(64):
             self._handle_events()
             if core.readable or core.writable:  # (empty on most passes)
@@ -391,6 +387,9 @@ class SessionDriver:
                 self._finish()
             elif isinstance(event, ConnectionRemoved):
                 self._connection_removed(event)
+            elif isinstance(event, AddressAdvertised):
+                if self.address_advertised is not None:
+                    self.address_advertised(event.host, event.port)
             elif isinstance(event, PeerClosed):
                 self.incoming.put_nowait(None)  # the peer opens no more streams
             elif isinstance(event, ConnectionAdded):

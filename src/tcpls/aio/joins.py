@@ -167,18 +167,17 @@ class Joins:
 
     def follow_advertised(self) -> None:
         """Join each address the server advertises, once, as soon as it is advertised."""
-        self._driver.addresses_changed = self._join_advertised
-        self._driver.addresses_seen = 0
+        self._driver.address_advertised = self._join_advertised
+        for host, port in self._core.peer_addresses.values():  # (those known already)
+            self._join_advertised(host, port)
 
-    def _join_advertised(self) -> None:
-        core = self._core
-        for host, port in core.peer_addresses.values():
-            if (host, port) in self._followed:
-                continue
-            self._followed.add((host, port))
-            task = self._loop.create_task(self._follow(host, port))
-            self._following.add(task)
-            task.add_done_callback(self._following.discard)
+    def _join_advertised(self, host: str, port: int) -> None:
+        if (host, port) in self._followed:
+            return
+        self._followed.add((host, port))
+        task = self._loop.create_task(self._follow(host, port))
+        self._following.add(task)
+        task.add_done_callback(self._following.discard)
 
     async def _follow(self, host: str, port: int) -> None:
         core = self._core

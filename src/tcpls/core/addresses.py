@@ -36,12 +36,14 @@ class AddressBook:
         self.withdrawn = _NO_ADDRESSES
         self._removed = _NO_IDS
 
-    def advertised(self, frame: NewAddress) -> None:
-        """The peer sent New Address (ignored if the ID is known or was removed)."""
+    def advertised(self, frame: NewAddress) -> tuple[str, int] | None:
+        """The peer sent New Address: the address, if it is new (one whose ID is known or
+        was removed is ignored)."""
         aid = frame.address_id
         if aid in self._removed or aid in self.peer:
-            return  # MUST ignore (draft-04 §5.2.7)
-        self.peer[aid] = (str(frame.address), frame.port)
+            return None  # MUST ignore (draft-04 §5.2.7)
+        entry = self.peer[aid] = (str(frame.address), frame.port)
+        return entry
 
     def removed(self, address_id: int) -> tuple[str, int] | None:
         """The peer sent Remove Address; returns the address withdrawn, if it was known."""

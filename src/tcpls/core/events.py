@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from tcpls.errors import TCPLSError
 
 __all__ = [
+    "AddressAdvertised",
     "ConnectionAdded",
     "ConnectionRemoved",
     "PeerClosed",
@@ -60,6 +61,14 @@ class ConnectionRemoved:
 
 
 @dataclass(frozen=True, slots=True)
+class AddressAdvertised:
+    """The peer advertised an address of its own (New Address; design: Addresses)."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class PeerClosed:
     """The peer sent ``close_notify``: it will send nothing more in this session."""
 
@@ -73,7 +82,8 @@ class SessionClosed:
 
 #: Any event the core session reports to its owner.
 SessionEvent = (
-    SessionEstablished
+    AddressAdvertised
+    | SessionEstablished
     | StreamOpened
     | TokenReceived
     | ConnectionAdded

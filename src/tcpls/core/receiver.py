@@ -22,7 +22,7 @@ from typing import Protocol
 from tcpls.core.acks import AckTracker
 from tcpls.core.addresses import AddressBook
 from tcpls.core.connection import Connection
-from tcpls.core.events import SessionEvent, TokenReceived
+from tcpls.core.events import AddressAdvertised, SessionEvent, TokenReceived
 from tcpls.core.joins import TokenBook
 from tcpls.core.streamset import StreamSet
 from tcpls.core.trace import RecordHandler, RecordTrace
@@ -229,7 +229,9 @@ class FrameReceiver:
 
     def _new_address(self, conn: Connection, frame: Frame) -> None:
         assert type(frame) is NewAddress
-        self._addresses.advertised(frame)
+        entry = self._addresses.advertised(frame)
+        if entry is not None:
+            self._hooks.emit(AddressAdvertised(*entry))
 
     def _remove_address(self, conn: Connection, frame: Frame) -> None:
         assert type(frame) is RemoveAddress
