@@ -20,10 +20,10 @@ import errno
 import logging
 import os
 import socket
-import time
 from collections import deque
 from collections.abc import Callable
 
+from tcpls.aio.ratelog import RateLimitedLog
 from tcpls.core.endpoint import MAX_HANDOFF_BYTES
 
 __all__ = ["MAX_HANDOFF_BYTES", "HandoffChannel", "handoff_path"]
@@ -63,8 +63,7 @@ class HandoffChannel:
         self._fallback = fallback
         # Workers found gone, until when they are taken as gone (no system call per join).
         self._gone: dict[int, float] = {}
-        self._logged_at = -1.0
-        self._unlogged = 0
+        self._log = RateLimitedLog(logger)  # (a join can be replayed at will)
         self._directory = directory
         self._path = handoff_path(directory, worker)
         self._receive = receive
@@ -148,13 +147,7 @@ class HandoffChannel:
 
     def _give_up(self, sock: socket.socket, data: bytes, worker: int, why: str) -> None:
         self.failed += 1
-        now = time.monotonic()
-        if now - self._logged_at >= 1.0:  # one line a second at most: joins can be replayed
-            more = f" ({self._unlogged} more in the last second)" if self._unlogged else ""
-            logger.warning("could not pass a connection to worker %d: %s%s", worker, why, more)
-            self._logged_at, self._unlogged = now, 0
-        else:
-            self._unlogged += 1
+        self._log.log("could not pass a connection to worker %d: %s", worker, why)
         if self._fallback is not None:
             self._fallback(sock, data)
         else:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tcpls.aio.driver import SessionDriver
 from tcpls.aio.handoff import HandoffChannel
 from tcpls.aio.protocol import ConnectionProtocol
+from tcpls.aio.ratelog import RateLimitedLog
 from tcpls.aio.session import Session
 from tcpls.core.endpoint import HandOff, ServerEndpoint
 from tcpls.core.session import CoreSession, SessionState
@@ -71,7 +71,7 @@ class Server:
         self.memory_use = 0
         self._over_budget = False
         self._watch: asyncio.TimerHandle | None = None
-        self._refusals = _RateLimitedLog()
+        self._refusals = RateLimitedLog(logger)
         endpoint.session_gate = self._session_gate
 
     @property
@@ -474,25 +474,6 @@ class _SessionTable:
 
 #: Seconds between two estimates of the sessions' memory.
 _WATCH_INTERVAL = 0.25
-
-
-class _RateLimitedLog:
-    """One warning a second at most for a repeated refusal, with how many it stands for."""
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self._interval = interval
-        self._last = -interval
-        self._missed = 0
-
-    def log(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            self._missed += 1
-            return
-        if self._missed:
-            message += f" ({self._missed} more refused in the last second)"
-        self._last, self._missed = now, 0
-        logger.warning(message, *args)
 
 
 def _format_peer(peer: Any) -> str:
