@@ -33,6 +33,7 @@ __all__ = [
     "describe_error",
     "one_line",
     "run",
+    "run_command",
 ]
 
 #: The command line's logger (every module of it logs as ``tcpls.cli``).
@@ -98,8 +99,14 @@ def _strip(text: str) -> str:
 
 def run(coro_factory: Callable[[], Coroutine[Any, Any, int]], debug: bool = False) -> int:
     """Run a command coroutine: errors become one line on stderr and an exit status."""
+    return run_command(lambda: asyncio.run(coro_factory(), debug=False), debug)
+
+
+def run_command(body: Callable[[], int], debug: bool = False) -> int:
+    """Run a command (``body`` returns its exit status): errors become one line on
+    stderr and an exit status."""
     try:
-        return asyncio.run(coro_factory(), debug=False)
+        return body()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except CommandError as exc:

@@ -8,9 +8,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
-from tcpls.cli.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError, describe_error, run
+from tcpls.cli.errors import EXIT_OK, EXIT_USAGE, CommandError, run, run_command
 from tcpls.cli.sessions import server_config
-from tcpls.errors import TCPLSError
 
 if TYPE_CHECKING:
     from tcpls.aio.api import Server
@@ -29,14 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         return run(lambda: _serve_here(args), debug=args.debug)
-    try:
-        return _serve_workers(args)
-    except CommandError as exc:
-        print(f"tcpls: {exc}", file=sys.stderr)
-        return exc.status
-    except (TCPLSError, OSError) as exc:
-        print(f"tcpls: {describe_error(exc)}", file=sys.stderr)
-        return EXIT_ERROR
+    return run_command(lambda: _serve_workers(args), debug=args.debug)
 
 
 def _handler(args: argparse.Namespace) -> Handler:
