@@ -29,13 +29,15 @@ _STOPPED = re.compile(
 
 @contextmanager
 def workers(
-    pki: DevPKI, *extra: str, count: int = 2
+    pki: DevPKI, *extra: str, count: str | None = "2", cert: Path | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``tcpls serve --echo --workers COUNT EXTRA...`` (no ``--workers`` for ``None``) on a
+    free loopback port, listening; killed afterwards if still running."""
     port = free_port()
+    count_args = ["--workers", count] if count is not None else []
     proc = subprocess.Popen(
-        [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
-         "--host", "127.0.0.1", "--port", str(port), "--echo", "--workers", str(count),
-         *extra],
+        [*TCPLS, "serve", "--cert", str(cert or pki.cert_file), "--key", str(pki.key_file),
+         "--host", "127.0.0.1", "--port", str(port), "--echo", *count_args, *extra],
         stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -266,20 +268,12 @@ def test_worker_ports_are_advertised_and_joins_to_them_stay_put(pki: DevPKI) -> 
     assert totals["passed"] == 0 and totals["sessions"] == 20
 
 
-@pytest.mark.parametrize("workers", [None, "2"])
-def test_sigterm_waits_for_sessions_and_sigint_does_not(pki: DevPKI, workers: str | None) -> None:
+@pytest.mark.parametrize("count", [None, "2"])
+def test_sigterm_waits_for_sessions_and_sigint_does_not(pki: DevPKI, count: str | None) -> None:
     """SIGTERM gives an open session the grace period; SIGINT (Ctrl-C) closes it at once;
     with or without workers."""
     for sig, longest in ((signal.SIGTERM, None), (signal.SIGINT, 1.5)):
-        port = free_port()
-        extra = ["--workers", workers] if workers else []
-        proc = subprocess.Popen(
-            [*TCPLS, "serve", "--cert", str(pki.cert_file), "--key", str(pki.key_file),
-             "--host", "127.0.0.1", "--port", str(port), "--echo", "--grace", "20", *extra],
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            wait_port(port, proc=proc)
+        with workers(pki, "--grace", "20", count=count) as (proc, port):
 
             async def run(
                 proc: subprocess.Popen[bytes] = proc, sig: int = sig, port: int = port
@@ -299,12 +293,6 @@ def test_sigterm_waits_for_sessions_and_sigint_does_not(pki: DevPKI, workers: st
                 assert took > 0, "the session was not served during the grace period"
             proc.wait(timeout=longest + 3 if longest else 20)
             assert proc.returncode == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            assert proc.stderr is not None
-            proc.stderr.close()
 
 
 def test_a_client_that_follows_advertised_addresses_joins_its_worker_directly(
@@ -342,14 +330,7 @@ def test_a_restart_with_a_broken_certificate_keeps_the_workers(
 
     cert = tmp_path / "cert.pem"
     shutil.copy(pki.cert_file, cert)
-    port = free_port()
-    proc = subprocess.Popen(
-        [*TCPLS, "serve", "--cert", str(cert), "--key", str(pki.key_file),
-         "--host", "127.0.0.1", "--port", str(port), "--echo", "--workers", "2"],
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        wait_port(port, proc=proc)
+    with workers(pki, cert=cert) as (proc, port):
         cert.write_text("not a certificate\n")
         proc.send_signal(signal.SIGHUP)
         time.sleep(1.0)
@@ -360,9 +341,5 @@ def test_a_restart_with_a_broken_certificate_keeps_the_workers(
 
         asyncio.run(run())
         err = _stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert b"not restarting" in err
     assert b"restarting the workers" not in err
