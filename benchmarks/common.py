@@ -346,6 +346,17 @@ def emit(result: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def lab_unavailable(name: str) -> bool:
+    """Whether the network lab cannot run here; if so the run's JSON line says why."""
+    from tcpls.lab import lab_available
+
+    ok, reason = lab_available()
+    if not ok:
+        error = f"needs the lab: {reason}"
+        emit({"benchmark": name, "ok": False, "skipped": True, "error": error})
+    return not ok
+
+
 def run_benchmark(name: str, body: Callable[[], dict[str, Any]]) -> int:
     """Run ``body``, print its JSON (or an error JSON), tear children down; exit code."""
     started = time.perf_counter()

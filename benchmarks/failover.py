@@ -477,13 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(HERE))
-    from common import emit, machine_info, make_pki, run_benchmark
+    from common import lab_unavailable, machine_info, make_pki, run_benchmark
 
-    from tcpls.lab import lab_available
-
-    ok, reason = lab_available()
-    if not ok:
-        emit({"benchmark": "failover", "ok": False, "error": f"needs the lab: {reason}"})
+    if lab_unavailable("failover"):
         return 2
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     rtts = [float(r) for r in args.rtts.split(",") if r.strip()]

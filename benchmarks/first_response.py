@@ -596,19 +596,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(HERE))
-    from common import emit, machine_info, make_pki, run_benchmark
-
-    from tcpls.lab import lab_available
+    from common import emit, lab_unavailable, machine_info, make_pki, run_benchmark
 
     if os.geteuid() != 0:
         message = "needs root (network namespaces, net.ipv4.tcp_fastopen): skipped"
         print(f"first_response: {message}", file=sys.stderr)
         emit({"benchmark": "first_response", "ok": False, "skipped": True, "error": message})
         return 2
-    ok, reason = lab_available()
-    if not ok:
-        emit({"benchmark": "first_response", "ok": False, "skipped": True,
-              "error": f"needs the lab: {reason}"})  # fmt: skip
+    if lab_unavailable("first_response"):
         return 2
 
     def body() -> dict[str, Any]:

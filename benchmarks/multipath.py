@@ -398,13 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(HERE))
-    from common import BenchmarkError, emit, machine_info, make_pki, run_benchmark
+    from common import BenchmarkError, lab_unavailable, machine_info, make_pki, run_benchmark
 
-    from tcpls.lab import lab_available
-
-    ok, reason = lab_available()
-    if not ok:
-        emit({"benchmark": "multipath", "ok": False, "error": f"needs the lab: {reason}"})
+    if lab_unavailable("multipath"):
         return 2
 
     def body() -> dict[str, Any]:
