@@ -85,6 +85,7 @@ __all__ = [
     "good_client_echo_async",
     "new_client_tls",
     "plaintext_alert",
+    "proc_status",
     "raw_exchange",
     "rewrite_client_hello",
 ]
@@ -111,7 +112,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # ----------------------------------------------------------------------------- /proc
 
 
-def _proc_status(pid: int, name: str) -> int:
+def proc_status(pid: int, name: str) -> int:
     """A ``kB`` field of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``), in bytes."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -214,7 +215,7 @@ class ServerProcess:
     def _watchdog(self) -> None:
         while not self._stop_watch.wait(0.02):
             try:
-                rss = _proc_status(self.pid, "VmRSS")
+                rss = proc_status(self.pid, "VmRSS")
             except (OSError, LookupError):
                 return
             self.watched_peak = max(self.watched_peak, rss)
@@ -228,7 +229,7 @@ class ServerProcess:
 
     def rss(self) -> int:
         """Current resident memory (VmRSS), bytes."""
-        return _proc_status(self.pid, "VmRSS")
+        return proc_status(self.pid, "VmRSS")
 
     def peak(self) -> int:
         """Peak resident memory since start or the last :meth:`reset_peak` (VmHWM), bytes.
@@ -236,7 +237,7 @@ class ServerProcess:
         When the server is gone (killed by the watchdog), the highest RSS the watchdog saw.
         """
         try:
-            return max(_proc_status(self.pid, "VmHWM"), self.watched_peak)
+            return max(proc_status(self.pid, "VmHWM"), self.watched_peak)
         except (OSError, LookupError):
             return self.watched_peak
 

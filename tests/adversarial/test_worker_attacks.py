@@ -59,6 +59,7 @@ from tests.adversarial.hostile import (
     client_hello_record,
     good_client_echo_async,
     new_client_tls,
+    proc_status,
 )
 from tests.helpers import free_port
 
@@ -90,14 +91,11 @@ def _children(pid: int) -> list[int]:
 
 
 def _status_kib(pid: int, field: str) -> int:
+    """A ``kB`` field of ``/proc/PID/status``, in KiB; 0 once the process is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        return proc_status(pid, field) >> 10
+    except (OSError, LookupError):
+        return 0
 
 
 def _fd_count(pid: int) -> int:
