@@ -32,13 +32,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports that were all free at once (two
+    separate ``free_port()`` calls may return the same port, or a neighbour in use)."""
+    for _ in range(100):
+        with contextlib.ExitStack() as held:
+            first = held.enter_context(socket.socket())
+            first.bind(("127.0.0.1", 0))
+            start = int(first.getsockname()[1])
+            try:
+                for port in range(start + 1, start + count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return start
+    raise RuntimeError(f"no run of {count} free loopback ports")
+
+
 def wait_port(
     port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else b""
+            pipe = proc.stdout or proc.stderr
+            out = pipe.read() if pipe else b""
             raise RuntimeError(f"peer exited early ({proc.returncode}): {out[-2000:]!r}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):

@@ -44,7 +44,7 @@ from tcpls.apps.tunnel import protocol as tunnel_protocol
 from tcpls.apps.tunnel import server as tunnel_server
 from tcpls.devcert import DevPKI
 from tests.aio.cli_util import TCPLS
-from tests.helpers import free_port, wait_port
+from tests.helpers import free_port, free_ports, wait_port
 
 CURL = shutil.which("curl")
 
@@ -257,7 +257,8 @@ def test_curl_through_listen_and_socks(
     an address; the connections (four at once, too) share one session, with its join."""
     web, _, digest = website
     server = start_server(procs, pki, f"127.0.0.1:{web}", f"localhost:{web}")
-    listen, proxy = free_port(), free_port()
+    listen = free_ports(2)
+    proxy = listen + 1
     client = start_client(
         procs, pki, server, "--listen", str(listen), "--to", f"127.0.0.1:{web}",
         "--socks", f"127.0.0.1:{proxy}", "--join", f"127.0.0.1:{server}",
@@ -291,7 +292,8 @@ def test_refused_destination_is_one_line_and_the_client_goes_on(
 ) -> None:
     web, _, digest = website
     server = start_server(procs, pki, f"127.0.0.1:{web}")
-    listen, proxy = free_port(), free_port()
+    listen = free_ports(2)
+    proxy = listen + 1
     client = start_client(
         procs, pki, server, "--listen", str(listen), "--to", "127.0.0.1:22",
         "--socks", str(proxy),
@@ -333,10 +335,10 @@ def test_refused_destination_is_one_line_and_the_client_goes_on(
 def test_dead_destination_closes_cleanly(
     procs: list[Proc], pki: DevPKI, destination: str, words: str
 ) -> None:
-    free = free_port()
+    free = free_ports(2)
     destination, words = destination.format(free=free), words.format(free=free)
     server = start_server(procs, pki, destination)
-    listen = free_port()
+    listen = free + 1
     client = start_client(procs, pki, server, "--listen", str(listen), "--to", destination)
     started = time.monotonic()
     with local(listen) as sock:
@@ -399,7 +401,8 @@ def test_half_close_both_ways(procs: list[Proc], pki: DevPKI, peers: list[Peer])
     summer, greeter = Peer(digest_after_eof), Peer(greet_then_listen)
     peers += [summer, greeter]
     server = start_server(procs, pki, f"127.0.0.1:{summer.port}", f"127.0.0.1:{greeter.port}")
-    one, two = free_port(), free_port()
+    one = free_ports(2)
+    two = one + 1
     start_client(procs, pki, server, "--listen", str(one), "--to", f"127.0.0.1:{summer.port}")
     start_client(procs, pki, server, "--listen", str(two), "--to", f"127.0.0.1:{greeter.port}")
 

@@ -19,7 +19,7 @@ import pytest
 import tcpls
 from tcpls.devcert import DevPKI
 from tests.aio.cli_util import TCPLS
-from tests.helpers import free_port, wait_port
+from tests.helpers import free_port, free_ports, wait_port
 
 _STOPPED = re.compile(
     rb"worker (\d+) stopped: (\d+) sessions, (\d+) joins passed to another worker, "
@@ -29,11 +29,16 @@ _STOPPED = re.compile(
 
 @contextmanager
 def workers(
-    pki: DevPKI, *extra: str, count: str | None = "2", cert: Path | None = None
+    pki: DevPKI,
+    *extra: str,
+    count: str | None = "2",
+    cert: Path | None = None,
+    port: int | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``tcpls serve --echo --workers COUNT EXTRA...`` (no ``--workers`` for ``None``) on a
-    free loopback port, listening; killed afterwards if still running."""
-    port = free_port()
+    """``tcpls serve --echo --workers COUNT EXTRA...`` (no ``--workers`` for ``None``) on
+    ``port`` (a free loopback port by default), listening; killed afterwards if still
+    running."""
+    port = port or free_port()
     count_args = ["--workers", count] if count is not None else []
     proc = subprocess.Popen(
         [*TCPLS, "serve", "--cert", str(cert or pki.cert_file), "--key", str(pki.key_file),
@@ -250,8 +255,9 @@ def test_a_bad_steering_key_file_is_explained(pki: DevPKI, tmp_path: Path) -> No
 def test_worker_ports_are_advertised_and_joins_to_them_stay_put(pki: DevPKI) -> None:
     """With --worker-ports each session learns its worker's own port by New Address; a
     join there is never passed on."""
-    base = free_port()
-    with workers(pki, "--worker-ports", str(base)) as (proc, port):
+    port = free_ports(3)
+    base = port + 1
+    with workers(pki, "--worker-ports", str(base), port=port) as (proc, port):
         wait_port(base + 1, proc=proc)
 
         async def run() -> None:
@@ -300,8 +306,9 @@ def test_a_client_that_follows_advertised_addresses_joins_its_worker_directly(
 ) -> None:
     """ClientConfig(join_advertised=True): the session joins the worker's own port as soon
     as New Address brings it, with no call from the application."""
-    base = free_port()
-    with workers(pki, "--worker-ports", str(base)) as (proc, port):
+    port = free_ports(3)
+    base = port + 1
+    with workers(pki, "--worker-ports", str(base), port=port) as (proc, port):
         wait_port(base + 1, proc=proc)
         config = dataclasses.replace(_client(pki), join_advertised=True)
 

@@ -27,7 +27,7 @@ import time
 
 import tcpls
 from tests.aio.failover_cases.common import idle_server, pump
-from tests.helpers import free_port
+from tests.helpers import free_ports
 
 WATCH = 6.0
 
@@ -62,9 +62,10 @@ class ProxyPath:
 
 async def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        port_b = free_port()
+        port_a = free_ports(2)
+        port_b = port_a + 1
         async with idle_server(tmp, advertise=(f"127.0.0.1:{port_b}",)) as (server, pki):
-            path_a = ProxyPath(free_port(), server.port)
+            path_a = ProxyPath(port_a, server.port)
             path_b = ProxyPath(port_b, server.port)
             await path_b.up()  # A is down for now
 
