@@ -2,9 +2,10 @@
 
 Each round starts ``tcpls serve --echo --workers N`` (N = 1, 2; and without
 ``--workers``: one process, no supervisor, tokens not steered; and, as the control,
-two such processes on two ports with the clients split between them) on 127.0.0.1,
-lets ``--clients`` ``openssl s_time -new`` processes (a C client that needs little
-CPU) make full TLS 1.3 handshakes against it for ``--seconds`` at once, then stops the
+two such processes on two ports with the clients split between them; and the standard
+library reference described below) on 127.0.0.1, lets ``--clients`` ``openssl s_time
+-new`` processes (a C client, the issue's choice; with OpenSSL 3.0 it spends about as
+much CPU per handshake as the server) make full TLS 1.3 handshakes against it for ``--seconds`` at once, then stops the
 server. ``s_time`` is an ordinary TLS client, so the sessions are plain TLS 1.3 (the
 tcpls server falls back): what the workers share and what a handshake costs do not
 depend on that. The set-ups alternate, ``--runs`` rounds of each.
@@ -16,7 +17,10 @@ clients' CPU seconds (their rusage). The comparison of interest:
 ``per_cpu_workers_2_over_workers_1`` (handshakes per server CPU-second with 2 workers
 over 1), which should be within 10 % of 1; ``per_cpu_workers_2_over_two_processes``,
 which isolates what the workers add (supervisor, shared port, steering) from what
-splitting the load over two processes costs on its own; and the rate with 2 workers
+splitting the load over two processes costs on its own;
+``per_cpu_stdlib_2_over_stdlib_1``, the same split for an asyncio server on the standard
+library's ``ssl`` (one process, then two sharing the port), which is what the split
+costs on the machine with no tcpls code at all; and the rate with 2 workers
 over 1, which needs a spare core for the second worker: on a 2-core machine the clients
 take part of it.
 
@@ -85,41 +89,68 @@ SETUPS: dict[str, tuple[int, int | None]] = {
     "workers_1": (1, 1),
     "workers_2": (1, 2),
     "two_processes": (2, None),  # the control: two servers on two ports, no steering
+    # The machine's own reference: an asyncio server with the standard library's ssl (its
+    # handshake in C), as one process and as two processes sharing the port through
+    # SO_REUSEPORT. What it loses from one to two is what splitting costs on this machine
+    # with no tcpls code at all.
+    "stdlib_1": (1, None),
+    "stdlib_2": (2, None),
 }
+
+
+def _stdlib_serve(port: int, cert: str, key: str) -> None:
+    """One process of the ``stdlib_*`` set-ups: handshakes, reads to EOF, closes."""
+    import asyncio
+    import contextlib
+    import socket
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await reader.read()
+        writer.close()
+
+    async def serve() -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(1024)
+        server = await asyncio.start_server(handle, sock=sock, ssl=context)
+        await server.serve_forever()
+
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    asyncio.run(serve())
+
+
+def _server_command(pki: Any, setup: str, port: int, workers: int | None) -> list[str]:
+    if setup.startswith("stdlib"):
+        return [sys.executable, __file__, "--stdlib-serve", str(port), pki.cert_file, pki.key_file]
+    extra = ["--workers", str(workers)] if workers else []
+    return [
+        sys.executable, "-m", "tcpls", "serve", "--cert", pki.cert_file, "--key", pki.key_file,
+        "--host", "127.0.0.1", "--port", str(port), "--echo", "--grace", "0", *extra,
+    ]  # fmt: skip
 
 
 def one_round(pki: Any, setup: str, clients: int, seconds: float) -> dict[str, float]:
     """One measurement of ``setup`` (see :data:`SETUPS`): the clients are spread over
     the servers' ports (one port but for ``two_processes``)."""
     processes, workers = SETUPS[setup]
-    ports = [_free_port() for _ in range(processes)]
-    extra = ["--workers", str(workers)] if workers else []
+    # The stdlib processes share one port; the tcpls control listens on one port each.
+    ports = (
+        [_free_port()] * processes
+        if setup == "stdlib_2"
+        else [_free_port() for _ in range(processes)]
+    )
     servers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tcpls",
-                "serve",
-                "--cert",
-                pki.cert_file,
-                "--key",
-                pki.key_file,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--echo",
-                "--grace",
-                "0",
-                *extra,
-            ],
-            stderr=subprocess.DEVNULL,
-        )
+        subprocess.Popen(_server_command(pki, setup, port, workers), stderr=subprocess.DEVNULL)
         for port in ports
     ]
     try:
-        for port in ports:
+        for port in set(ports):
             _wait_port(port)
         time.sleep(0.5)
         pids = [p for s in servers for p in (_workers_of(s.pid) if workers else [s.pid])]
@@ -176,6 +207,9 @@ def one_round(pki: Any, setup: str, clients: int, seconds: float) -> dict[str, f
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--stdlib-serve"]:
+        _stdlib_serve(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="rounds of each worker count")
     parser.add_argument("--seconds", type=float, default=8.0, help="s_time -time per round")
@@ -211,6 +245,7 @@ def main() -> int:
                 "per_cpu_workers_2_over_one_process": per_cpu("workers_2", "one_process"),
                 "per_cpu_workers_2_over_two_processes": per_cpu("workers_2", "two_processes"),
                 "per_cpu_two_processes_over_one_process": per_cpu("two_processes", "one_process"),
+                "per_cpu_stdlib_2_over_stdlib_1": per_cpu("stdlib_2", "stdlib_1"),
                 "rate_workers_2_over_workers_1": round(
                     summary["workers_2"]["handshakes_per_s"]
                     / summary["workers_1"]["handshakes_per_s"],
