@@ -1,14 +1,15 @@
 """Full handshakes per second with 1 and 2 worker processes, driven by ``openssl s_time``.
 
 Each round starts ``tcpls serve --echo --workers N`` (N = 1, 2; and without
-``--workers``: one process, no supervisor, tokens not steered; and, as the control,
-two such processes on two ports with the clients split between them; and the standard
+``--workers``: one process, no supervisor, tokens not steered; and, as the control, two
+such processes on two ports with the clients split between them; and the standard
 library reference described below) on 127.0.0.1, lets ``--clients`` ``openssl s_time
 -new`` processes (a C client, the issue's choice; with OpenSSL 3.0 it spends about as
-much CPU per handshake as the server) make full TLS 1.3 handshakes against it for ``--seconds`` at once, then stops the
-server. ``s_time`` is an ordinary TLS client, so the sessions are plain TLS 1.3 (the
-tcpls server falls back): what the workers share and what a handshake costs do not
-depend on that. The set-ups alternate, ``--runs`` rounds of each.
+much CPU per handshake as the server) make full TLS 1.3 handshakes against it for
+``--seconds`` at once, then stops the server. ``s_time`` is an ordinary TLS client, so
+the sessions are plain TLS 1.3 (the tcpls server falls back): what the workers share and
+what a handshake costs do not depend on that. The set-ups alternate, ``--runs`` rounds
+of each.
 
 Reported per worker count (median of the rounds): handshakes per second (the sum of the
 ``s_time`` reports), the server's CPU seconds over the window (user + system of every
