@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import dataclasses
 import os
 import socket
+import stat
 import tempfile
 
 import pytest
@@ -252,3 +254,78 @@ def test_a_resumption_for_a_worker_that_is_gone_gets_a_full_handshake(pki: DevPK
                     await server.wait_closed()
 
     asyncio.run(run())
+
+
+def test_the_handoff_socket_is_for_the_server_user_only_whatever_the_umask() -> None:
+    """An application may put the sockets in a directory others can enter: the socket
+    file is still created 0600, even under umask 0."""
+    with tempfile.TemporaryDirectory() as directory:
+        os.chmod(directory, 0o777)
+        umask = os.umask(0)
+        try:
+            channel = HandoffChannel(directory, 1, lambda sock, data: sock.close())
+        finally:
+            os.umask(umask)
+        try:
+            assert stat.S_IMODE(os.stat(handoff_path(directory, 1)).st_mode) == 0o600
+        finally:
+            channel.close()
+
+
+def _send_tcp_socket(path: str, as_uid: int | None) -> None:
+    """Send a fresh TCP socket to the hand-off socket at ``path``, from a child process
+    that runs as ``as_uid`` (``None``: this process's user)."""
+    pid = os.fork()
+    if pid == 0:  # the child: exits, never returns into pytest
+        code = 1
+        try:
+            if as_uid is not None:
+                os.setgid(as_uid)
+                os.setuid(as_uid)
+            tcp = socket.socket()
+            sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            fds = array.array("i", [tcp.fileno()]).tobytes()
+            sender.sendmsg(
+                [b"TCPLSH1\0data"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, path
+            )
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the sender could not send"
+
+
+def test_a_handoff_from_another_user_is_refused() -> None:
+    """Even when the socket file was made writable by all (an operator loosening it), a
+    connection sent by another user is refused and its descriptor closed: the kernel
+    gives each message's sender uid, and only the server's own user is taken."""
+    if os.geteuid() != 0:
+        pytest.skip("sending as another user needs root (make test runs as root)")
+    directory = tempfile.mkdtemp(dir="/tmp")
+    os.chmod(directory, 0o777)
+    got: list[bytes] = []
+
+    def receive(sock: socket.socket, data: bytes) -> None:
+        got.append(data)
+        sock.close()
+
+    channel = HandoffChannel(directory, 3, receive)
+    path = handoff_path(directory, 3)
+    os.chmod(path, 0o666)
+    open_fds = len(os.listdir("/proc/self/fd")) + 3  # the loop's selector and self-pipe
+
+    async def run() -> None:
+        channel.start(asyncio.get_running_loop())
+        _send_tcp_socket(path, as_uid=65534)  # nobody
+        await asyncio.sleep(0.05)
+        assert got == [] and channel.received == 0
+        assert len(os.listdir("/proc/self/fd")) == open_fds, "the descriptor was kept"
+        _send_tcp_socket(path, as_uid=None)  # the control: the server's own user
+        await asyncio.sleep(0.05)
+        assert got == [b"data"] and channel.received == 1
+
+    try:
+        asyncio.run(run())
+    finally:
+        channel.close()
+        os.rmdir(directory)

@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 
@@ -39,6 +40,9 @@ _RETRY_INTERVAL = 0.002
 _GONE_FOR = 1.0
 _MAGIC = b"TCPLSH1\0"
 _FD_SPACE = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
+# The sender's credentials, which the kernel attaches to every message (SO_PASSCRED):
+# pid, uid, gid as three native ints.
+_CRED_SPACE = socket.CMSG_SPACE(struct.calcsize("3i"))
 
 
 def handoff_path(directory: str, worker: int) -> str:
@@ -64,13 +68,22 @@ class HandoffChannel:
         # Workers found gone, until when they are taken as gone (no system call per join).
         self._gone: dict[int, float] = {}
         self._log = RateLimitedLog(logger)  # (a join can be replayed at will)
+        self._refused_log = RateLimitedLog(logger)
         self._directory = directory
         self._path = handoff_path(directory, worker)
         self._receive = receive
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path)  # a worker of a previous run with this ID
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(self._path)
+        # Only the server's user may send here, whatever the directory's mode or the
+        # umask (an application may choose a shared directory): the socket file is
+        # created 0600, and every message's sender is checked by its kernel-given uid.
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        umask = os.umask(0o177)
+        try:
+            self._sock.bind(self._path)
+        finally:
+            os.umask(umask)
         self._sock.setblocking(False)
         self._loop: asyncio.AbstractEventLoop | None = None
         # Hand-offs to retry: (deadline, worker, socket we own, data).
@@ -157,7 +170,7 @@ class HandoffChannel:
         for _ in range(64):  # a burst at most per wakeup: the loop serves the rest too
             try:
                 message, ancillary, flags, _ = self._sock.recvmsg(
-                    len(_MAGIC) + MAX_HANDOFF_BYTES, _FD_SPACE
+                    len(_MAGIC) + MAX_HANDOFF_BYTES, _FD_SPACE + _CRED_SPACE
                 )
             except (BlockingIOError, InterruptedError):
                 return
@@ -166,14 +179,17 @@ class HandoffChannel:
                 return
             fds = _descriptors(ancillary)
             ok = (
-                len(fds) == 1
+                _sender_uid(ancillary) == os.getuid()
+                and len(fds) == 1
                 and not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
                 and message.startswith(_MAGIC)
             )
             if not ok:
                 for fd in fds:
                     os.close(fd)
-                logger.warning("ignored a malformed hand-off message")
+                self._refused_log.log(
+                    "ignored a hand-off message: malformed, or not from this user"
+                )
                 continue
             try:
                 sock = socket.socket(fileno=fds[0])
@@ -204,6 +220,15 @@ class HandoffChannel:
         self._sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path)
+
+
+def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The uid the kernel gave as the message's sender (``None``: no credentials)."""
+    for level, kind, data in ancillary:
+        credentials = level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+        if credentials and len(data) >= struct.calcsize("3i"):
+            return int(struct.unpack_from("3i", data)[1])
+    return None
 
 
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
