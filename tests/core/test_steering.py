@@ -32,6 +32,16 @@ def test_tokens_look_random_and_unrelated() -> None:
         assert len({t[position] for t in tokens}) > 200
 
 
+def test_elsewhere_names_only_the_other_processes() -> None:
+    """What a worker passes on: labels of another process of the deployment (this machine
+    or another), never its own or a stranger's."""
+    mine = TokenSteering(KEY, ServerID(3, 7))
+    assert mine.elsewhere(mine.mint()) is None
+    assert mine.elsewhere(TokenSteering(KEY, ServerID(3, 8)).mint()) == ServerID(3, 8)
+    assert mine.elsewhere(TokenSteering(KEY, ServerID(4, 7)).mint()) == ServerID(4, 7)
+    assert mine.elsewhere(TokenSteering(os.urandom(16), ServerID(3, 8)).mint()) is None
+
+
 @pytest.mark.parametrize("token", [os.urandom(32), b"", os.urandom(31), os.urandom(33)])
 def test_anything_else_names_nobody(token: bytes) -> None:
     assert TokenSteering(KEY, ServerID(0, 0)).owner(token) is None

@@ -214,10 +214,9 @@ class ServerEndpoint:
             offer = decode_pre_shared_key(body)
         except TCPLSError:
             return None  # the engine reports it
-        owner = steering.owner(offer.identities[0][0]) if offer.identities else None
-        mine = steering.server_id
-        if owner is None or owner == mine or owner.machine != mine.machine:
-            return None
+        owner = steering.elsewhere(offer.identities[0][0]) if offer.identities else None
+        if owner is None or owner.machine != steering.server_id.machine:
+            return None  # this worker's ticket, or none it can pass on
         return owner.worker
 
     def check_hello(self, info: ClientHelloInfo) -> None:
@@ -298,8 +297,8 @@ class ServerEndpoint:
             return None  # the connection failed meanwhile: the token is not used up
         steering = self.steering
         if steering is not None:
-            owner = steering.owner(token)
-            if owner is not None and owner != steering.server_id:
+            owner = steering.elsewhere(token)
+            if owner is not None:
                 same_machine = owner.machine == steering.server_id.machine
                 if same_machine and may_hand_off and self._hands_off:
                     return owner

@@ -79,3 +79,10 @@ class TokenSteering:
         if block[4:8] != _CHECK:
             return None
         return ServerID(int.from_bytes(block[0:2], "big"), int.from_bytes(block[2:4], "big"))
+
+    def elsewhere(self, label: bytes) -> ServerID | None:
+        """The other process of this deployment (on this machine or another) that minted
+        ``label``, a token or a ticket label; ``None`` when this process did or when it
+        is not one of this deployment's."""
+        owner = self.owner(label)
+        return None if owner is None or owner == self.server_id else owner
