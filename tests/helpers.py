@@ -49,6 +49,15 @@ def free_ports(count: int) -> int:
     raise RuntimeError(f"no run of {count} free loopback ports")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started and still has (none when it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
 def wait_port(
     port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:

@@ -61,7 +61,7 @@ from tests.adversarial.hostile import (
     new_client_tls,
     proc_status,
 )
-from tests.helpers import free_port
+from tests.helpers import child_pids, free_port
 
 pytestmark = [
     pytest.mark.adversarial,
@@ -80,14 +80,6 @@ KEY = bytes(range(16))
 
 
 # ----------------------------------------------------------------------------- /proc
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -180,7 +172,7 @@ class _Workers:
         return self.proc.pid
 
     def workers(self) -> list[int]:
-        pids = _children(self.pid)
+        pids = child_pids(self.pid)
         self.seen.update(pids)
         return pids
 

@@ -19,7 +19,7 @@ import pytest
 import tcpls
 from tcpls.devcert import DevPKI
 from tests.aio.cli_util import TCPLS
-from tests.helpers import free_port, free_ports, wait_port
+from tests.helpers import child_pids, free_port, free_ports, wait_port
 
 _STOPPED = re.compile(
     rb"worker (\d+) stopped: (\d+) sessions, (\d+) joins passed to another worker, "
@@ -190,13 +190,13 @@ def test_a_stop_lets_open_sessions_finish_and_refuses_new_ones(pki: DevPKI) -> N
 def test_a_worker_that_dies_is_replaced(pki: DevPKI) -> None:
     with workers(pki) as (proc, port):
         deadline = time.monotonic() + 10  # (the port listens before the workers start)
-        while len(children := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+        while len(children := child_pids(proc.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(children) == 2
         os.kill(children[0], signal.SIGKILL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            now = _children(proc.pid)
+            now = child_pids(proc.pid)
             if len(now) == 2 and children[0] not in now:
                 break
             time.sleep(0.1)
@@ -211,11 +211,6 @@ def test_a_worker_that_dies_is_replaced(pki: DevPKI) -> None:
         asyncio.run(run())
         err = _stop(proc)
     assert b"ended unexpectedly" in err
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()]
 
 
 @pytest.mark.parametrize(
