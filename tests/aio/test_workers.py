@@ -345,3 +345,44 @@ def test_a_restart_with_a_broken_certificate_keeps_the_workers(
         err = _stop(proc)
     assert b"not restarting" in err
     assert b"restarting the workers" not in err
+
+
+def test_restarts_in_quick_succession_keep_a_bounded_number_of_old_generations(
+    pki: DevPKI,
+) -> None:
+    """Five SIGHUPs, each with a session open on the generation it replaces: at most
+    three old generations go on finishing their sessions; the oldest ones close theirs
+    at once (cleanly, close_notify) and say so, instead of piling up processes for the
+    whole grace period."""
+    from tcpls.aio.workers import MAX_DRAINING_GENERATIONS
+
+    assert MAX_DRAINING_GENERATIONS == 3
+    with workers(pki, "--grace", "60", count="1") as (proc, port):
+
+        async def run() -> None:
+            held = []
+            for i in range(5):
+                session = await tcpls.connect("127.0.0.1", port, config=_client(pki))
+                reader, writer = await session.open_stream()
+                writer.write(b"generation %d" % (i + 1))
+                held.append((session, reader, writer))
+                proc.send_signal(signal.SIGHUP)
+                await asyncio.sleep(0.8)
+            for i, (session, reader, writer) in enumerate(held):
+                if i >= 2:  # still served: the echo of both writes, then our EOF
+                    writer.write(b", still here")
+                    writer.write_eof()
+                expected = b"generation %d" % (i + 1) + (b", still here" if i >= 2 else b"")
+                assert await asyncio.wait_for(reader.read(), 10) == expected
+                await session.aclose()
+                assert session.error is None  # closed cleanly either way
+
+        asyncio.run(run())
+        deadline = time.monotonic() + 10
+        while len(child_pids(proc.pid)) > 1 + MAX_DRAINING_GENERATIONS:
+            assert time.monotonic() < deadline, child_pids(proc.pid)
+            time.sleep(0.1)
+        err = _stop(proc, signal.SIGINT)
+    assert b"closing the sessions of generation 1 now" in err
+    assert b"closing the sessions of generation 2 now" in err
+    assert b"generation 3 now" not in err

@@ -19,6 +19,8 @@ Signals to the supervisor:
   sockets (certificates and files are read again); the old workers stop accepting,
   let their sessions finish within ``grace`` seconds, then close the rest with
   ``close_notify``. Joins for their sessions keep reaching them through the hand-off.
+  At most :data:`MAX_DRAINING_GENERATIONS` old generations finish at a time: a quicker
+  succession of restarts closes the oldest one's sessions at once.
 * ``SIGTERM``: graceful stop, the same without a new generation.
 * ``SIGINT`` (Ctrl-C), or a second ``SIGTERM``: the sessions are closed at once
   (``close_notify``).
@@ -58,6 +60,9 @@ logger = logging.getLogger("tcpls.aio.api")
 DEFAULT_GRACE = 30.0
 #: Most workers of one supervisor.
 MAX_WORKERS = 256
+#: Most generations of old workers still serving their sessions after restarts: a
+#: further restart closes the oldest one's sessions at once (design: Graceful restart).
+MAX_DRAINING_GENERATIONS = 3
 #: Largest certificate, key or CA file a generation copies.
 _MAX_FILE = 1 << 20
 _PR_SET_PDEATHSIG = 1
@@ -119,6 +124,7 @@ class _Worker:
     worker_id: int
     generation: int
     draining: bool = False
+    closing_now: bool = False  # told to close its sessions at once (SIGUSR2)
 
 
 class _Supervisor:
@@ -243,6 +249,18 @@ class _Supervisor:
         old = [pid for pid, w in self.workers.items() if not w.draining]
         self._start_generation(snapshot)
         self._drain(old)
+        finishing = {w.generation for w in self.workers.values() if w.draining}
+        finishing -= {w.generation for w in self.workers.values() if w.closing_now}
+        for generation in sorted(finishing)[: max(0, len(finishing) - MAX_DRAINING_GENERATIONS)]:
+            _say(
+                f"tcpls: closing the sessions of generation {generation} now: more than "
+                f"{MAX_DRAINING_GENERATIONS} generations of old workers were finishing"
+            )
+            for pid, worker in self.workers.items():
+                if worker.generation == generation:
+                    worker.closing_now = True
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGUSR2)
 
     def _snapshot(self, generation: int) -> ServerConfig:
         """The configuration of a generation, with in-memory copies (``memfd``) of the
