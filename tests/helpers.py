@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,16 @@ def free_ports(count: int) -> int:
                 continue
             return start
     raise RuntimeError(f"no run of {count} free loopback ports")
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait (in the running event loop) until ``condition()`` holds; AssertionError after
+    ``timeout`` seconds. For state that arrives a moment after the call that caused it
+    (the server's New Tokens, a server's handler starting)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still false after {timeout} s"
+        await asyncio.sleep(0.005)
 
 
 def child_pids(pid: int) -> list[int]:

@@ -629,6 +629,8 @@ def test_resumption_between_tcpls_endpoints_then_join(pki: DevPKI) -> None:
             config = dataclasses.replace(_client_config(pki), session_ticket=ticket)
             async with tcpls.connect("127.0.0.1", srv.port, config=config) as s:
                 assert s.session_resumed and s.tcpls_negotiated
+                while len(recorder.sessions) < 2:  # the handler starts on our Finished
+                    await asyncio.sleep(0.005)  # (bounded by _run's timeout)
                 served = recorder.sessions[1]
                 assert served.session_resumed and served.tcpls_negotiated
                 assert s.spare_tokens > 0

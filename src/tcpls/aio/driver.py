@@ -36,6 +36,7 @@ from tcpls.core.events import (
     SessionClosed,
     SessionEstablished,
     StreamOpened,
+    TokenReceived,
 )
 from tcpls.core.io import TransportAction
 from tcpls.core.session import CoreSession
@@ -49,6 +50,8 @@ _FLUSH_BUDGET = 256 * 1024
 _LINGER = 5.0
 #: The same after an error (the peer may be hostile: it holds the connection less).
 _ERROR_LINGER = 1.0
+#: Least seconds a join with no spare token waits for the server's first New Tokens.
+_FIRST_TOKENS_MIN_WAIT = 0.25
 
 
 class SessionObserver(Protocol):
@@ -91,6 +94,11 @@ class SessionDriver:
         self.incoming = IncomingStreams()  # (no asyncio.Queue: design: Idle memory)
         #: Set when the handshake completed, or when the session ended before.
         self.established: asyncio.Future[None] = self.loop.create_future()
+        #: Loop times at which the session started and its handshake completed.
+        self.started_at = self.loop.time()
+        self.established_at: float | None = None
+        # Client: joins waiting for a token (design: Tokens); made when one waits.
+        self._token_waiters: list[asyncio.Future[None]] | None = None
         #: Set when the session ended.
         self.ended: asyncio.Future[None] = self.loop.create_future()
         self._paused: set[int] = set()
@@ -262,6 +270,38 @@ class SessionDriver:
         self._join_waiters[connection_id] = waiter
         return waiter
 
+    def first_tokens_window(self) -> float:
+        """Client: seconds left during which the server's first New Tokens may still be on
+        their way (it sends them once it has our Finished, a round trip after the
+        handshake completed here): a join with no spare token waits that long for one
+        (design: Tokens). Zero before the handshake completed, and once it is over."""
+        if self.established_at is None:
+            return 0.0
+        handshake = self.established_at - self.started_at
+        window = max(_FIRST_TOKENS_MIN_WAIT, 2 * handshake)
+        return max(0.0, self.established_at + window - self.loop.time())
+
+    async def wait_token(self, timeout: float) -> None:
+        """Client: wait up to ``timeout`` seconds for a New Token (or the session's end)."""
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        if self._token_waiters is None:
+            self._token_waiters = []
+        self._token_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            if self._token_waiters is not None and waiter in self._token_waiters:
+                self._token_waiters.remove(waiter)
+
+    def _wake_token_waiters(self) -> None:
+        waiters, self._token_waiters = self._token_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
     def forget_join(self, connection_id: int) -> None:
         """The join of ``connection_id`` is no longer awaited."""
         self._join_waiters.pop(connection_id, None)
@@ -381,6 +421,7 @@ class SessionDriver:
                         self.incoming.put_nowait(self._pair(0, self.session))
                 if not self.established.done():
                     self.established.set_result(None)
+                    self.established_at = self.loop.time()
                 if self.observer is not None:
                     self.observer.session_established(core)
             elif isinstance(event, SessionClosed):
@@ -396,6 +437,8 @@ class SessionDriver:
                 waiter = self._join_waiters.get(event.connection_id)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+            elif isinstance(event, TokenReceived):
+                self._wake_token_waiters()
 
     def _connection_removed(self, event: ConnectionRemoved) -> None:
         core = self.core
@@ -471,6 +514,7 @@ class SessionDriver:
             else:
                 transport.close()
         self.ended.set_result(None)
+        self._wake_token_waiters()
         if self.observer is not None:
             self.observer.session_closed(core)
         # the same for the references back to the application's view and the joins

@@ -72,6 +72,11 @@ class Joins:
         if self._withdrawn(host, port):
             raise TCPLSError(f"the server withdrew {host}:{port}; no new connection may go there")
         timeout = timeout if timeout is not None else core.tuning.handshake_timeout
+        # Right after the handshake the server has sent one token; the others come a
+        # round trip later: wait for them rather than fail (design: Tokens).
+        deadline = loop.time() + min(timeout, driver.first_tokens_window())
+        while not core.tokens and not core.closed and (left := deadline - loop.time()) > 0:
+            await driver.wait_token(left)
         tls, cid = core.start_join()
         protocol = ConnectionProtocol(driver, cid)
         waiter = driver.expect_join(cid)
