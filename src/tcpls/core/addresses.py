@@ -31,10 +31,11 @@ class AddressBook:
         self._control = control
         #: Addresses the peer advertised, by address ID.
         self.peer: dict[int, tuple[str, int]] = {}
-        #: Addresses the peer withdrew: no new connection may go to them. (Both sets are
-        #: replaced, not updated: rarely used, they share the empty one; design: Idle memory.)
-        self.withdrawn = _NO_ADDRESSES
-        self._removed = _NO_IDS
+        #: Addresses the peer withdrew: no new connection may go to them. (Both sets start
+        #: as the shared empty one and get a set of their own on first use; design: Idle
+        #: memory.)
+        self.withdrawn: frozenset[tuple[str, int]] | set[tuple[str, int]] = _NO_ADDRESSES
+        self._removed: frozenset[int] | set[int] = _NO_IDS
 
     def advertised(self, frame: NewAddress) -> tuple[str, int] | None:
         """The peer sent New Address: the address, if it is new (one whose ID is known or
@@ -47,10 +48,16 @@ class AddressBook:
 
     def removed(self, address_id: int) -> tuple[str, int] | None:
         """The peer sent Remove Address; returns the address withdrawn, if it was known."""
-        self._removed |= {address_id}
+        # (a set of its own on first use, then added to: a flood of Remove Address frames
+        # must not copy the set each time)
+        if isinstance(self._removed, frozenset):
+            self._removed = set(self._removed)
+        self._removed.add(address_id)
         entry = self.peer.pop(address_id, None)
         if entry is not None:
-            self.withdrawn |= {entry}
+            if isinstance(self.withdrawn, frozenset):
+                self.withdrawn = set(self.withdrawn)
+            self.withdrawn.add(entry)
         return entry
 
     def advertise(self, address_id: int, host: str, port: int) -> None:
