@@ -386,3 +386,27 @@ def test_restarts_in_quick_succession_keep_a_bounded_number_of_old_generations(
     assert b"closing the sessions of generation 1 now" in err
     assert b"closing the sessions of generation 2 now" in err
     assert b"generation 3 now" not in err
+
+
+@pytest.mark.parametrize("count", [None, "2"])
+def test_sigint_closes_sessions_the_client_keeps_open(pki: DevPKI, count: str | None) -> None:
+    """SIGINT with a session the client keeps open and idle: the server closes it at once
+    (close_notify) and exits, without waiting for the client or for the grace period
+    (with workers, the order of the stop signals used to restart a 30 s grace)."""
+    with workers(pki, "--grace", "30", count=count) as (proc, port):
+
+        async def run() -> None:
+            async with tcpls.connect("127.0.0.1", port, config=_client(pki)) as session:
+                await _echo(session, b"hello")
+                proc.send_signal(signal.SIGINT)
+                deadline = time.monotonic() + 5
+                while proc.poll() is None:
+                    assert time.monotonic() < deadline, "the server still runs 5 s after SIGINT"
+                    await asyncio.sleep(0.05)
+                with pytest.raises(tcpls.errors.ConnectionClosedError):
+                    await session.accept_stream()  # the server closed its side: no more
+                await asyncio.wait_for(session.aclose(), 5)
+                assert session.error is None  # close_notify, not a reset
+
+        asyncio.run(run())
+        assert proc.returncode == 0

@@ -356,12 +356,14 @@ class Server:
             session.close()
 
     async def wait_closed(self) -> None:
-        """Wait until the listeners and the sessions are closed."""
+        """Wait until the listeners and the sessions are closed: each session flushes and
+        sends ``close_notify`` (10 s at most), then gets 1 s for the peer's before it is
+        aborted."""
         for server in self._servers:
             await server.wait_closed()
-        sessions = list(self._table.sessions.values())
+        sessions = list(self._table.sessions.items())
         if sessions:
-            await asyncio.wait([asyncio.ensure_future(s.aclose()) for s in sessions], timeout=10)
+            await asyncio.wait([asyncio.ensure_future(_finish(*pair)) for pair in sessions])
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
 
@@ -474,6 +476,26 @@ class _SessionTable:
 
 #: Seconds between two estimates of the sessions' memory.
 _WATCH_INTERVAL = 0.25
+#: Seconds a closing session has to flush and send close_notify, then to get the peer's
+#: close_notify, when the server closes (design: Graceful restart).
+_FLUSH_WAIT = 10.0
+_PEER_CLOSE_WAIT = 1.0
+
+
+async def _finish(core: CoreSession, session: Session) -> None:
+    """Wait for a session the server closed: until it flushed and sent close_notify
+    (:data:`_FLUSH_WAIT` at most), then a moment for the peer's; abort it after that. A
+    client that keeps its session open does not hold up the server's exit."""
+    session.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _FLUSH_WAIT
+    while not (core.closed or core.close_notify_sent) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(session.wait_closed(), _PEER_CLOSE_WAIT)
+    except TimeoutError:
+        session.abort()
+        await session.wait_closed()
 
 
 def _format_peer(peer: Any) -> str:

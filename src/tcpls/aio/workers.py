@@ -414,17 +414,21 @@ class _Supervisor:
             await server.listen(None, None, sock=own)
             server.advertise_local_port(own.getsockname()[1])
         stop = asyncio.Event()
+        at_once = False
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        # SIGUSR2: stop now (Ctrl-C, or a second stop signal to the supervisor)
+        # SIGUSR2: stop now (Ctrl-C, or a second stop signal to the supervisor), also when
+        # it comes before the graceful stop began
 
         def now() -> None:
+            nonlocal at_once
+            at_once = True
             stop.set()
             server.end_grace()
 
         loop.add_signal_handler(signal.SIGUSR2, now)
         await stop.wait()
-        await server.shutdown(self.grace)
+        await server.shutdown(0.0 if at_once else self.grace)
         counters = server.counters
         _say(
             f"tcpls: worker {worker.worker_id} stopped: {counters['sessions_served']} sessions, "
