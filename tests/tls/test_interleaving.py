@@ -65,3 +65,30 @@ def test_a_fragmented_key_update_alone_is_fine(pki: DevPKI) -> None:
     server.send_record(b"after")
     data, events = feed_tls(client, server.data_to_send())
     assert data == b"after" and not [e for e in events if isinstance(e, ConnectionFailed)]
+
+
+def test_a_flood_of_key_update_requests_gets_one_answer_per_burst(pki: DevPKI) -> None:
+    """A peer that sends KeyUpdate(update_requested) thousands of times and reads nothing:
+    one answer stands for every request until our next application data (RFC 8446
+    §4.6.3), so our output does not grow with the flood; after our data, the next request
+    gets its own answer, and both sides still read each other."""
+    client, server = _pair(pki)
+    for _ in range(5000):
+        client.key_update(request_peer_update=True)
+    feed_tls(server, client.data_to_send())
+    answer = server.data_to_send()
+    assert 0 < len(answer) < 100, len(answer)  # one KeyUpdate record, not 5000
+    server.send_record(b"after the burst")
+    data, events = feed_tls(client, answer + server.data_to_send())
+    assert data == b"after the burst" and not [
+        e for e in events if isinstance(e, ConnectionFailed)
+    ]
+    client.key_update(request_peer_update=True)
+    client.send_record(b"once more")
+    data, _ = feed_tls(server, client.data_to_send())
+    assert data == b"once more"
+    second = server.data_to_send()
+    assert 0 < len(second) < 100  # answered again: our data came in between
+    server.send_record(b"still in step")
+    data, events = feed_tls(client, second + server.data_to_send())
+    assert data == b"still in step" and not [e for e in events if isinstance(e, ConnectionFailed)]

@@ -357,7 +357,10 @@ class Handshake:
         if request not in (0, 1):
             raise IllegalParameter("KeyUpdate request_update must be 0 or 1")
         self._layer.update_read_keys()
-        if request == 1 and answer_key_update:
+        # One answer stands for every request received before our next application data
+        # (RFC 8446 §4.6.3 asks for no more): a peer that floods requests and reads
+        # nothing must not grow our output (design: KeyUpdate).
+        if request == 1 and answer_key_update and not self._layer.key_update_unused:
             self._layer.send_key_update(False)
         return []
 

@@ -77,6 +77,7 @@ class RecordLayer:
 
     __slots__ = (
         "_first_record_version",
+        "_updated_write",
         "alert_sent",
         "ccs_sent",
         "cipher_suite",
@@ -96,6 +97,8 @@ class RecordLayer:
         #: little); the connection raises ``max_capacity`` when it is established.
         self.reader = RecordReader(0)
         self.writer = RecordWriter()
+        # The write protection our last KeyUpdate installed (see key_update_unused).
+        self._updated_write: RecordProtection | None = None
         #: The protection incoming records are opened with (``None``: plaintext).
         self.read: RecordProtection | None = None
         self.read_epoch = Epoch.INITIAL
@@ -283,8 +286,19 @@ class RecordLayer:
             Epoch.ONE_RTT,
         )
         current = self.write[Epoch.ONE_RTT]
-        self.write[Epoch.ONE_RTT] = RecordProtection(
+        self.write[Epoch.ONE_RTT] = self._updated_write = RecordProtection(
             current.keys.next_generation(), current.connection_id
+        )
+
+    @property
+    def key_update_unused(self) -> bool:
+        """Whether our last KeyUpdate is still the last record we sealed: it then stands
+        before our next application data, as an answer to any request received since."""
+        protection = self._updated_write
+        return (
+            protection is not None
+            and protection is self.write.get(Epoch.ONE_RTT)
+            and (protection.sequence == 0)
         )
 
     # -- reading records -------------------------------------------------------
