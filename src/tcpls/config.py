@@ -292,7 +292,8 @@ class ClientConfig:
     connect_timeout: float = 10.0
     #: Join each address the server advertises (New Address) as soon as it is advertised,
     #: while tokens last: behind a load balancer, the servers advertise their own
-    #: addresses (design: Token steering).
+    #: addresses (design: Token steering). Eight per session at most, and no address of
+    #: the client's own machine or link unless the server is there (design: Addresses).
     join_advertised: bool = False
     #: Write a qlog file per session in this directory (JSON-SEQ; design: qlog); ``None``: no qlog.
     qlog_dir: str | None = None

@@ -94,6 +94,9 @@ class SessionDriver:
         self.incoming = IncomingStreams()  # (no asyncio.Queue: design: Idle memory)
         #: Set when the handshake completed, or when the session ended before.
         self.established: asyncio.Future[None] = self.loop.create_future()
+        #: Client: the server's address on the first connection (what advertised
+        #: addresses are compared with, design: Addresses).
+        self.server_host: str | None = None
         #: Loop times at which the session started and its handshake completed.
         self.started_at = self.loop.time()
         self.established_at: float | None = None
@@ -135,11 +138,12 @@ class SessionDriver:
         ):
             configure_socket(sock, self.core.tuning.user_timeout)
             protocol.configured = True
+        peer = host_port(transport.get_extra_info("peername"))
         self.core.io.connected(
-            protocol.connection_id,
-            host_port(transport.get_extra_info("sockname")),
-            host_port(transport.get_extra_info("peername")),
+            protocol.connection_id, host_port(transport.get_extra_info("sockname")), peer
         )
+        if self.server_host is None and self.core.is_client and peer is not None:
+            self.server_host = peer[0]
         self._tune_buffers()
 
     def detach(self, protocol: ConnectionProtocol) -> None:

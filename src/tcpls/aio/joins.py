@@ -30,6 +30,33 @@ Target = tuple[str, int, tuple[str, int] | None]
 # The reconnections are the session's to log (the command line shows its messages).
 logger = logging.getLogger("tcpls.aio.session")
 
+#: Most advertised addresses a client joins on its own (``join_advertised``) in one
+#: session: a hostile server could advertise hundreds (design: Addresses).
+MAX_FOLLOWED_ADDRESSES = 8
+
+
+def _same_scope(host: str, server: str | None) -> bool:
+    """Whether a client may connect on its own to ``host``, advertised by the server at
+    ``server``: never to an unspecified or multicast address, and to a loopback or
+    link-local one only when the server is there too (a server elsewhere that names
+    them points at the client's own machine or network)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if address.is_unspecified or address.is_multicast:
+        return False
+    if not (address.is_loopback or address.is_link_local):
+        return True
+    try:
+        peer = ipaddress.ip_address(server) if server is not None else None
+    except ValueError:
+        return False
+    return peer is not None and (peer.is_loopback, peer.is_link_local) == (
+        address.is_loopback,
+        address.is_link_local,
+    )
+
 
 class Joins:
     """The joins of one session, and the client's rejoin (break-before-make)."""
@@ -177,9 +204,12 @@ class Joins:
             self._join_advertised(host, port)
 
     def _join_advertised(self, host: str, port: int) -> None:
-        if (host, port) in self._followed:
+        if (host, port) in self._followed or len(self._followed) >= MAX_FOLLOWED_ADDRESSES:
             return
         self._followed.add((host, port))
+        if not _same_scope(host, self._driver.server_host):
+            logger.warning("not joining %s:%d: the server advertised it from afar", host, port)
+            return
         task = self._loop.create_task(self._follow(host, port))
         self._following.add(task)
         task.add_done_callback(self._following.discard)
@@ -214,8 +244,11 @@ class Joins:
         logger.warning("every connection to the server failed; reconnecting for up to %g s", limit)
         last_error = ""
         while not driver.has_working_connection() and not core.closed:
+            server = self._driver.server_host
             targets: list[Target] = [
-                (host, port, None) for host, port in core.peer_addresses.values()
+                (host, port, None)
+                for host, port in core.peer_addresses.values()
+                if _same_scope(host, server)
             ]
             targets += [t for t in reversed(self._targets) if t not in targets]
             targets = [t for t in targets if not self._withdrawn(t[0], t[1])]
