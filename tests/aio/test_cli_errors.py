@@ -172,3 +172,64 @@ def test_debug_keeps_the_details(
     configure_logging(debug=True)
     logging.getLogger("tcpls.aio.session").info("joined %d", 1)
     assert capsys.readouterr().err == "tcpls: INFO tcpls.aio.session: joined 1\n"
+
+
+_SERVER = """
+import asyncio, sys, time
+import tcpls
+
+async def handler(session):
+    async for reader, writer in session:
+        if sys.argv[4] == "short":  # reads a little, answers, ends the session
+            await reader.readexactly(5)
+            writer.write(b"enough\\n")
+            writer.write_eof()
+            await session.aclose()
+        else:  # answers, then hangs: no ACK, no close_notify
+            writer.write(b"bye\\n")
+            writer.write_eof()
+            await asyncio.sleep(0.3)
+            time.sleep(60)
+
+async def main():
+    config = tcpls.ServerConfig(certfile=sys.argv[2], keyfile=sys.argv[3])
+    server = await tcpls.serve(handler, "127.0.0.1", int(sys.argv[1]), config=config)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "stdin", "message"),
+    [
+        ("short", b"x" * (8 << 20), "ended the session before all of standard input was sent"),
+        ("hang", b"hello", "did not finish closing the session"),
+    ],
+)
+def test_connect_says_when_what_it_sent_may_not_have_arrived(
+    pki: DevPKI, behaviour: str, stdin: bytes, message: str
+) -> None:
+    """``tcpls connect`` with standard input from a pipe: a server that ends the session
+    before reading all of it, or that never finishes the close (no ACK, no close_notify),
+    is one line and exit 1, not a silent 0 (the data may not have arrived)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(port), str(pki.cert_file), str(pki.key_file),
+         behaviour],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_port(port, proc=server)
+        proc = subprocess.run(
+            [*TCPLS, "connect", "127.0.0.1", str(port), "--cafile", str(pki.ca_file),
+             "--server-name", "localhost"],
+            input=stdin, capture_output=True, timeout=30,
+        )  # fmt: skip
+    finally:
+        server.kill()
+        server.wait()
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 1, (proc.returncode, err)
+    assert message in err and f"127.0.0.1:{port}" in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err

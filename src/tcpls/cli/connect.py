@@ -80,10 +80,14 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         _describe(session, target)
     reader, writer = await session.open_stream()
 
+    stdin_done = False
+
     async def upload() -> None:
+        nonlocal stdin_done
         async for chunk in chunks:
             writer.write(chunk)
             await writer.drain()
+        stdin_done = True
         writer.write_eof()
 
     out = sys.stdout.buffer
@@ -103,6 +107,13 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         raise CommandError(describe_error(failure, target))
     upload_task.cancel()
     await session.aclose(timeout=5)
+    if session.error is not None:  # our close did not complete: the peer may lack data
+        raise CommandError(
+            f"{target} did not finish closing the session ({describe_error(session.error)}): "
+            "what was sent may not all have arrived"
+        )
+    if not stdin_done and not sys.stdin.isatty():
+        raise CommandError(f"{target} ended the session before all of standard input was sent")
     save_ticket(args, session)
     if args.verbose:
         resumption = "resumable (ticket saved)" if args.session and session.session_ticket else ""

@@ -412,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect to HOST PORT (TCPLS, or plain TLS 1.3 if the server has no TCPLS), "
         "like `openssl s_client -quiet`: standard input goes to the server, what the server "
         "sends goes to standard output. EOF on standard input ends our direction; the command "
-        "exits 0 when the server's direction ends cleanly.",
+        "exits 0 when the server's direction ends cleanly and the session closes, and 1 when "
+        "what it sent may not have arrived (the server ended before all of a piped standard "
+        "input was sent, or did not finish the close).",
     )
     p.add_argument("host", metavar="HOST", help="server name or address")
     p.add_argument("port", metavar="PORT", type=_port, help="server TCP port")
