@@ -228,3 +228,79 @@ def test_raisable_copies_keep_the_class_message_and_alert() -> None:
     except PeerAlert:
         pass
     assert error.__traceback__ is None
+
+
+def test_sessions_that_hold_memory_and_do_nothing_cannot_keep_others_out(
+    pki: DevPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sessions fill 90 % of the budget with echoes they never read, then do nothing:
+    new sessions are refused for a while, then the stalled sessions are ended (largest
+    first) and a newcomer is served. (The stall time is shortened from 10 s to 3 s for the test.)"""
+    monkeypatch.setattr("tcpls.aio.server._STALLED_FOR", 3.0)
+    budget = 8 << 20
+    server_config, client_config = _configs(pki, memory_budget=budget)
+    stingy = tcpls.ClientConfig(
+        cafile=str(pki.ca_file),
+        server_name="localhost",
+        tuning=tcpls.SessionTuning(stream_receive_buffer=32 << 10),
+    )
+
+    async def run() -> None:
+        async with await tcpls.serve(echo_handler, "127.0.0.1", 0, config=server_config) as srv:
+            hogs = [await tcpls.connect("127.0.0.1", srv.port, config=stingy) for _ in range(2)]
+            # fill to just past 90 % of the budget (not past it: that would end the
+            # largest at once), 256 KiB at a time, echoed back and never read
+            for i in range(64):
+                if srv.memory_use > budget * 0.9:
+                    break
+                _reader, writer = await hogs[i % 2].open_stream()
+                writer.write(b"z" * (256 << 10))
+                # (the server estimates every quarter second; its record buffers go back
+                # a second after the last bytes: near the mark, let them)
+                await asyncio.sleep(0.3 if srv.memory_use < budget * 0.75 else 1.3)
+            assert budget * 0.9 < srv.memory_use <= budget, srv.memory_use >> 10
+            served = None
+            refused = 0
+            for _ in range(40):  # refused at first, served once the hogs are ended
+                try:
+                    newcomer = await tcpls.connect("127.0.0.1", srv.port, config=client_config)
+                except (ConnectionClosedError, PeerAlert):
+                    refused += 1
+                    await asyncio.sleep(0.25)
+                    continue
+                served = await _echo(newcomer)
+                await newcomer.aclose()
+                break
+            assert served == b"ping" and refused > 0
+            assert len(srv.sessions) <= 1  # one hog ended at least (the newcomer left)
+            for hog in hogs:
+                hog.abort()
+
+    asyncio.run(run())
+
+
+def test_open_streams_count_in_a_sessions_memory(pki: DevPKI) -> None:
+    """One frame opens thousands of a client's streams: each costs the server its
+    objects, and the session's estimate (the memory budget's input) says so."""
+    from tcpls.core.streamset import STREAM_COST
+
+    server_config, client_config = _configs(pki)
+
+    async def run() -> None:
+        async with await tcpls.serve(echo_handler, "127.0.0.1", 0, config=server_config) as srv:
+            async with tcpls.connect("127.0.0.1", srv.port, config=client_config) as session:
+                await _echo(session)
+                (core,) = srv._table.sessions
+                before = core.memory_use()
+                writers = []
+                for _ in range(500):
+                    _reader, writer = await session.open_stream()
+                    writer.write(b"x")  # opens it on the server; no EOF: it stays open
+                    writers.append(writer)
+                for _ in range(100):
+                    if len(core.streams) >= 500:
+                        break
+                    await asyncio.sleep(0.02)
+                assert core.memory_use() - before >= 500 * STREAM_COST
+
+    asyncio.run(run())

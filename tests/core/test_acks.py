@@ -488,3 +488,24 @@ def test_ping_probe_when_data_is_outstanding_and_nothing_arrives(pki: DevPKI) ->
     for _ in range(10):
         h.advance(0.05)
     assert any(isinstance(f, Ping) for r in tap.sent_by("client") for f in r.frames)
+
+
+def test_tiny_frames_meet_the_unacknowledged_cap_as_full_records_do(pki: DevPKI) -> None:
+    """A peer that never acknowledges while one-byte frames leave on hundreds of streams:
+    each logged range counts :data:`REF_COST` beyond its byte, so new data stops at the
+    cap long before the log holds a cap's worth of ranges (a log entry costs over 100
+    bytes; counting bytes alone let the log grow to gigabytes)."""
+    from tcpls.config import SessionTuning
+    from tcpls.core.acks import REF_COST
+
+    cap = 256 * 1024
+    h = established(pki, tuning=SessionTuning(max_unacked_bytes=cap))
+    streams = [h.server.open_stream() for _ in range(400)]
+    for _ in range(20):
+        for sid in streams:
+            h.server.send(sid, b"x")
+        h.server.transmit(0, h.now)  # sent; the client never gets to acknowledge
+    acks = h.server.acks
+    assert acks.unacked_cost <= cap + 400 * (1 + REF_COST)  # the cap, and one round past
+    assert acks.unacked_refs <= cap // REF_COST + 400
+    assert acks.unacked_bytes < 20 * 400  # new data stopped: not everything left

@@ -266,9 +266,43 @@ class Server:
                 driver.core.abort(InternalError("the server is over its memory budget"))
                 driver.process()
                 total -= use
+        if total > budget * 0.9:
+            total = self._shed_stalled(uses, total, budget)
         self.memory_use = total
         self._over_budget = total > budget * 0.9
         self._watch = asyncio.get_running_loop().call_later(_WATCH_INTERVAL, self._watch_memory)
+
+    def _shed_stalled(
+        self, uses: list[tuple[int, Session, SessionDriver]], total: int, budget: int
+    ) -> int:
+        """Near the budget, new sessions are refused: end the largest sessions in which no
+        stream data moved for :data:`_STALLED_FOR` seconds, until the total is back under
+        80 % of the budget, so that peers who hold memory and do nothing cannot keep the
+        others out (design: Server limits). Returns the new total."""
+        now = asyncio.get_running_loop().time()
+        stalled = [
+            (use, session, driver)
+            for use, session, driver in uses
+            if use >= _STALLED_MIN
+            and not driver.core.closed
+            and now - driver.core.clock.last_moved() >= _STALLED_FOR
+        ]
+        stalled.sort(key=lambda item: item[0], reverse=True)
+        for use, session, driver in stalled:
+            if total <= budget * 0.8:
+                break
+            logger.warning(
+                "ending the session of %s (about %d KiB, nothing moved for %g s): the server "
+                "is near its memory budget (%d MiB) and refusing new sessions",
+                _format_peer(session.get_extra_info("peername")),
+                use >> 10,
+                _STALLED_FOR,
+                budget >> 20,
+            )
+            driver.core.abort(InternalError("the server is near its memory budget"))
+            driver.process()
+            total -= use
+        return total
 
     def _session_established(self, session: Session) -> None:
         if self._closing:
@@ -476,6 +510,10 @@ class _SessionTable:
 
 #: Seconds between two estimates of the sessions' memory.
 _WATCH_INTERVAL = 0.25
+#: Near the memory budget, a session this large in which no stream data moved for this
+#: many seconds is ended (see Server._shed_stalled).
+_STALLED_MIN = 1 << 20
+_STALLED_FOR = 10.0
 #: Seconds a closing session has to flush and send close_notify, then to get the peer's
 #: close_notify, when the server closes (design: Graceful restart).
 _FLUSH_WAIT = 10.0

@@ -25,7 +25,14 @@ from tcpls.errors import IllegalParameter
 from tcpls.wire.frames import Ack, Frame
 from tcpls.wire.layout import write_ack_into
 
-__all__ = ["AckTracker", "NoAcks"]
+__all__ = ["REF_COST", "AckTracker", "NoAcks"]
+
+
+#: What one logged stream range costs beyond its bytes: its tuple, its share of the log,
+#: and the send-buffer chunk it keeps alive (a peer that acknowledges nothing while
+#: tiny frames leave must meet the unacknowledged cap as soon as with full records;
+#: design: Backpressure).
+REF_COST = 256
 
 
 class AckTracker:
@@ -43,6 +50,8 @@ class AckTracker:
         self.pending: dict[Connection, None] = {}
         #: Stream bytes sent and not yet acknowledged, over all connections.
         self.unacked_bytes = 0
+        #: Stream ranges logged and not yet acknowledged (each costs :data:`REF_COST`).
+        self.unacked_refs = 0
         #: Stream bytes handed back for sending again by connections that failed (statistics).
         self.reinjected_bytes = 0
         #: Stream bytes sent again elsewhere while their connection was suspect (statistics).
@@ -162,13 +171,21 @@ class AckTracker:
             return
         if refs or frames:
             conn.sent_log.append((seq, refs, frames))
+            self.unacked_refs += len(refs)
             for ref in refs:
                 self.unacked_bytes += ref[2]
 
-    def logged(self, nbytes: int) -> None:
-        """The caller appended records carrying ``nbytes`` stream bytes to a log of
-        :meth:`log_for` itself (the single-stream data path)."""
+    def logged(self, nbytes: int, refs: int) -> None:
+        """The caller appended records carrying ``nbytes`` stream bytes in ``refs`` ranges
+        to a log of :meth:`log_for` itself (the single-stream data path)."""
         self.unacked_bytes += nbytes
+        self.unacked_refs += refs
+
+    @property
+    def unacked_cost(self) -> int:
+        """What the unacknowledged stream ranges hold: their bytes, and :data:`REF_COST`
+        for each range. The cap and the memory estimate use it."""
+        return self.unacked_bytes + self.unacked_refs * REF_COST
 
     def _acked_now(self, refs: list[StreamRef]) -> None:
         streams = self._streams
@@ -210,9 +227,10 @@ class AckTracker:
         log = conn.sent_log
         # coalesce contiguous ranges per stream: one acked() call per run
         runs: dict[int, list[int]] = {}
-        acked_bytes = 0
+        acked_bytes = acked_refs = 0
         while log and log[0][0] <= highest:
             _, refs, _ = log.popleft()
+            acked_refs += len(refs)
             for sid, offset, length, fin in refs:
                 acked_bytes += length
                 run = runs.get(sid)
@@ -224,6 +242,7 @@ class AckTracker:
                     self._run_acked(sid, run)
                 runs[sid] = [offset, offset + length, fin]
         self.unacked_bytes -= acked_bytes
+        self.unacked_refs -= acked_refs
         for sid, run in runs.items():
             self._run_acked(sid, run)
 
@@ -243,6 +262,7 @@ class AckTracker:
         resent_through = conn.timing.resent_through
         while log:
             seq, refs, frames = log.popleft()
+            self.unacked_refs -= len(refs)
             for sid, offset, length, fin in refs:
                 self.unacked_bytes -= length
                 if seq > resent_through:
@@ -288,7 +308,7 @@ class AckTracker:
     def release(self, connections: list[Connection]) -> None:
         """The session ended: nothing is owed or kept for sending again."""
         self.pending.clear()
-        self.unacked_bytes = 0
+        self.unacked_bytes = self.unacked_refs = 0
         for conn in connections:
             conn.sent_log.clear()
 

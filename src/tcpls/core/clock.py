@@ -57,6 +57,11 @@ class SessionClock:
         idle = links.tuning.idle_timeout
         if idle is None or links.state is not SessionState.ESTABLISHED:
             return None
+        return self.last_moved() + idle
+
+    def last_moved(self) -> float:
+        """When stream data last moved, either way (or the session last became active)."""
+        links = self._links
         latest = self._streams.last_sent
         if links.last_activity > latest:
             latest = links.last_activity
@@ -64,7 +69,7 @@ class SessionClock:
             received = conn.last_data
             if received is not None and received > latest:
                 latest = received
-        return latest + idle
+        return latest
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next (``None``: no timer).

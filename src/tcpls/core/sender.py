@@ -20,7 +20,7 @@ import logging
 from collections import deque
 
 from tcpls.config import SessionTuning
-from tcpls.core.acks import AckTracker
+from tcpls.core.acks import REF_COST, AckTracker
 from tcpls.core.connection import Connection, ConnectionStatus, StreamRef
 from tcpls.core.links import Links
 from tcpls.core.scheduler import Scheduler
@@ -301,7 +301,7 @@ class RecordSender:
         room = limit - STREAM_HEADER_SIZE
         acks = self._acks
         log = acks.log_for(conn)
-        unacked = acks.unacked_bytes
+        unacked = acks.unacked_cost
         cap = acks.cap()
         # no further ahead of the first byte not acknowledged than the peer may hold out of
         # order (design: Backpressure)
@@ -310,7 +310,7 @@ class RecordSender:
         first = stream.send_next
         fin = False
         seq = -1
-        while tls.pending_output < budget and unacked + logged < cap:
+        while tls.pending_output < budget and unacked + logged + sent * REF_COST < cap:
             offset = stream.send_next
             pending = send.end - offset
             if pending <= 0 or offset >= ahead_end:
@@ -329,7 +329,7 @@ class RecordSender:
         # what left, reported once: the bytes pending only go down, so the writer's
         # half-buffer mark is crossed in this batch exactly when it is across all of it
         streams.sent(stream, first, stream.send_next - first, fin, now)
-        acks.logged(logged)
+        acks.logged(logged, sent if log is not None else 0)
         if sent:
             acks.timed(conn, seq - sent + 1, seq, now)
         conn.records_sent += sent
@@ -439,7 +439,7 @@ class RecordSender:
                 else:
                     retransmit.pop(0)
             else:
-                if acks.unacked_bytes >= unacked_cap:
+                if acks.unacked_cost >= unacked_cap:
                     break  # the peer is not acknowledging: send nothing new (memory bound)
                 offset = stream.send_next
                 if offset - stream.acked_to >= ahead:

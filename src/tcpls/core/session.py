@@ -352,7 +352,7 @@ class CoreSession:
     def memory_use(self) -> int:
         """An estimate of the memory this session holds, in bytes (for a server's budget):
         fixed costs, record buffers, and stream bytes unread, unsent or unacknowledged."""
-        total = SESSION_COST + self.stream_set.memory + self.acks.unacked_bytes
+        total = SESSION_COST + self.stream_set.memory + self.acks.unacked_cost
         for conn in self.connections.values():
             total += CONNECTION_COST + conn.tls.buffer_memory
         return total

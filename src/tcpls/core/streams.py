@@ -44,6 +44,9 @@ RETAIN_MIN = 8192
 MAX_STREAM_OFFSET = (1 << 64) - 1
 #: What holding one chunk costs beyond its bytes: the object header, the queue slot.
 CHUNK_OVERHEAD = 64
+#: Writes smaller than this join the last chunk of the send buffer while it stays this
+#: small (see :meth:`SendBuffer.append`).
+SMALL_CHUNK = 1024
 #: What a view of a record buffer costs beyond the buffer (a ``memoryview`` object).
 VIEW_OVERHEAD = 192
 #: The extra cost of an out-of-order chunk: its heap entry (tuple, offset, sequence).
@@ -156,12 +159,29 @@ class SendBuffer:
         return self.end - self.base
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
-        """Add bytes at the end; mutable buffers are copied, ``bytes`` are kept by reference."""
+        """Add bytes at the end; mutable buffers are copied, ``bytes`` are kept by reference.
+
+        A small write joins a small last chunk (one copy of at most :data:`SMALL_CHUNK`
+        bytes): a chunk costs more than 200 bytes of objects, and a peer whose echo writes
+        one byte at a time must not make each byte cost that (design: Backpressure).
+        """
         if not data:
             return
+        chunks = self._chunks
+        n = len(data)
+        if n < SMALL_CHUNK and len(chunks) > self._head:
+            last = chunks[-1]
+            if len(last) + n <= SMALL_CHUNK:
+                # same place and offsets, more bytes: the sent ranges hold; a cursor past
+                # the end (the last chunk was all copied) comes back to it
+                chunks[-1] = memoryview(bytes(last) + bytes(data))
+                if self._cursor[0] >= len(chunks):
+                    self._cursor = (len(chunks) - 1, self.end - len(last))
+                self.end += n
+                return
         chunk = memoryview(data if isinstance(data, bytes) else bytes(data))
-        self._chunks.append(chunk)
-        self.end += len(chunk)
+        chunks.append(chunk)
+        self.end += n
 
     def copy_into(self, offset: int, length: int, out: memoryview) -> None:
         """Copy bytes ``[offset, offset + length)`` of the stream into ``out[:length]``."""
