@@ -1311,8 +1311,9 @@ def test_huge_client_chain_costs_bounded_cpu(
 def test_key_update_loop_in_plain_tls(arena: Arena, pki: DevPKI) -> None:
     """A plain TLS client sends KeyUpdate(update_requested) in a loop, reading the
     answers, then without reading them: the server answers (one answer stands for the
-    requests until its next application data), its CPU per KeyUpdate stays bounded, its memory does not follow the unread
-    answers (TCP backpressure), and the session still echoes afterwards."""
+    requests until its next application data), its CPU per KeyUpdate stays bounded, its
+    memory does not follow the unread answers (TCP backpressure), and the session still
+    echoes afterwards."""
     client = arena.track(HostileClient(arena.port, _client_tls(pki, tcpls=False)))
     client.complete_handshake()
     arena.expect(not client.tls.tcpls, "the session negotiated TCPLS")

@@ -235,7 +235,7 @@ def test_sessions_that_hold_memory_and_do_nothing_cannot_keep_others_out(
 ) -> None:
     """Two sessions fill 90 % of the budget with echoes they never read, then do nothing:
     new sessions are refused for a while, then the stalled sessions are ended (largest
-    first) and a newcomer is served. (The stall time is shortened from 10 s to 3 s for the test.)"""
+    first) and a newcomer is served. (The stall time is 3 s for the test, not 10 s.)"""
     monkeypatch.setattr("tcpls.aio.server._STALLED_FOR", 3.0)
     budget = 8 << 20
     server_config, client_config = _configs(pki, memory_budget=budget)
