@@ -31,6 +31,12 @@ from tests.helpers import free_ports
         ("ff02::1", "2001:db8::1", False),
         ("127.0.0.1", None, False),  # the server's address is not known
         ("not an address", "198.51.100.1", False),
+        ("::ffff:127.0.0.1", "198.51.100.1", False),  # IPv4-mapped: loopback all the same
+        ("::ffff:169.254.0.9", "198.51.100.1", False),
+        ("::ffff:0.0.0.0", "198.51.100.1", False),
+        ("0.1.2.3", "198.51.100.1", False),  # "this network" reaches this machine
+        ("::ffff:192.0.2.7", "198.51.100.1", True),
+        ("127.0.0.1", "::ffff:127.0.0.1", True),  # a server reached as mapped loopback
     ],
 )
 def test_which_advertised_addresses_a_client_follows(

@@ -40,22 +40,34 @@ def _same_scope(host: str, server: str | None) -> bool:
     ``server``: never to an unspecified or multicast address, and to a loopback or
     link-local one only when the server is there too (a server elsewhere that names
     them points at the client's own machine or network)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = _plain(host)
+    if address is None or address.is_unspecified or address.is_multicast:
         return False
-    if address.is_unspecified or address.is_multicast:
+    if isinstance(address, ipaddress.IPv4Address) and address in _THIS_NETWORK:
         return False
     if not (address.is_loopback or address.is_link_local):
         return True
-    try:
-        peer = ipaddress.ip_address(server) if server is not None else None
-    except ValueError:
-        return False
+    peer = _plain(server) if server is not None else None
     return peer is not None and (peer.is_loopback, peer.is_link_local) == (
         address.is_loopback,
         address.is_link_local,
     )
+
+
+#: 0.0.0.0/8, "this network": connecting there reaches this machine on Linux.
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+
+def _plain(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an address, an IPv4-mapped IPv6 address as the IPv4 address it reaches
+    (``::ffff:127.0.0.1`` is loopback on a dual-stack socket); ``None``: not an address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 class Joins:
