@@ -92,3 +92,24 @@ def test_a_flood_of_key_update_requests_gets_one_answer_per_burst(pki: DevPKI) -
     server.send_record(b"still in step")
     data, events = feed_tls(client, second + server.data_to_send())
     assert data == b"still in step" and not [e for e in events if isinstance(e, ConnectionFailed)]
+
+
+def test_crossing_key_update_requests_are_both_answered(pki: DevPKI) -> None:
+    """Both sides request an update at once (RFC 8446 §4.6.3): each answers the other's
+    request, though it had just sent a KeyUpdate of its own, and both still read."""
+    client, server = _pair(pki)
+    client.key_update(request_peer_update=True)
+    server.key_update(request_peer_update=True)
+    to_server, to_client = client.data_to_send(), server.data_to_send()
+    feed_tls(server, to_server)
+    feed_tls(client, to_client)
+    server_answer, client_answer = server.data_to_send(), client.data_to_send()
+    assert server_answer and client_answer  # one KeyUpdate each
+    server.send_record(b"server, two generations on")
+    client.send_record(b"client, two generations on")
+    data, events = feed_tls(client, server_answer + server.data_to_send())
+    assert data == b"server, two generations on"
+    assert not [e for e in events if isinstance(e, ConnectionFailed)]
+    data, events = feed_tls(server, client_answer + client.data_to_send())
+    assert data == b"client, two generations on"
+    assert not [e for e in events if isinstance(e, ConnectionFailed)]

@@ -361,7 +361,7 @@ class Handshake:
         # (RFC 8446 §4.6.3 asks for no more): a peer that floods requests and reads
         # nothing must not grow our output (design: KeyUpdate).
         if request == 1 and answer_key_update and not self._layer.key_update_unused:
-            self._layer.send_key_update(False)
+            self._layer.send_key_update(False, answer=True)
         return []
 
     def _tickets(self) -> Iterator[SessionTicketReceived]:

@@ -278,22 +278,25 @@ class RecordLayer:
             except Exception:  # pragma: no cover - best effort only
                 logger.debug("could not send alert", exc_info=True)
 
-    def send_key_update(self, request: bool) -> None:
-        """Write KeyUpdate, then seal with the next generation of keys (RFC 8446 §4.6.3)."""
+    def send_key_update(self, request: bool, answer: bool = False) -> None:
+        """Write KeyUpdate, then seal with the next generation of keys (RFC 8446 §4.6.3).
+        ``answer``: it answers the peer's request (see :attr:`key_update_unused`)."""
         self.send_protected(
             ContentType.handshake,
             bytes((HandshakeType.key_update, 0, 0, 1, 1 if request else 0)),
             Epoch.ONE_RTT,
         )
         current = self.write[Epoch.ONE_RTT]
-        self.write[Epoch.ONE_RTT] = self._updated_write = RecordProtection(
-            current.keys.next_generation(), current.connection_id
-        )
+        updated = RecordProtection(current.keys.next_generation(), current.connection_id)
+        self.write[Epoch.ONE_RTT] = updated
+        self._updated_write = updated if answer else None
 
     @property
     def key_update_unused(self) -> bool:
-        """Whether our last KeyUpdate is still the last record we sealed: it then stands
-        before our next application data, as an answer to any request received since."""
+        """Whether our last KeyUpdate answered a request and is still the last record we
+        sealed: it then stands before our next application data, as the answer to any
+        request received since. (A KeyUpdate of our own initiative answers nothing: a
+        request that crosses it gets its answer.)"""
         protection = self._updated_write
         return (
             protection is not None
