@@ -233,3 +233,36 @@ def test_connect_says_when_what_it_sent_may_not_have_arrived(
     assert proc.returncode == 1, (proc.returncode, err)
     assert message in err and f"127.0.0.1:{port}" in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_connect_exits_0_when_all_it_read_was_sent_though_stdin_stays_open(
+    pki: DevPKI,
+) -> None:
+    """``(echo hello; sleep 30) | tcpls connect``: the server reads the five bytes,
+    answers and ends the session while standard input is still open but holds nothing
+    more: nothing was lost, the command exits 0 at once."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(port), str(pki.cert_file), str(pki.key_file),
+         "short"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_port(port, proc=server)
+        proc = subprocess.Popen(
+            [*TCPLS, "connect", "127.0.0.1", str(port), "--cafile", str(pki.ca_file),
+             "--server-name", "localhost"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None
+        proc.stdin.write(b"hello")
+        proc.stdin.flush()  # and left open
+        proc.wait(timeout=20)
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.stdin.close()
+    finally:
+        server.kill()
+        server.wait()
+    assert proc.returncode == 0, err
+    assert out == b"enough\n"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
 import sys
+import termios
 import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -24,51 +26,89 @@ __all__ = ["cmd_connect"]
 log = logging.getLogger("tcpls.cli")
 
 
-async def _stdin_chunks(chunk_size: int = 65536) -> AsyncIterator[bytes]:
-    """Standard input in chunks, read by a daemon thread.
+class _Stdin:
+    """Standard input in chunks, read by a daemon thread; knows whether bytes of it were
+    read (or wait in its pipe or file) and not handed on yet.
 
     A read blocked in a thread of the default executor would keep ``asyncio.run``
     from returning (it waits for that executor) until standard input ends, so a
     failed session would hang the command; a daemon thread does not. At most a
     few chunks are read ahead.
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[bytes | OSError] = asyncio.Queue()
-    room = threading.Semaphore(4)
-    # the raw descriptor: a daemon thread blocked inside sys.stdin.buffer would hold its
-    # lock at interpreter shutdown, which is fatal
-    fd = sys.stdin.fileno()
 
-    def pump() -> None:
+    def __init__(self, chunk_size: int = 65536) -> None:
+        self._chunk_size = chunk_size
+        self._queue: asyncio.Queue[bytes | OSError] = asyncio.Queue()
+        self._queued = 0  # bytes read and not taken yet
+        self._started = False
+        self._eof = False
+        # the raw descriptor: a daemon thread blocked inside sys.stdin.buffer would hold
+        # its lock at interpreter shutdown, which is fatal
+        self._fd = sys.stdin.fileno()
+
+    def unsent(self) -> bool:
+        """Whether standard input holds bytes not handed on: read ahead, or waiting in its
+        pipe or file (an input left open with nothing in it holds none)."""
+        if self._eof:
+            return False
+        if self._queued:
+            return True
+        try:
+            waiting = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return False
+        return int.from_bytes(waiting, sys.byteorder) > 0
+
+    def _arrived(self, item: bytes | OSError) -> None:
+        if isinstance(item, bytes):
+            self._queued += len(item)
+        self._queue.put_nowait(item)
+
+    def _start(self) -> threading.Semaphore:
+        loop = asyncio.get_running_loop()
+        room = threading.Semaphore(4)
+        fd, size = self._fd, self._chunk_size
+
+        def pump() -> None:
+            while True:
+                room.acquire()
+                item: bytes | OSError
+                try:
+                    item = os.read(fd, size)
+                except OSError as exc:
+                    item = exc
+                try:
+                    loop.call_soon_threadsafe(self._arrived, item)
+                except RuntimeError:  # the loop is closed: the command is over
+                    return
+                if not isinstance(item, bytes) or not item:
+                    return
+
+        threading.Thread(target=pump, name="tcpls-stdin", daemon=True).start()
+        return room
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The chunks, until EOF (:class:`CommandError` if standard input fails)."""
+        assert not self._started, "standard input is read once"
+        self._started = True
+        room = self._start()
         while True:
-            room.acquire()
-            item: bytes | OSError
-            try:
-                item = os.read(fd, chunk_size)
-            except OSError as exc:
-                item = exc
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: the command is over
+            item = await self._queue.get()
+            room.release()
+            if isinstance(item, OSError):
+                raise CommandError(f"cannot read standard input: {item.strerror or item}")
+            self._queued -= len(item)
+            if not item:
+                self._eof = True
                 return
-            if not isinstance(item, bytes) or not item:
-                return
-
-    threading.Thread(target=pump, name="tcpls-stdin", daemon=True).start()
-    while True:
-        item = await queue.get()
-        room.release()
-        if isinstance(item, OSError):
-            raise CommandError(f"cannot read standard input: {item.strerror or item}")
-        if not item:
-            return
-        yield item
+            yield item
 
 
 async def cmd_connect(args: argparse.Namespace) -> int:
     """``tcpls connect``: standard input to the server, the server's bytes to standard output."""
     target = f"{args.host}:{args.port}"
-    chunks = _stdin_chunks()
+    stdin = _Stdin()
+    chunks = stdin.chunks()
     first: bytes | None = None
     if args.early_data:
         # the first chunk of standard input is the request sent as early data
@@ -80,14 +120,10 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         _describe(session, target)
     reader, writer = await session.open_stream()
 
-    stdin_done = False
-
     async def upload() -> None:
-        nonlocal stdin_done
         async for chunk in chunks:
             writer.write(chunk)
             await writer.drain()
-        stdin_done = True
         writer.write_eof()
 
     out = sys.stdout.buffer
@@ -112,7 +148,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
             f"{target} did not finish closing the session ({describe_error(session.error)}): "
             "what was sent may not all have arrived"
         )
-    if not stdin_done and not sys.stdin.isatty():
+    if stdin.unsent():
         raise CommandError(f"{target} ended the session before all of standard input was sent")
     save_ticket(args, session)
     if args.verbose:
