@@ -117,3 +117,44 @@ def test_early_data_beyond_the_ticket_limit_goes_after_the_handshake(pki: DevPKI
             assert rest == big[len(REQUEST) :]
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("tcpls_mode", [True, False], ids=["tcpls", "plain"])
+def test_a_server_that_answers_early_data_and_closes_at_once_writes_nothing_after_eof(
+    pki: DevPKI, tcpls_mode: bool
+) -> None:
+    """The handler answers the early request and ends the session before the client's
+    Finished: what the session produces after the server's EOF (nothing may follow it
+    on TCP) is not written; the transport used to fail with "Cannot call write() after
+    write_eof()" inside the server's event loop."""
+    server_config, client_config = _configs(pki, tcpls_mode=tcpls_mode, max_early_data=16384)
+
+    async def answer_and_close(session: Any) -> None:
+        reader, writer = await session.accept_stream()
+        writer.write(b"got " + await reader.readuntil(b"\r\n"))
+        writer.write_eof()
+        await writer.drain()
+        await session.aclose()
+
+    async def run() -> list[str]:
+        failures: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: failures.append(str(context.get("exception")))
+        )
+        async with await tcpls.serve(
+            answer_and_close, "127.0.0.1", 0, config=server_config
+        ) as srv:
+            first, _ = await _session(srv.port, client_config, None)
+            ticket = first.session_ticket
+            assert ticket is not None
+            config = dataclasses.replace(client_config, session_ticket=ticket, early_data=True)
+            for _ in range(3):
+                session, answer = await _session(srv.port, config, REQUEST)
+                assert answer == b"got " + REQUEST
+                config = dataclasses.replace(config, session_ticket=session.session_ticket)
+                if config.session_ticket is None:
+                    config = dataclasses.replace(config, session_ticket=ticket)
+            await asyncio.sleep(0.2)
+        return failures
+
+    assert asyncio.run(run()) == []

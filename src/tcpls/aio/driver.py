@@ -362,7 +362,12 @@ class SessionDriver:
                 transport = protocol.transport
                 if transport is None or transport.is_closing() or cid in self._paused:
                     continue
-                while cid not in self._paused and core.wants_transmit(cid, now):
+                # (nothing after our EOF: TCP would refuse it; design: Closing)
+                while (
+                    not protocol.eof_written
+                    and cid not in self._paused
+                    and core.wants_transmit(cid, now)
+                ):
                     data = core.transmit(cid, now, budget)
                     if not data:
                         break
@@ -375,7 +380,8 @@ class SessionDriver:
                         _write_eof(transport)
                 elif action is TransportAction.CLOSE:
                     transport.close()
-                elif action is TransportAction.RETIRE:
+                elif action is TransportAction.RETIRE and not protocol.eof_written:
+                    protocol.eof_written = True
                     _write_eof(transport)  # (design: Closing)
             if wrote and guard.timer is None:
                 guard.start()
@@ -504,7 +510,7 @@ class SessionDriver:
             if transport is None:
                 continue
             data = core.transmit(cid, self.loop.time())  # the alert, if any
-            if data and not transport.is_closing():
+            if data and not transport.is_closing() and not protocol.eof_written:
                 transport.write(data)
             if not protocol.peer_eof and not transport.is_closing():
                 # Read on until the peer's FIN: closing with unread bytes would send an
