@@ -724,8 +724,14 @@ def test_destinations_and_the_allow_list() -> None:
     assert parse_destination("[0:0::1]:80") == Destination("::1", 80)
     assert str(Destination("::1", 80)) == "[::1]:80"
     assert canonical_host("010.1.2.3".removeprefix("0")) == "10.1.2.3"
+    assert canonical_host("[fe80::1%eth0]") == "fe80::1%eth0"
+    # a zone may not carry what would break the request line (a SOCKS name could)
+    for zone in ("1]:80\r\nINJECTED", "a b", "x" * 40):
+        with pytest.raises(ValueError):
+            canonical_host(f"[::1%{zone}]")
     for bad in ("host", "host:", ":80", "a b:80", "host:0", "host:65536", "host:+80",
-                "::1:80", "127.1:80", "-x.com:80", "x..com:80", "host:٨٠"):  # fmt: skip
+                "::1:80", "127.1:80", "-x.com:80", "x..com:80", "host:٨٠",
+                "[::1%1\r\nX]:80"):  # fmt: skip
         with pytest.raises(ValueError):
             parse_destination(bad)
     allow = AllowList(["LocalHost:8080", "[::1]:*", "10.0.0.1:22"])
@@ -799,3 +805,60 @@ def test_socks_request_kinds() -> None:
     assert asyncio.run(parse(b"\x04" + v6 + b"\x00\x50")) == Destination("2001:db8::1", 80)
     assert asyncio.run(parse(b"\x03\x0bExample.ORG\x01\xbb")) == Destination("example.org", 443)
     assert tunnel_protocol.MAX_LINE == 512
+
+
+def test_a_connection_nobody_reads_is_reset_and_the_others_go_on(
+    pki: DevPKI, peers: list[Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A destination that stops reading while its tunnel keeps sending holds up the
+    session's TCP connections, hence every other connection of the session: after
+    STALL_TIMEOUT (1 s here, 15 s by default) the stuck connection is reset and its
+    stream drained, and the echo on another connection of the session answers."""
+    from tcpls.apps.tunnel import relay as tunnel_relay
+
+    monkeypatch.setattr(tunnel_relay, "STALL_TIMEOUT", 1.0)
+    release = threading.Event()
+
+    def never_read(conn: socket.socket, peer: Peer) -> None:
+        release.wait(30)
+        try:
+            while conn.recv(1 << 20):
+                pass
+            peer.events.append("end of file")
+        except OSError as exc:  # the tunnel reset it
+            peer.events.append(exc.__class__.__name__)
+
+    def echo(conn: socket.socket, peer: Peer) -> None:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+
+    stuck, echoer = Peer(never_read), Peer(echo)
+    peers += [stuck, echoer]
+    server_config, client_config = _configs(pki)
+    tunnel = TunnelServer(AllowList([f"127.0.0.1:{stuck.port}", f"127.0.0.1:{echoer.port}"]))
+
+    async def main() -> float:
+        async with await tcpls.serve(tunnel.handle, "127.0.0.1", 0, config=server_config) as srv:
+            async with tcpls.connect("127.0.0.1", srv.port, config=client_config) as session:
+                control = await session.open_stream()
+                control[1].write(HELLO)
+                assert await control[0].readline() == HELLO_OK
+                stuck_reader, to_stuck = await session.open_stream()
+                to_stuck.write(connect_request(Destination("127.0.0.1", stuck.port)))
+                assert await stuck_reader.readline() == b"OK\r\n"
+                to_stuck.write(os.urandom(16 << 20))  # far more than TCP and buffers hold
+                await asyncio.sleep(0.5)
+                started = time.monotonic()
+                echo_reader, to_echo = await session.open_stream()
+                to_echo.write(connect_request(Destination("127.0.0.1", echoer.port)))
+                assert await asyncio.wait_for(echo_reader.readline(), 10) == b"OK\r\n"
+                to_echo.write(b"still moving")
+                to_echo.write_eof()
+                assert await asyncio.wait_for(echo_reader.read(), 10) == b"still moving"
+                return time.monotonic() - started
+
+    took = asyncio.run(asyncio.wait_for(main(), 60))
+    release.set()
+    assert took < 8, took
+    stuck.done.wait(5)
+    assert stuck.events == ["ConnectionResetError"], stuck.events

@@ -45,6 +45,13 @@ stream as if it were complete), after an ``ABORT`` line that the peer acknowledg
 within a second: an aborted session tells the peer nothing, and the peer would keep its
 connections until its rejoin timeout.
 
+The streams of a session share its TCP connections, and the library stops reading them
+while one stream holds more than its receive buffer: a connection whose TCP side takes
+nothing (a destination that stops reading, a local application paused) would hold up
+every other connection of the session. A connection that has taken none of the bytes
+waiting for it for ``STALL_TIMEOUT`` seconds (15) is therefore reset and its stream
+drained, and the others go on.
+
 Allow list
 ----------
 Each ``HOST:PORT`` entry is compared with the request as the client gave it, before any

@@ -100,12 +100,20 @@ class Destination:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+#: An IPv6 zone (scope ID): an interface name or number.
+_SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
 def canonical_host(text: str) -> str:
     """``text`` as an IP address in canonical form, or a lower-case DNS name without its
     trailing dot; :class:`ValueError` if it is neither (IPv6 may be in brackets)."""
     bracketed = text.startswith("[") and text.endswith("]")
     if bracketed or ":" in text:
-        return str(ipaddress.IPv6Address(text[1:-1] if bracketed else text))
+        address = ipaddress.IPv6Address(text[1:-1] if bracketed else text)
+        if address.scope_id is not None and not _SCOPE.fullmatch(address.scope_id):
+            # (anything else would reach the request line: CR LF, spaces, brackets)
+            raise ValueError(f"not an IPv6 zone: {address.scope_id!r}")
+        return str(address)
     with contextlib.suppress(ValueError):
         return str(ipaddress.IPv4Address(text))
     name = text.lower().removesuffix(".")

@@ -15,6 +15,7 @@ import socket
 import struct
 from collections.abc import Callable
 
+from tcpls.aio.ratelog import RateLimitedLog
 from tcpls.aio.streams import StreamReader, StreamSession, StreamWriter
 from tcpls.apps.tunnel.protocol import (
     CHUNK,
@@ -25,9 +26,15 @@ from tcpls.apps.tunnel.protocol import (
 )
 from tcpls.errors import TCPLSError
 
-__all__ = ["Control", "Relay", "TcpPair", "reset"]
+__all__ = ["STALL_TIMEOUT", "Control", "Relay", "TcpPair", "reset"]
 
 logger = logging.getLogger("tcpls.tunnel")
+_stalled = RateLimitedLog(logger)
+
+#: Seconds a connection's TCP side may take none of the bytes waiting for it before it
+#: is reset: the session's streams share its TCP connections, and a stream nobody reads
+#: stops them all (see *Ends of connections* in :mod:`tcpls.apps.tunnel`).
+STALL_TIMEOUT = 15.0
 
 #: An asyncio TCP connection: its reader and its writer.
 TcpPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -123,8 +130,18 @@ class Relay:
                 else:
                     tcp.write(data)
                     try:
-                        await tcp.drain()
+                        await asyncio.wait_for(tcp.drain(), STALL_TIMEOUT)
                     except OSError:
+                        self._tcp_failed()
+                    except TimeoutError:
+                        # its reader took nothing for that long: every other connection
+                        # of the session waits behind this stream, so it goes
+                        _stalled.log(
+                            "resetting a connection whose other end took nothing for %g s "
+                            "(the session's other connections were waiting behind it)",
+                            STALL_TIMEOUT,
+                        )
+                        reset(tcp)
                         self._tcp_failed()
             data = await self._reader.read(CHUNK)  # after a failure: read and drop
             if not data:
