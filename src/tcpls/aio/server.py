@@ -9,6 +9,7 @@ waiting for their ClientHello. :func:`tcpls.serve` (in :mod:`tcpls.aio.api`) sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -393,13 +394,17 @@ class Server:
         """Wait until the listeners and the sessions are closed: each session flushes and
         sends ``close_notify`` (10 s at most), then gets 1 s for the peer's before it is
         aborted."""
-        for server in self._servers:
-            await server.wait_closed()
         sessions = list(self._table.sessions.items())
         if sessions:
             await asyncio.wait([asyncio.ensure_future(_finish(*pair)) for pair in sessions])
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
+        # last: from Python 3.12 on, an asyncio server's wait_closed() also waits for the
+        # connections it accepted, which the sessions above have just let go of (a linger
+        # for the peer's FIN holds them 5 s at most)
+        for server in self._servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 6.0)
 
     def is_serving(self) -> bool:
         """Whether the server accepts connections."""
