@@ -10,6 +10,7 @@ event loop and speak to it over raw streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -604,8 +605,14 @@ def test_client_limit(procs: list[Proc], pki: DevPKI, peers: list[Peer]) -> None
                 second.sendall(b"two")
                 second.recv(10)
         client.wait_line("closed a local connection: 1 are carried already")
+        for _ in range(100):  # a local flood: refused, and at most a line a second
+            with contextlib.suppress(OSError), local(listen) as more:
+                more.sendall(b"x")
         first.sendall(b"still")
         assert first.recv(10) == b"still"
+        time.sleep(0.5)
+        refusals = [line for line in client.lines if "closed a local connection" in line]
+        assert 1 <= len(refusals) <= 3, refusals
 
 
 # ================================================================= the protocol, in-process

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tcpls.aio.ratelog import RateLimitedLog
 from tcpls.aio.session import Session
 from tcpls.aio.streams import StreamReader, StreamWriter
 from tcpls.apps.tunnel import socks
@@ -41,6 +42,7 @@ from tcpls.errors import TCPLSError
 __all__ = ["Opener", "TunnelClient"]
 
 logger = logging.getLogger("tcpls.tunnel")
+_refusals = RateLimitedLog(logger)
 
 #: Opens a session whose first stream starts with the given bytes (the tunnel hello):
 #: ``lambda hello: tcpls.connect(host, port, config=config, early_data=hello)``.
@@ -212,7 +214,7 @@ class TunnelClient:
 
     async def _accepted(self, tcp: TcpPair, to: Destination | None) -> None:
         if self.active >= self.max_tunnels:
-            logger.warning(
+            _refusals.log(  # (a local flood must not flood the log too)
                 "closed a local connection: %d are carried already (the limit)", self.max_tunnels
             )
             reset(tcp[1])
