@@ -869,3 +869,32 @@ def test_a_connection_nobody_reads_is_reset_and_the_others_go_on(
     assert took < 8, took
     stuck.done.wait(5)
     assert stuck.events == ["ConnectionResetError"], stuck.events
+
+
+def test_connections_waiting_for_a_session_that_cannot_open_fail_together() -> None:
+    """Five local connections wait while the tunnel server cannot be reached (each attempt
+    takes a handshake timeout, 0.5 s here): the attempt made while they waited fails them
+    all, instead of each trying in turn (the fifth used to learn it after five timeouts);
+    a connection that comes afterwards tries again."""
+    from tcpls.apps.tunnel.client import TunnelClient
+
+    attempts = 0
+
+    async def unreachable(hello: bytes) -> tcpls.Session:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0.5)
+        raise TimeoutError("the TLS handshake with the tunnel server timed out")
+
+    async def main() -> float:
+        client = TunnelClient(unreachable)
+        started = time.monotonic()
+        results = await asyncio.gather(*(client.start() for _ in range(5)), return_exceptions=True)
+        took = time.monotonic() - started
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        with pytest.raises(TimeoutError):
+            await client.start()  # later: tried again
+        return took
+
+    took = asyncio.run(main())
+    assert attempts == 2 and took < 2.0, (attempts, took)

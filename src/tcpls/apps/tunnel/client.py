@@ -88,6 +88,8 @@ class TunnelClient:
         self._on_closed = on_closed
         self._current: _Carried | None = None
         self._lock = asyncio.Lock()
+        # When the last attempt to open a session failed, and why (see _carrier).
+        self._failed: tuple[float, Exception] | None = None
         self._servers: list[asyncio.Server] = []
         self._handlers: set[asyncio.Task[Any]] = set()
         #: Sessions opened so far.
@@ -132,10 +134,21 @@ class TunnelClient:
     # -- the session --------------------------------------------------------------------
 
     async def _carrier(self) -> _Carried:
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
         async with self._lock:
             current = self._current
             if current is None or current.session.closed:
-                current = self._current = await self._open()
+                failed = self._failed
+                if failed is not None and failed[0] >= arrived:
+                    # an attempt made while we waited failed: each waiter trying again in
+                    # turn would keep the last one waiting a handshake timeout per waiter
+                    raise failed[1]
+                try:
+                    current = self._current = await self._open()
+                except Exception as exc:
+                    self._failed = (loop.time(), exc)
+                    raise
             return current
 
     async def _open(self) -> _Carried:
