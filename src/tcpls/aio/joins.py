@@ -284,6 +284,11 @@ class Joins:
                 except (OSError, TimeoutError, TCPLSError) as exc:
                     logger.info("reconnecting over %s:%d failed: %s", host, port, exc)
                     last_error = f"{exc}"
+            if targets and not core.tokens and self._joining and loop.time() < deadline:
+                # no token for another try, but a join under way (the application's, say,
+                # which took the last token) may still carry the session: wait for it
+                await asyncio.sleep(0.05)
+                continue
             if not targets or not core.tokens or loop.time() >= deadline:
                 why = (
                     "no address is left to reconnect to"
