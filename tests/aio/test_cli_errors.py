@@ -6,6 +6,7 @@ not PEM, a certificate for another name and a server that does not speak TLS.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import re
@@ -200,6 +201,23 @@ asyncio.run(main())
 """
 
 
+@contextlib.contextmanager
+def _scripted_server(pki: DevPKI, behaviour: str) -> Iterator[int]:
+    """:data:`_SERVER` with ``behaviour`` on a free loopback port, listening; killed after."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(port), str(pki.cert_file), str(pki.key_file),
+         behaviour],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_port(port, proc=server)
+        yield port
+    finally:
+        server.kill()
+        server.wait()
+
+
 @pytest.mark.parametrize(
     ("behaviour", "stdin", "message"),
     [
@@ -213,22 +231,12 @@ def test_connect_says_when_what_it_sent_may_not_have_arrived(
     """``tcpls connect`` with standard input from a pipe: a server that ends the session
     before reading all of it, or that never finishes the close (no ACK, no close_notify),
     is one line and exit 1, not a silent 0 (the data may not have arrived)."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, str(port), str(pki.cert_file), str(pki.key_file),
-         behaviour],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_port(port, proc=server)
+    with _scripted_server(pki, behaviour) as port:
         proc = subprocess.run(
             [*TCPLS, "connect", "127.0.0.1", str(port), "--cafile", str(pki.ca_file),
              "--server-name", "localhost"],
             input=stdin, capture_output=True, timeout=30,
         )  # fmt: skip
-    finally:
-        server.kill()
-        server.wait()
     err = proc.stderr.decode().strip()
     assert proc.returncode == 1, (proc.returncode, err)
     assert message in err and f"127.0.0.1:{port}" in err, err
@@ -241,14 +249,7 @@ def test_connect_exits_0_when_all_it_read_was_sent_though_stdin_stays_open(
     """``(echo hello; sleep 30) | tcpls connect``: the server reads the five bytes,
     answers and ends the session while standard input is still open but holds nothing
     more: nothing was lost, the command exits 0 at once."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, str(port), str(pki.cert_file), str(pki.key_file),
-         "short"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_port(port, proc=server)
+    with _scripted_server(pki, "short") as port:
         proc = subprocess.Popen(
             [*TCPLS, "connect", "127.0.0.1", str(port), "--cafile", str(pki.ca_file),
              "--server-name", "localhost"],
@@ -261,8 +262,5 @@ def test_connect_exits_0_when_all_it_read_was_sent_though_stdin_stays_open(
         assert proc.stdout is not None and proc.stderr is not None
         out, err = proc.stdout.read(), proc.stderr.read()
         proc.stdin.close()
-    finally:
-        server.kill()
-        server.wait()
     assert proc.returncode == 0, err
     assert out == b"enough\n"

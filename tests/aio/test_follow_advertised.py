@@ -10,6 +10,7 @@ import pytest
 
 import tcpls
 from tcpls.aio.joins import MAX_FOLLOWED_ADDRESSES, _same_scope
+from tcpls.apps.echo import echo_handler
 from tcpls.devcert import DevPKI
 from tests.helpers import free_ports
 
@@ -61,13 +62,8 @@ def test_a_server_advertising_many_addresses_gets_a_bounded_number_of_joins(
         cafile=str(pki.ca_file), server_name="localhost", join_advertised=True
     )
 
-    async def echo(session: tcpls.Session) -> None:
-        async for reader, writer in session:
-            writer.write(await reader.read())
-            writer.write_eof()
-
     async def run() -> None:
-        async with await tcpls.serve(echo, "127.0.0.1", 0, config=server_config) as srv:
+        async with await tcpls.serve(echo_handler, "127.0.0.1", 0, config=server_config) as srv:
             async with tcpls.connect("127.0.0.1", srv.port, config=client_config) as session:
                 await asyncio.sleep(1.0)
                 reader, writer = await session.open_stream()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import tcpls
+from tcpls.apps.echo import echo_handler
 from tcpls.devcert import DevPKI
 
 
@@ -64,13 +65,8 @@ def test_a_join_under_way_carries_the_session_when_the_first_connection_dies(
         tuning=tcpls.SessionTuning(user_timeout=0.5),
     )
 
-    async def echo(session: tcpls.Session) -> None:
-        async for reader, writer in session:
-            writer.write(await reader.read())
-            writer.write_eof()
-
     async def run() -> None:
-        async with await tcpls.serve(echo, "127.0.0.1", 0, config=server_config) as srv:
+        async with await tcpls.serve(echo_handler, "127.0.0.1", 0, config=server_config) as srv:
             path_a, path_b = _Path(srv.port), _Path(srv.port, delay=0.5)
             port_a, port_b = await path_a.start(), await path_b.start()
             try:
